@@ -1,0 +1,147 @@
+import type { Redis } from "ioredis";
+import { compareIds, decodeEvent, type StoredEvent } from "../src/events.ts";
+import type { Keys } from "../src/keys.ts";
+import type { Logger } from "../src/log.ts";
+import type { Projection } from "../src/projections/projections.ts";
+import { projectScript, releaseLeaseScript, renewLeaseScript } from "../src/redis/scripts.ts";
+import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
+import { sleep } from "../src/sleep.ts";
+
+/** The one consumer name every process uses for a projection group: only the lease holder reads. */
+const CONSUMER = "projector";
+
+export interface ProjectorOptions {
+  redis: Redis;
+  /** A dedicated connection for XREADGROUP BLOCK. */
+  blocking: Redis;
+  keys: Keys;
+  log: Logger;
+  owner: string;
+  leaseMs?: number;
+  batchSize?: number;
+  blockMs?: number;
+}
+
+class LeaseLost extends Error {}
+
+/**
+ * Folds the task event stream into one projection, as the consumer group named after it.
+ *
+ * Events must be applied in log order, so one process at a time holds the projection's lease and
+ * reads; the others wait to take over. Each batch's view writes, checkpoint and XACK are one
+ * script that also checks the lease and the checkpoint, so a redelivered event is never applied
+ * twice and a process that lost its lease cannot write.
+ */
+export class Projector {
+  readonly #stop = new AbortController();
+  #loop: Promise<void> | null = null;
+  readonly leaseMs: number;
+
+  constructor(readonly projection: Projection, readonly options: ProjectorOptions) {
+    this.leaseMs = options.leaseMs ?? 10_000;
+  }
+
+  async start(): Promise<void> {
+    const { redis, keys } = this.options;
+    await ensureGroup(redis, keys.eventStream, this.projection.name);
+    this.#loop = this.#run();
+  }
+
+  async stop(): Promise<void> {
+    this.#stop.abort();
+    await this.#loop;
+  }
+
+  async #run(): Promise<void> {
+    const { redis, keys, owner, log } = this.options;
+    const lease = keys.lease(this.projection.name);
+    const signal = this.#stop.signal;
+    while (!signal.aborted) {
+      try {
+        const won = await redis.set(lease, owner, "PX", this.leaseMs, "NX");
+        if (!won) {
+          await sleep(Math.min(1_000, this.leaseMs / 3), signal).catch(() => {});
+          continue;
+        }
+        log.debug("Projection lease taken", { projection: this.projection.name });
+        await this.#lead(lease, signal);
+      } catch (error) {
+        if (signal.aborted) break;
+        if (!(error instanceof LeaseLost)) {
+          log.error("Projection failed", {
+            projection: this.projection.name,
+            error: String(error),
+          });
+          await sleep(500, signal).catch(() => {});
+        }
+      }
+    }
+    await releaseLeaseScript.run(redis, [lease], [owner]).catch(() => {});
+  }
+
+  async #lead(lease: string, signal: AbortSignal): Promise<void> {
+    const { redis, blocking, keys, owner } = this.options;
+    let leading = true;
+    const renew = setInterval(async () => {
+      const ok = await renewLeaseScript.run(redis, [lease], [owner, this.leaseMs]).catch(() => 0);
+      if (ok !== 1) leading = false;
+    }, Math.floor(this.leaseMs / 3));
+    try {
+      let checkpoint = (await redis.get(keys.checkpoint(this.projection.name))) ?? "0-0";
+      // First what a previous lease holder read but did not apply, then new events.
+      let id = "0";
+      while (leading && !signal.aborted) {
+        const entries = await readGroup(blocking, {
+          stream: keys.eventStream,
+          group: this.projection.name,
+          consumer: CONSUMER,
+          count: this.options.batchSize ?? 500,
+          blockMs: id === ">" ? (this.options.blockMs ?? 1_000) : undefined,
+          id,
+        });
+        if (entries.length === 0) {
+          id = ">";
+          continue;
+        }
+        checkpoint = await this.#apply(entries, checkpoint);
+      }
+      if (!leading) throw new LeaseLost();
+    } finally {
+      clearInterval(renew);
+    }
+  }
+
+  /** Applies a batch once; returns the new checkpoint. */
+  async #apply(entries: StreamEntry[], checkpoint: string): Promise<string> {
+    const { redis, keys, owner, log } = this.options;
+    while (true) {
+      const events: StoredEvent[] = [];
+      for (const entry of entries) {
+        if (compareIds(entry.id, checkpoint) <= 0 || entry.fields.length === 0) continue;
+        try {
+          events.push(decodeEvent(entry.id, entry.fields));
+        } catch (error) {
+          log.error("Skipping a malformed event", { entry: entry.id, error: String(error) });
+        }
+      }
+      const last = entries[entries.length - 1].id;
+      const next = compareIds(last, checkpoint) > 0 ? last : checkpoint;
+      const ops = events.length ? await this.projection.plan(events) : [];
+      const reply = await projectScript.run(redis, [
+        keys.lease(this.projection.name),
+        keys.checkpoint(this.projection.name),
+        keys.eventStream,
+      ], [
+        owner,
+        checkpoint,
+        next,
+        this.projection.name,
+        JSON.stringify(ops),
+        ...entries.map((e) => e.id),
+      ]);
+      if (reply === 1) return next;
+      if (reply === -1) throw new LeaseLost();
+      checkpoint = (await redis.get(keys.checkpoint(this.projection.name))) ?? "0-0";
+    }
+  }
+}

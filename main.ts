@@ -1,0 +1,67 @@
+import { ConfigError, loadConfig } from "./src/config.ts";
+import { createLogger } from "./src/log.ts";
+import { waitReady } from "./src/redis/client.ts";
+import { createServices, startConsumers } from "./src/runtime.ts";
+
+const USAGE = `Usage: deno run main.ts <serve|worker|dev>
+  serve   the HTTP API
+  worker  the task worker and the projections (start as many as you like)
+  dev     both in one process, for a laptop`;
+
+async function main(command: string | undefined): Promise<number> {
+  if (!command || !["serve", "worker", "dev"].includes(command)) {
+    console.error(USAGE);
+    return 2;
+  }
+  let config;
+  try {
+    config = loadConfig(Deno.env.toObject());
+  } catch (error) {
+    if (error instanceof ConfigError) {
+      console.error(error.message);
+      return 1;
+    }
+    throw error;
+  }
+  const log = createLogger(config.LOG_LEVEL, { service: "video-pipeline", role: command });
+  const services = createServices(config, log);
+  const level = services.mode === "offline" ? "warn" : "info";
+  log[level](`Provider mode: ${services.mode.toUpperCase()}`, {
+    provider_mode: services.mode,
+    detail: services.mode === "offline"
+      ? "OFFLINE providers: images are not reframed and scenes are derived from the prompt"
+      : "live providers: fal.ai and OpenAI",
+  });
+  await waitReady(services.redis, 10_000).catch((error) =>
+    log.warn("Redis is not reachable yet; requests answer 503 until it is", {
+      error: String(error),
+    })
+  );
+
+  const consumers = command === "serve" ? null : await startConsumers(config, services, log);
+  const server = command === "worker" ? null : Deno.serve({
+    port: config.PORT,
+    hostname: config.HOST,
+    onListen: ({ hostname, port }) => log.info("Listening", { url: `http://${hostname}:${port}` }),
+  }, services.app.fetch);
+  if (consumers) {
+    log.info("Consumers started", {
+      consumer: consumers.consumer,
+      concurrency: config.WORKER_CONCURRENCY,
+    });
+  }
+
+  const stopped = Promise.withResolvers<string>();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(signal, () => stopped.resolve(signal));
+  }
+  const signal = await stopped.promise;
+  log.info("Shutting down", { signal });
+  await server?.shutdown();
+  const outcome = await consumers?.stop(config.SHUTDOWN_TIMEOUT_MS);
+  if (outcome) log.info("Consumers stopped", outcome);
+  await services.close();
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args[0]));

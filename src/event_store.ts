@@ -1,0 +1,105 @@
+import type { Redis } from "ioredis";
+import { decodeEvent, encodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
+import type { Keys } from "./keys.ts";
+import { ingestScript, settleScript } from "./redis/scripts.ts";
+import type { VideoRequest } from "./webhook.ts";
+
+export interface IngestResult {
+  task_id: string;
+  duplicate: boolean;
+}
+
+export type SettleMode = "append" | "ack" | "dead";
+
+export interface SettleInput {
+  group: string;
+  consumer: string;
+  /** The work entry the caller holds; writes are refused once another consumer owns it. */
+  entryId: string;
+  taskId: string;
+  mode: SettleMode;
+  events?: Omit<TaskEvent, "task_id">[];
+  deadLetter?: { error: string; attempts: number; payload: string };
+  at: string;
+}
+
+/** Thrown when a worker writes for an entry another worker has reclaimed. */
+export class ClaimLostError extends Error {}
+
+/** The event log: work entries, task events, timelines and dead letters in Redis Streams. */
+export class EventStore {
+  constructor(
+    readonly redis: Redis,
+    readonly keys: Keys,
+    readonly options: { idempotencyTtlS: number; timelineTtlS: number },
+  ) {}
+
+  /** Appends a new task (atomically with its idempotency key), or finds the existing one. */
+  async ingest(request: VideoRequest, at: string): Promise<IngestResult> {
+    const taskId = crypto.randomUUID();
+    const key = request.idempotency_key;
+    const reply = await ingestScript.run(this.redis, [
+      this.keys.idempotency(key ?? ""),
+      this.keys.webhookStream,
+      this.keys.eventStream,
+      this.keys.taskTimeline(taskId),
+    ], [
+      taskId,
+      this.options.idempotencyTtlS,
+      JSON.stringify(request),
+      at,
+      key ? "1" : "0",
+      request.video_id,
+      request.user_id,
+      request.is_revision ? "1" : "0",
+      key ?? "",
+      this.options.timelineTtlS,
+    ]) as [string, number];
+    return { task_id: reply[0], duplicate: reply[1] === 1 };
+  }
+
+  /** Appends a worker's events, and acks or dead-letters its entry, in one fenced script. */
+  async settle(input: SettleInput): Promise<string> {
+    const events = (input.events ?? []).flatMap((e) => {
+      const [, type, , , , at, , data] = encodeEvent({ ...e, task_id: input.taskId } as TaskEvent);
+      return [type, at, data];
+    });
+    const reply = await settleScript.run(this.redis, [
+      this.keys.eventStream,
+      this.keys.taskTimeline(input.taskId),
+      this.keys.webhookStream,
+      this.keys.deadLetterStream,
+    ], [
+      input.group,
+      input.consumer,
+      input.entryId,
+      this.options.timelineTtlS,
+      input.mode,
+      input.taskId,
+      input.at,
+      input.deadLetter?.error ?? "",
+      input.deadLetter?.attempts ?? 0,
+      input.deadLetter?.payload ?? "",
+      ...events,
+    ]);
+    if (reply === -1) throw new ClaimLostError(`Entry "${input.entryId}" is no longer ours`);
+    return String(reply);
+  }
+
+  /** A task's events in order, read from the log through its timeline index. */
+  async timeline(taskId: string): Promise<StoredEvent[]> {
+    const ids = await this.redis.lrange(this.keys.taskTimeline(taskId), 0, -1);
+    if (ids.length === 0) return [];
+    const pipeline = this.redis.pipeline();
+    for (const id of ids) pipeline.xrange(this.keys.eventStream, id, id);
+    const replies = (await pipeline.exec()) ?? [];
+    const events: StoredEvent[] = [];
+    for (const [error, entries] of replies) {
+      if (error) throw error;
+      for (const [id, fields] of entries as [string, string[]][]) {
+        events.push(decodeEvent(id, fields));
+      }
+    }
+    return events;
+  }
+}

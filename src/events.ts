@@ -1,0 +1,114 @@
+import { z } from "zod";
+
+export const STEP_NAMES = ["reframe", "scenes", "persist", "notify"] as const;
+export const StepName = z.enum(STEP_NAMES);
+export type StepName = z.infer<typeof StepName>;
+
+export const SceneSchema = z.object({
+  scene_number: z.number().int().min(1),
+  visual_description: z.string(),
+  voiceover: z.string(),
+  shot_type: z.string(),
+  sound_effects: z.string(),
+  music_direction: z.string(),
+  duration_seconds: z.number().positive(),
+});
+export type Scene = z.infer<typeof SceneSchema>;
+
+export const TaskResultSchema = z.object({
+  scenes: z.array(SceneSchema),
+  image_url: z.string(),
+  reframed: z.boolean(),
+  provider: z.object({ reframe: z.string(), scenes: z.string() }),
+  revision: z.boolean(),
+});
+export type TaskResult = z.infer<typeof TaskResultSchema>;
+
+const base = <T extends string, D extends z.ZodType>(type: T, data: D) =>
+  z.object({ type: z.literal(type), task_id: z.string().min(1), at: z.string(), data });
+
+/** Events of the task event stream: a discriminated union, validated whenever read back. */
+export const TaskEventSchema = z.discriminatedUnion("type", [
+  base(
+    "task.queued",
+    z.object({
+      video_id: z.string(),
+      user_id: z.string(),
+      is_revision: z.boolean(),
+      webhook_entry: z.string(),
+      idempotency_key: z.string().optional(),
+    }),
+  ),
+  base("task.started", z.object({ attempt: z.number().int(), worker: z.string() })),
+  base("step.started", z.object({ step: StepName, attempt: z.number().int() })),
+  base(
+    "step.completed",
+    z.object({
+      step: StepName,
+      attempt: z.number().int(),
+      duration_ms: z.number(),
+      output: z.record(z.string(), z.unknown()),
+    }),
+  ),
+  base(
+    "task.completed",
+    z.object({ video_id: z.string(), result: TaskResultSchema, duration_ms: z.number() }),
+  ),
+  base(
+    "task.failed",
+    z.object({
+      error: z.string(),
+      step: StepName.optional(),
+      retryable: z.boolean(),
+      attempt: z.number().int(),
+      final: z.boolean(),
+      retry_in_ms: z.number().optional(),
+    }),
+  ),
+  base(
+    "task.dead_lettered",
+    z.object({ error: z.string(), attempts: z.number().int(), dead_letter_entry: z.string() }),
+  ),
+]);
+
+export type TaskEvent = z.infer<typeof TaskEventSchema>;
+export type TaskEventType = TaskEvent["type"];
+export type EventOf<T extends TaskEventType> = Extract<TaskEvent, { type: T }>;
+/** An event as read back from the stream, with its entry id. */
+export type StoredEvent = TaskEvent & { id: string };
+
+/** Stream entries are flat field lists: type, task_id, at, data (JSON). */
+export function encodeEvent(event: TaskEvent): string[] {
+  return [
+    "type",
+    event.type,
+    "task_id",
+    event.task_id,
+    "at",
+    event.at,
+    "data",
+    JSON.stringify(
+      event.data,
+    ),
+  ];
+}
+
+export function fieldsToRecord(fields: string[]): Record<string, string> {
+  const record: Record<string, string> = {};
+  for (let i = 0; i + 1 < fields.length; i += 2) record[fields[i]] = fields[i + 1];
+  return record;
+}
+
+/** Decodes a stream entry; throws a ZodError or SyntaxError when the entry is malformed. */
+export function decodeEvent(id: string, fields: string[]): StoredEvent {
+  const record = fieldsToRecord(fields);
+  const event = TaskEventSchema.parse({ ...record, data: JSON.parse(record.data ?? "null") });
+  return { ...event, id };
+}
+
+/** Compares Redis stream ids ("ms-seq") numerically. */
+export function compareIds(a: string, b: string): number {
+  const [am, as] = a.split("-").map(Number);
+  const [bm, bs] = b.split("-").map(Number);
+  return am !== bm ? am - bm : (as ?? 0) - (bs ?? 0);
+}

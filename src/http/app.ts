@@ -1,0 +1,162 @@
+import { OpenAPIHono } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import type { Redis } from "ioredis";
+import { ProblemError, UnavailableError } from "../errors.ts";
+import type { EventStore } from "../event_store.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import { foldTaskView } from "../projections/task_view.ts";
+import { consumerGroups, readStats, readTaskView, readVideoView } from "../queries.ts";
+import { fieldErrors, unwrapEnvelope, VideoRequestSchema } from "../webhook.ts";
+import { readJsonBody } from "./body.ts";
+import { docsRoutes } from "./docs.ts";
+import { describeRoutes } from "./openapi.ts";
+
+export interface AppDeps {
+  redis: Redis;
+  store: EventStore;
+  keys: Keys;
+  log: Logger;
+  maxBodyBytes: number;
+  providerMode: "live" | "offline";
+  clock?: () => Date;
+}
+
+const PROBLEM = "application/problem+json";
+
+function problem(c: Context, error: ProblemError) {
+  const body = {
+    type: "about:blank",
+    title: error.title,
+    status: error.status,
+    detail: error.message,
+    ...error.extra,
+  };
+  const headers: Record<string, string> = { "content-type": PROBLEM };
+  if (error.status === 503) headers["retry-after"] = "1";
+  return c.body(JSON.stringify(body), error.status, headers);
+}
+
+/** Runs a Redis read or write; any Redis failure becomes a 503 instead of a 500 or a hang. */
+async function fromRedis<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof ProblemError) throw error;
+    throw new UnavailableError(error);
+  }
+}
+
+/** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
+export function createApp(deps: AppDeps) {
+  const { redis, store, keys, log } = deps;
+  const now = deps.clock ?? (() => new Date());
+  const app = new OpenAPIHono();
+
+  app.onError((error, c) => {
+    if (error instanceof ProblemError) return problem(c, error);
+    log.error("Unhandled request error", { path: c.req.path, error: String(error) });
+    return problem(c, new ProblemError(500, "Internal error", "Unexpected error"));
+  });
+  app.notFound((c) =>
+    problem(c, new ProblemError(404, "Not found", `No route for ${c.req.method} ${c.req.path}`))
+  );
+
+  app.post("/webhook", async (c) => {
+    const raw = await readJsonBody(c.req.raw, deps.maxBodyBytes);
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+      throw new ProblemError(422, "Invalid request", "The body must be a JSON object", {
+        errors: [{ field: "(body)", message: "must be a JSON object" }],
+      });
+    }
+    const parsed = VideoRequestSchema.safeParse(unwrapEnvelope(raw as Record<string, unknown>));
+    if (!parsed.success) {
+      const errors = fieldErrors(parsed.error);
+      throw new ProblemError(
+        422,
+        "Invalid request",
+        `Invalid fields: ${[...new Set(errors.map((e) => e.field))].join(", ")}`,
+        { errors },
+      );
+    }
+    const at = now().toISOString();
+    const { task_id, duplicate } = await fromRedis(() => store.ingest(parsed.data, at));
+    log.info(duplicate ? "Duplicate webhook" : "Webhook accepted", {
+      task_id,
+      video_id: parsed.data.video_id,
+    });
+    const statusUrl = `/task/${task_id}`;
+    c.header("location", statusUrl);
+    return c.json({
+      status: "success" as const,
+      message: duplicate
+        ? "Duplicate request: returning the existing task"
+        : "Video request queued",
+      task_id,
+      video_id: parsed.data.video_id,
+      timestamp: at,
+      duplicate,
+      status_url: statusUrl,
+    }, 202);
+  });
+
+  app.get("/task/:task_id", async (c) => {
+    const taskId = c.req.param("task_id");
+    const view = await fromRedis(async () => {
+      const projected = await readTaskView(redis, keys, taskId);
+      if (projected) return projected;
+      // Not projected yet (or expired): fold its timeline from the log, same evolve function.
+      const events = await store.timeline(taskId);
+      return events.length ? foldTaskView(taskId, events) : null;
+    });
+    if (!view) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
+    return c.json(view);
+  });
+
+  app.get("/task/:task_id/events", async (c) => {
+    const taskId = c.req.param("task_id");
+    const events = await fromRedis(() => store.timeline(taskId));
+    if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
+    return c.json({
+      task_id: taskId,
+      events: events.map(({ id, type, at, data }) => ({ id, type, at, data })),
+    });
+  });
+
+  app.get("/videos/:video_id/scenes", async (c) => {
+    const videoId = c.req.param("video_id");
+    const view = await fromRedis(() => readVideoView(redis, keys, videoId));
+    if (!view) throw new ProblemError(404, "Video not found", `No scenes for video "${videoId}"`);
+    return c.json(view);
+  });
+
+  app.get("/stats", async (c) => {
+    return c.json(await fromRedis(() => readStats(redis, keys, now().getTime())));
+  });
+
+  app.get("/health", async (c) => {
+    const t0 = performance.now();
+    try {
+      await redis.ping();
+      const latency = Math.round((performance.now() - t0) * 100) / 100;
+      return c.json({
+        status: "ok" as const,
+        redis: { ok: true, latency_ms: latency },
+        provider_mode: deps.providerMode,
+        consumer_groups: await consumerGroups(redis, keys),
+      });
+    } catch {
+      c.header("retry-after", "1");
+      return c.json({
+        status: "unavailable" as const,
+        redis: { ok: false, latency_ms: null },
+        provider_mode: deps.providerMode,
+        consumer_groups: [],
+      }, 503);
+    }
+  });
+
+  describeRoutes(app);
+  app.route("/", docsRoutes());
+  return app;
+}

@@ -1,0 +1,90 @@
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import { z } from "zod";
+import { VideoRequestSchema } from "../webhook.ts";
+import {
+  AcceptedSchema,
+  HealthSchema,
+  ProblemSchema,
+  StatsSchema,
+  TaskViewSchema,
+  TimelineSchema,
+  VideoScenesSchema,
+} from "./schemas.ts";
+
+const json = (schema: z.ZodType, description: string) => ({
+  description,
+  content: { "application/json": { schema } },
+});
+const problem = (description: string) => ({
+  description,
+  content: { "application/problem+json": { schema: ProblemSchema } },
+});
+
+/** Declares every route in the OpenAPI registry, from the same zod schemas the handlers use. */
+export function describeRoutes(app: OpenAPIHono): void {
+  const r = app.openAPIRegistry;
+  r.registerPath({
+    method: "post",
+    path: "/webhook",
+    summary: "Queue a video request (flat body or n8n webhook-node envelope)",
+    request: {
+      body: {
+        required: true,
+        content: { "application/json": { schema: VideoRequestSchema } },
+      },
+    },
+    responses: {
+      202: json(AcceptedSchema, "Accepted: the task is in the log"),
+      400: problem("The body is not valid JSON or UTF-8"),
+      413: problem("The body exceeds MAX_BODY_BYTES"),
+      415: problem("The content type is not JSON"),
+      422: problem("Fields are missing or invalid; `errors` names each"),
+      503: problem("Redis is unreachable; retry after the Retry-After seconds"),
+    },
+  });
+  const taskId = z.object({ task_id: z.string() });
+  r.registerPath({
+    method: "get",
+    path: "/task/{task_id}",
+    summary: "A task's status, steps, result and error",
+    request: { params: taskId },
+    responses: { 200: json(TaskViewSchema, "The task"), 404: problem("Unknown task") },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/task/{task_id}/events",
+    summary: "A task's timeline, read from the event log",
+    request: { params: taskId },
+    responses: { 200: json(TimelineSchema, "The events in order"), 404: problem("Unknown task") },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/videos/{video_id}/scenes",
+    summary: "The latest scenes of a video",
+    request: { params: z.object({ video_id: z.string() }) },
+    responses: {
+      200: json(VideoScenesSchema, "The latest revision's scenes"),
+      404: problem("No completed task for this video"),
+    },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/stats",
+    summary: "Task counts, processing times, throughput and consumer-group backlog",
+    responses: { 200: json(StatsSchema, "Statistics"), 503: problem("Redis is unreachable") },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/health",
+    summary: "Redis reachability and consumer groups",
+    responses: { 200: json(HealthSchema, "Healthy"), 503: json(HealthSchema, "Redis is down") },
+  });
+  app.doc31("/openapi.json", {
+    openapi: "3.1.0",
+    info: {
+      title: "Video pipeline webhook API",
+      version: "1.0.0",
+      description: "Event-sourced webhook ingest and AI video tasks on Redis Streams",
+    },
+  });
+}

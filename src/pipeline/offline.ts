@@ -1,0 +1,172 @@
+import { UnrecoverableError } from "../errors.ts";
+import type { Scene } from "../events.ts";
+import { sleep } from "../sleep.ts";
+import type { Pipeline, ReframeOutput, ScenesOutput, Step, StepContext } from "./pipeline.ts";
+
+const SHOTS = ["close-up", "medium shot", "tracking shot", "wide shot", "hero shot"];
+const SOUNDS = [
+  "soft ambient room tone",
+  "subtle whoosh transition",
+  "footsteps and light foley",
+  "gentle wind and distant city",
+  "clean product chime",
+];
+const MUSIC = [
+  "calm intro, sparse piano",
+  "beat enters, building energy",
+  "full groove, driving rhythm",
+  "lift and swell",
+  "resolve on the final chord",
+];
+const NUMBER_WORDS: Record<string, number> = {
+  one: 1,
+  two: 2,
+  three: 3,
+  four: 4,
+  five: 5,
+  six: 6,
+  seven: 7,
+  eight: 8,
+  nine: 9,
+  ten: 10,
+};
+
+/** "Scene 2: A runner laces up. Voiceover: "Ready."" lines, in the prompt's order. */
+function sceneLines(prompt: string): { description: string; voiceover?: string }[] {
+  const lines = [...prompt.matchAll(/^\s*Scene\s+\d+\s*[:.\-–]\s*(.+)$/gim)].map((m) => m[1]);
+  return lines.map((line) => {
+    const [description, rest] = line.split(/\bVoice-?over\s*:\s*/i);
+    const voiceover = rest?.trim().replace(/^["“']|["”']$/g, "");
+    return { description: description.trim().replace(/[.\s]+$/, ""), voiceover };
+  });
+}
+
+function requestedCount(prompt: string, fallback: number): number {
+  const match = prompt.match(
+    /\b(\d{1,2}|one|two|three|four|five|six|seven|eight|nine|ten)\s+scenes\b/i,
+  );
+  if (!match) return fallback;
+  const n = NUMBER_WORDS[match[1].toLowerCase()] ?? Number(match[1]);
+  return Math.min(20, Math.max(1, n));
+}
+
+/** Splits the prompt's sentences into `count` roughly equal parts, repeating when too few. */
+function promptParts(prompt: string, count: number): string[] {
+  const sentences = prompt.split(/(?<=[.!?])\s+/).map((s) => s.trim()).filter(Boolean);
+  const parts: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const from = Math.floor((i * sentences.length) / count);
+    const to = Math.max(from + 1, Math.floor(((i + 1) * sentences.length) / count));
+    parts.push(sentences.slice(from, to).join(" ") || sentences[i % sentences.length]);
+  }
+  return parts;
+}
+
+/**
+ * Deterministic scenes from the prompt: its "Scene N:" lines and voiceovers when present,
+ * otherwise the prompt split into `sceneCount` parts (or the count the prompt asks for).
+ */
+export function offlineScenes(prompt: string, sceneCount: number): Scene[] {
+  const explicit = sceneLines(prompt);
+  const totalSeconds = Number(prompt.match(/\b(\d{1,3})[- ]second/i)?.[1] ?? 0);
+  const quoted = [...prompt.matchAll(/["“]([^"”]{3,})["”]/g)].map((m) => m[1]);
+  const beats = explicit.length > 0
+    ? explicit
+    : promptParts(prompt, requestedCount(prompt, sceneCount)).map((description, i) => ({
+      description,
+      voiceover: quoted[i],
+    }));
+  const each = totalSeconds > 0 ? Math.max(1, Math.round(totalSeconds / beats.length)) : 6;
+  return beats.map((beat, i) => ({
+    scene_number: i + 1,
+    visual_description: beat.description,
+    voiceover: beat.voiceover ?? beat.description.split(/[,.;]/)[0],
+    shot_type: SHOTS[i % SHOTS.length],
+    sound_effects: SOUNDS[i % SOUNDS.length],
+    music_direction: MUSIC[Math.min(i, MUSIC.length - 1)],
+    duration_seconds: each,
+  }));
+}
+
+/**
+ * A deterministic revision: scenes the prompt names ("scene 3") are revised with the prompt's
+ * wording; a prompt naming no scene revises them all. Earlier scenes are never modified in place.
+ */
+export function offlineRevision(previous: Scene[], prompt: string) {
+  const named = new Set(
+    [...prompt.matchAll(/\bscenes?\s+(\d{1,2})/gi)].map((m) => Number(m[1])),
+  );
+  const changed: number[] = [];
+  const scenes = previous.map((scene) => {
+    if (named.size > 0 && !named.has(scene.scene_number)) return scene;
+    changed.push(scene.scene_number);
+    return { ...scene, visual_description: `${scene.visual_description} (revised: ${prompt})` };
+  });
+  return { scenes, changed };
+}
+
+export interface OfflineOptions {
+  latencyMs: number;
+  sceneCount: number;
+  /** The latest scenes of a video, for revisions. */
+  latestScenes(videoId: string): Promise<Scene[] | null>;
+}
+
+const delay = (ms: number, signal: AbortSignal) => ms > 0 ? sleep(ms, signal) : Promise.resolve();
+
+/** The providers used when no API keys are configured. Results name "offline" as provider. */
+export function offlinePipeline(options: OfflineOptions): Pipeline {
+  const reframe: Step = {
+    name: "reframe",
+    async run({ request, signal }) {
+      await delay(options.latencyMs, signal);
+      const output: ReframeOutput = {
+        image_url: request.image_url,
+        reframed: false,
+        provider: "offline",
+      };
+      return { ...output };
+    },
+  };
+  const scenes: Step = {
+    name: "scenes",
+    async run({ request, signal }: StepContext) {
+      await delay(options.latencyMs, signal);
+      if (!request.is_revision) {
+        const output: ScenesOutput = {
+          scenes: offlineScenes(request.prompt, options.sceneCount),
+          provider: "offline",
+        };
+        return { ...output };
+      }
+      const previous = await options.latestScenes(request.video_id);
+      if (!previous?.length) {
+        throw new UnrecoverableError(`Video "${request.video_id}" has no scenes to revise`);
+      }
+      const revision = offlineRevision(previous, request.prompt);
+      return { scenes: revision.scenes, changed_scenes: revision.changed, provider: "offline" };
+    },
+  };
+  const persist: Step = {
+    name: "persist",
+    async run({ outputs, signal }) {
+      await delay(options.latencyMs, signal);
+      const stored = (outputs.scenes?.scenes as Scene[] | undefined)?.length ?? 0;
+      // Offline, the scenes' home is the video-scenes projection fed by task.completed.
+      return { sink: "redis-view", scenes: stored };
+    },
+  };
+  const notify: Step = {
+    name: "notify",
+    async run({ request, signal }) {
+      await delay(options.latencyMs, signal);
+      return {
+        delivered: false,
+        reason: request.callback_url
+          ? "callbacks are delivered only in live mode"
+          : "no callback_url given",
+      };
+    },
+  };
+  return [reframe, scenes, persist, notify];
+}

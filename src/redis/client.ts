@@ -1,0 +1,55 @@
+import { Redis } from "ioredis";
+
+export interface RedisOptions {
+  /** Fail a command after this long instead of waiting for a reconnect (not for blocking reads). */
+  commandTimeoutMs?: number;
+  name?: string;
+}
+
+/**
+ * Opens a Redis connection. Commands fail fast when Redis is unreachable: the HTTP layer answers
+ * 503 rather than holding requests open while ioredis reconnects in the background.
+ */
+export function connectRedis(url: string, options: RedisOptions = {}): Redis {
+  const redis = new Redis(url, {
+    connectionName: options.name,
+    commandTimeout: options.commandTimeoutMs,
+    maxRetriesPerRequest: 1,
+    enableAutoPipelining: true,
+    retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
+    lazyConnect: false,
+  });
+  // Connection errors surface on the commands that fail; without a listener ioredis logs each one.
+  redis.on("error", () => {});
+  return redis;
+}
+
+/** Waits until the connection is ready, or throws after `timeoutMs`. */
+export async function waitReady(redis: Redis, timeoutMs = 5_000): Promise<void> {
+  if (redis.status === "ready") return;
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(new Error(`Redis not ready after ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onReady = () => {
+      cleanup();
+      resolve();
+    };
+    const cleanup = () => {
+      clearTimeout(timer);
+      redis.off("ready", onReady);
+    };
+    redis.on("ready", onReady);
+  });
+}
+
+/** Closes a connection, waiting for queued replies; never throws. */
+export async function closeRedis(redis: Redis): Promise<void> {
+  try {
+    if (redis.status === "ready") await redis.quit();
+    else redis.disconnect();
+  } catch {
+    redis.disconnect();
+  }
+}

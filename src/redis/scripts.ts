@@ -1,0 +1,154 @@
+import { createHash } from "node:crypto";
+import type { Redis } from "ioredis";
+
+/** A Lua script run by EVALSHA, loaded on first NOSCRIPT. */
+export class Script {
+  readonly sha: string;
+  constructor(readonly name: string, readonly source: string) {
+    this.sha = createHash("sha1").update(source).digest("hex");
+  }
+
+  async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
+    try {
+      return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!String((error as Error).message).includes("NOSCRIPT")) throw error;
+      return await redis.eval(this.source, keys.length, ...keys, ...args);
+    }
+  }
+}
+
+/**
+ * Records a webhook as a new task, or finds the task an idempotency key already made.
+ * The key, the work entry, the task.queued event and the timeline index are written together,
+ * so no crash can leave a key without its task or a task without its key.
+ *
+ * KEYS[1] idempotency key (ignored when ARGV[5] is "0")
+ * KEYS[2] webhook stream   KEYS[3] event stream   KEYS[4] task timeline
+ * ARGV[1] task id   ARGV[2] idempotency ttl (s)   ARGV[3] payload JSON   ARGV[4] time (ISO)
+ * ARGV[5] "1" when an idempotency key is given   ARGV[6] video id   ARGV[7] user id
+ * ARGV[8] is_revision "1"/"0"   ARGV[9] idempotency key as sent   ARGV[10] timeline ttl (s)
+ * Returns {task id, 1 if duplicate else 0}.
+ */
+export const ingestScript = new Script(
+  "ingest",
+  `
+if ARGV[5] == '1' then
+  local existing = redis.call('GET', KEYS[1])
+  if existing then return {existing, 1} end
+end
+local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1], 'payload', ARGV[3])
+local data = {video_id = ARGV[6], user_id = ARGV[7], is_revision = (ARGV[8] == '1'), webhook_entry = entry}
+if ARGV[5] == '1' then data.idempotency_key = ARGV[9] end
+local ev = redis.call('XADD', KEYS[3], '*', 'type', 'task.queued', 'task_id', ARGV[1], 'at', ARGV[4], 'data', cjson.encode(data))
+redis.call('RPUSH', KEYS[4], ev)
+redis.call('EXPIRE', KEYS[4], ARGV[10])
+if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return {ARGV[1], 0}
+`,
+);
+
+/**
+ * Appends a task's events while the caller still owns the work entry, and optionally settles it.
+ * Fencing: if the entry is no longer pending for this consumer (another worker reclaimed it),
+ * nothing is written and -1 is returned.
+ *
+ * KEYS[1] event stream   KEYS[2] task timeline   KEYS[3] webhook stream   KEYS[4] dead-letter stream
+ * ARGV[1] group   ARGV[2] consumer   ARGV[3] webhook entry id   ARGV[4] timeline ttl (s)
+ * ARGV[5] mode: "append" (events only), "ack" (events, then XACK), "dead" (events, a dead-letter
+ *         entry and a task.dead_lettered event, then XACK)
+ * ARGV[6] task id ("" for an entry without one)   ARGV[7] time (ISO)
+ * ARGV[8] error (dead only)   ARGV[9] attempts (dead only)   ARGV[10] original payload (dead only)
+ * ARGV[11..] events as triples: type, time, data JSON
+ * Returns the id of the last event appended (or "" when none), or -1 when fenced off.
+ */
+export const settleScript = new Script(
+  "settle",
+  `
+local owned = redis.call('XPENDING', KEYS[3], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #owned == 0 then return -1 end
+local last = ''
+local function append(type, at, data)
+  last = redis.call('XADD', KEYS[1], '*', 'type', type, 'task_id', ARGV[6], 'at', at, 'data', data)
+  redis.call('RPUSH', KEYS[2], last)
+end
+if ARGV[6] ~= '' then
+  for i = 11, #ARGV, 3 do append(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
+end
+if ARGV[5] == 'dead' then
+  local dead = redis.call('XADD', KEYS[4], '*', 'task_id', ARGV[6], 'webhook_entry', ARGV[3],
+    'error', ARGV[8], 'attempts', ARGV[9], 'payload', ARGV[10], 'at', ARGV[7])
+  if ARGV[6] ~= '' then
+    append('task.dead_lettered', ARGV[7], cjson.encode({error = ARGV[8], attempts = tonumber(ARGV[9]), dead_letter_entry = dead}))
+  end
+end
+if ARGV[6] ~= '' then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
+if ARGV[5] ~= 'append' then redis.call('XACK', KEYS[3], ARGV[1], ARGV[3]) end
+return last
+`,
+);
+
+/**
+ * Keeps a long task's claim fresh: resets the entry's idle time, only if this consumer owns it.
+ * KEYS[1] webhook stream   ARGV[1] group   ARGV[2] consumer   ARGV[3] entry id
+ * Returns 1 when refreshed, 0 when the entry is no longer ours.
+ */
+export const heartbeatScript = new Script(
+  "heartbeat",
+  `
+local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #owned == 0 then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+`,
+);
+
+/**
+ * Applies a batch of events to a projection exactly once in effect: the view writes, the new
+ * checkpoint and the XACKs happen together, and only while the caller holds the lease and the
+ * checkpoint is the one it read.
+ *
+ * KEYS[1] lease   KEYS[2] checkpoint   KEYS[3] event stream
+ * ARGV[1] lease owner   ARGV[2] expected checkpoint ("0-0" for none)   ARGV[3] new checkpoint
+ * ARGV[4] consumer group   ARGV[5] JSON array of write commands   ARGV[6..] entry ids to XACK
+ * Returns 1 when applied, -1 without the lease, -2 when the checkpoint moved.
+ */
+export const projectScript = new Script(
+  "project",
+  `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local checkpoint = redis.call('GET', KEYS[2]) or '0-0'
+if checkpoint ~= ARGV[2] then return -2 end
+local allowed = {SET = true, DEL = true, HSET = true, HDEL = true, HINCRBY = true,
+  HINCRBYFLOAT = true, ZADD = true, ZREM = true, EXPIRE = true}
+for _, op in ipairs(cjson.decode(ARGV[5])) do
+  if not allowed[op[1]] then return redis.error_reply('ERR command not allowed in projection: ' .. op[1]) end
+  redis.call(unpack(op))
+end
+redis.call('SET', KEYS[2], ARGV[3])
+if #ARGV >= 6 then redis.call('XACK', KEYS[3], ARGV[4], unpack(ARGV, 6)) end
+return 1
+`,
+);
+
+/**
+ * Renews a lease only for its owner. KEYS[1] lease   ARGV[1] owner   ARGV[2] ttl (ms)
+ * Returns 1 when renewed, 0 when someone else holds it or it expired.
+ */
+export const renewLeaseScript = new Script(
+  "renew-lease",
+  `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+`,
+);
+
+/** Releases a lease only for its owner. KEYS[1] lease   ARGV[1] owner */
+export const releaseLeaseScript = new Script(
+  "release-lease",
+  `
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+`,
+);

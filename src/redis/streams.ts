@@ -1,0 +1,77 @@
+import type { Redis } from "ioredis";
+
+export interface StreamEntry {
+  id: string;
+  fields: string[];
+}
+
+/** Creates a consumer group (and the stream) unless it exists; new groups start at `start`. */
+export async function ensureGroup(redis: Redis, stream: string, group: string, start = "0") {
+  try {
+    await redis.xgroup("CREATE", stream, group, start, "MKSTREAM");
+  } catch (error) {
+    if (!String((error as Error).message).includes("BUSYGROUP")) throw error;
+  }
+}
+
+/**
+ * XREADGROUP for one stream. `id` ">" reads new entries; "0" re-reads this consumer's pending
+ * ones. Deleted entries (nil fields) are returned with empty fields.
+ */
+export async function readGroup(
+  redis: Redis,
+  options: {
+    stream: string;
+    group: string;
+    consumer: string;
+    count: number;
+    blockMs?: number;
+    id?: string;
+  },
+): Promise<StreamEntry[]> {
+  const args: (string | number)[] = [
+    "GROUP",
+    options.group,
+    options.consumer,
+    "COUNT",
+    options.count,
+  ];
+  if (options.blockMs !== undefined) args.push("BLOCK", options.blockMs);
+  args.push("STREAMS", options.stream, options.id ?? ">");
+  // deno-lint-ignore no-explicit-any
+  const reply = await (redis as any).xreadgroup(...args) as
+    | [string, [string, string[] | null][]][]
+    | null;
+  if (!reply) return [];
+  return reply[0][1].map(([id, fields]) => ({ id, fields: fields ?? [] }));
+}
+
+export interface GroupInfo {
+  name: string;
+  consumers: number;
+  pending: number;
+  lag: number | null;
+  last_delivered_id: string;
+}
+
+/** XINFO GROUPS as objects; an absent stream has no groups. */
+export async function groupInfo(redis: Redis, stream: string): Promise<GroupInfo[]> {
+  let reply: unknown[][];
+  try {
+    reply = await redis.xinfo("GROUPS", stream) as unknown[][];
+  } catch (error) {
+    if (String((error as Error).message).includes("no such key")) return [];
+    throw error;
+  }
+  return reply.map((flat) => {
+    const info: Record<string, unknown> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) info[String(flat[i])] = flat[i + 1];
+    return {
+      name: String(info.name),
+      consumers: Number(info.consumers),
+      pending: Number(info.pending),
+      lag: info.lag === null || info.lag === undefined ? null : Number(info.lag),
+      last_delivered_id: String(info["last-delivered-id"]),
+    };
+  });
+}
