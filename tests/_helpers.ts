@@ -1,0 +1,102 @@
+import type { Redis } from "ioredis";
+import { type Config, loadConfig } from "../src/config.ts";
+import { createLogger, type Logger } from "../src/log.ts";
+import { deleteMatching } from "../src/projections/rebuild.ts";
+import { waitReady } from "../src/redis/client.ts";
+import { groupInfo } from "../src/redis/streams.ts";
+import { createServices, type Services } from "../src/runtime.ts";
+
+export const FIXTURES = new URL("../../shared/fixtures/webhooks/", import.meta.url);
+
+export async function fixture(name: string): Promise<string> {
+  return await Deno.readTextFile(new URL(name, FIXTURES));
+}
+
+export function uniquePrefix(name: string): string {
+  return `test-${name}-${crypto.randomUUID().slice(0, 8)}`;
+}
+
+/** Logs only when TEST_LOG is set, so failing runs can be replayed with logs. */
+export function testLogger(): Logger {
+  const level = Deno.env.get("TEST_LOG") ? "debug" : "error";
+  return createLogger(level, {}, (line) => Deno.env.get("TEST_LOG") && console.error(line));
+}
+
+export interface TestEnv {
+  config: Config;
+  services: Services;
+  log: Logger;
+  prefix: string;
+  post(body: string | object, headers?: Record<string, string>): Promise<Response>;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/**
+ * Services on the shared Redis under a key prefix of their own; disposing deletes every key of
+ * that prefix and closes the connection.
+ */
+export async function testEnv(name: string, env: Record<string, string> = {}): Promise<TestEnv> {
+  const prefix = uniquePrefix(name);
+  const config = loadConfig({ KEY_PREFIX: prefix, RETRY_BASE_MS: "10", ...env });
+  const log = testLogger();
+  const services = createServices(config, log);
+  await waitReady(services.redis);
+  return {
+    config,
+    services,
+    log,
+    prefix,
+    post: (body, headers = {}) =>
+      Promise.resolve(services.app.request("/webhook", {
+        method: "POST",
+        headers: { "content-type": "application/json", ...headers },
+        body: typeof body === "string" ? body : JSON.stringify(body),
+      })),
+    async [Symbol.asyncDispose]() {
+      await deleteMatching(services.redis, services.keys.pattern);
+      await services.close();
+    },
+  };
+}
+
+/** Polls `check` until it returns a truthy value, or fails after `timeoutMs`. */
+export async function waitFor<T>(
+  check: () => Promise<T> | T,
+  { timeoutMs = 10_000, intervalMs = 20, what = "condition" } = {},
+): Promise<NonNullable<T>> {
+  const deadline = Date.now() + timeoutMs;
+  let last: T | undefined;
+  while (Date.now() < deadline) {
+    last = await check();
+    if (last) return last as NonNullable<T>;
+    await new Promise((r) => setTimeout(r, intervalMs));
+  }
+  throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
+}
+
+/** True when every group on the streams has read and acknowledged everything. */
+export async function caughtUp(redis: Redis, streams: string[]): Promise<boolean> {
+  for (const stream of streams) {
+    for (const g of await groupInfo(redis, stream)) {
+      if (g.pending !== 0 || g.lag !== 0) return false;
+    }
+  }
+  return true;
+}
+
+/** Reads the whole stream as [id, record] pairs. */
+export async function readStream(redis: Redis, key: string) {
+  const entries = await redis.xrange(key, "-", "+");
+  return entries.map(([id, fields]) => {
+    const record: Record<string, string> = {};
+    for (let i = 0; i < fields.length; i += 2) record[fields[i]] = fields[i + 1];
+    return { id, ...record } as { id: string } & Record<string, string>;
+  });
+}
+
+export async function freePort(): Promise<number> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}

@@ -1,0 +1,225 @@
+import assert from "node:assert/strict";
+import { RetryableError, UnrecoverableError } from "../src/errors.ts";
+import type { StepName } from "../src/events.ts";
+import { offlinePipeline } from "../src/pipeline/offline.ts";
+import type { Pipeline, Step } from "../src/pipeline/pipeline.ts";
+import { readTaskView, readVideoView } from "../src/queries.ts";
+import { createPipeline, startConsumers } from "../src/runtime.ts";
+import { caughtUp, fixture, readStream, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
+
+async function settledView(env: TestEnv, taskId: string) {
+  const { redis, keys } = env.services;
+  await waitFor(() => caughtUp(redis, [keys.webhookStream, keys.eventStream]), {
+    what: "consumers caught up",
+  });
+  return await waitFor(async () => {
+    const view = await readTaskView(redis, keys, taskId);
+    return view && (view.status === "completed" || view.status === "failed") ? view : null;
+  }, { what: `task ${taskId} settled` });
+}
+
+async function submit(env: TestEnv, name = "minimal.json", patch: object = {}) {
+  const body = { ...JSON.parse(await fixture(name)), ...patch };
+  const res = await env.post(body);
+  assert.equal(res.status, 202);
+  return (await res.json()).task_id as string;
+}
+
+async function eventTypes(env: TestEnv, taskId: string) {
+  return (await env.services.store.timeline(taskId)).map((e) => e.type);
+}
+
+/** The offline pipeline with one step replaced. */
+function withStep(env: TestEnv, name: StepName, run: Step["run"]): Pipeline {
+  return createPipeline(env.config, env.services).map((s) => s.name === name ? { name, run } : s);
+}
+
+Deno.test("the new-video fixture completes with its five scenes and voiceovers", async () => {
+  await using env = await testEnv("e2e");
+  const consumers = await startConsumers(env.config, env.services, env.log);
+  try {
+    const taskId = await submit(env, "new-video.json");
+    const view = await settledView(env, taskId);
+    assert.equal(view.status, "completed");
+    assert.equal(view.attempts, 1);
+    assert.equal(view.result?.scenes.length, 5);
+    assert.equal(view.result?.scenes[2].voiceover, "Pulse foam gives back every step.");
+    assert.deepEqual(view.result?.provider, { reframe: "offline", scenes: "offline" });
+    assert.equal(view.result?.reframed, false);
+    assert.deepEqual(Object.keys(view.steps).sort(), ["notify", "persist", "reframe", "scenes"]);
+    assert.deepEqual(await eventTypes(env, taskId), [
+      "task.queued",
+      "task.started",
+      ...["reframe", "scenes", "persist", "notify"].flatMap(
+        () => ["step.started", "step.completed"],
+      ),
+      "task.completed",
+    ]);
+    const video = await readVideoView(env.services.redis, env.services.keys, "vid_01JD8Q3ZK5M2A7");
+    assert.equal(video?.revision, 1);
+    assert.equal(video?.scenes.length, 5);
+    const scenes = await env.services.app.request("/videos/vid_01JD8Q3ZK5M2A7/scenes");
+    assert.equal((await scenes.json()).task_id, taskId);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("a revision builds on the latest scenes and becomes revision 2", async () => {
+  await using env = await testEnv("revision");
+  const consumers = await startConsumers(env.config, env.services, env.log);
+  try {
+    await settledView(env, await submit(env, "new-video.json"));
+    const view = await settledView(env, await submit(env, "revision.json"));
+    assert.equal(view.status, "completed");
+    assert.equal(view.result?.revision, true);
+    const video = await readVideoView(env.services.redis, env.services.keys, "vid_01JD8Q3ZK5M2A7");
+    assert.equal(video?.revision, 2);
+    assert.match(video!.scenes[2].visual_description, /revised/);
+    assert.doesNotMatch(video!.scenes[0].visual_description, /revised/);
+    const orphan = await settledView(
+      env,
+      await submit(env, "revision.json", { video_id: "never-made", idempotency_key: "x" }),
+    );
+    assert.equal(orphan.status, "failed");
+    assert.match(orphan.error!.message, /has no scenes to revise/);
+    assert.equal(orphan.error!.retryable, false);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("retryable failures back off and retry until the step succeeds", async () => {
+  await using env = await testEnv("retry", { MAX_ATTEMPTS: "5", RETRY_BASE_MS: "40" });
+  let calls = 0;
+  const times: number[] = [];
+  const pipeline = withStep(env, "scenes", ({ request }) => {
+    times.push(performance.now());
+    if (++calls < 3) return Promise.reject(new RetryableError("Provider answered 503"));
+    return Promise.resolve({ scenes: [], provider: `flaky:${request.video_id}` });
+  });
+  const consumers = await startConsumers(env.config, env.services, env.log, { pipeline });
+  try {
+    const taskId = await submit(env);
+    const view = await settledView(env, taskId);
+    assert.equal(view.status, "completed");
+    assert.equal(view.attempts, 3);
+    assert.equal(calls, 3);
+    // Backoff: at least half of 40 ms, then of 80 ms.
+    assert.ok(times[1] - times[0] >= 20, `first wait ${times[1] - times[0]}`);
+    assert.ok(times[2] - times[1] >= 40, `second wait ${times[2] - times[1]}`);
+    const events = await env.services.store.timeline(taskId);
+    const failures = events.filter((e) => e.type === "task.failed");
+    assert.equal(failures.length, 2);
+    // The reframe step completed once and was not repeated by the retries.
+    const reframes = events.filter((e) => e.type === "step.completed" && e.data.step === "reframe");
+    assert.equal(reframes.length, 1);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("after the last attempt the task is dead-lettered and shows failed", async () => {
+  await using env = await testEnv("dead", { MAX_ATTEMPTS: "3", RETRY_BASE_MS: "5" });
+  let calls = 0;
+  const pipeline = withStep(env, "reframe", () => {
+    calls++;
+    return Promise.reject(new RetryableError("Timed out after 5 s"));
+  });
+  const consumers = await startConsumers(env.config, env.services, env.log, { pipeline });
+  try {
+    const taskId = await submit(env);
+    const view = await settledView(env, taskId);
+    assert.equal(view.status, "failed");
+    assert.equal(calls, 3);
+    assert.equal(view.error?.message, "Timed out after 5 s");
+    assert.equal(view.error?.step, "reframe");
+    const dead = await readStream(env.services.redis, env.services.keys.deadLetterStream);
+    assert.equal(dead.length, 1);
+    assert.equal(dead[0].task_id, taskId);
+    assert.equal(dead[0].attempts, "3");
+    assert.equal(view.dead_letter_entry, dead[0].id);
+    assert.equal(JSON.parse(dead[0].payload).video_id, "vid_min_001");
+    const stats = await (await env.services.app.request("/stats")).json();
+    assert.equal(stats.failed_tasks, 1);
+    assert.equal(stats.dead_lettered_tasks, 1);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("an unrecoverable failure fails at once without retries", async () => {
+  await using env = await testEnv("unrecoverable", { MAX_ATTEMPTS: "5" });
+  let calls = 0;
+  const pipeline = withStep(env, "scenes", () => {
+    calls++;
+    return Promise.reject(new UnrecoverableError("Provider rejected the image: 422"));
+  });
+  const consumers = await startConsumers(env.config, env.services, env.log, { pipeline });
+  try {
+    const view = await settledView(env, await submit(env));
+    assert.equal(view.status, "failed");
+    assert.equal(view.attempts, 1);
+    assert.equal(calls, 1);
+    assert.equal(view.error?.retryable, false);
+    assert.equal(await env.services.redis.xlen(env.services.keys.deadLetterStream), 1);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("malformed work entries are dead-lettered and the worker keeps running", async () => {
+  await using env = await testEnv("poison");
+  const { redis, keys } = env.services;
+  const consumers = await startConsumers(env.config, env.services, env.log);
+  try {
+    await redis.xadd(keys.webhookStream, "*", "garbage", "1");
+    await redis.xadd(keys.webhookStream, "*", "task_id", "t-bad-json", "payload", "{nope");
+    await redis.xadd(keys.webhookStream, "*", "task_id", "t-bad-shape", "payload", '{"prompt":1}');
+    const taskId = await submit(env);
+    const view = await settledView(env, taskId);
+    assert.equal(view.status, "completed");
+    const dead = await readStream(redis, keys.deadLetterStream);
+    assert.deepEqual(dead.map((d) => d.task_id), ["", "t-bad-json", "t-bad-shape"]);
+    assert.match(dead[1].error, /not JSON/);
+    const badShape = await env.services.app.request("/task/t-bad-shape");
+    assert.equal((await badShape.json()).status, "failed");
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("graceful stop lets in-flight tasks finish, then leaves the rest pending", async () => {
+  await using env = await testEnv("graceful", { OFFLINE_LATENCY_MS: "60" });
+  const { redis, keys } = env.services;
+  const first = await startConsumers(env.config, env.services, env.log);
+  const taskId = await submit(env);
+  await waitFor(async () => (await eventTypes(env, taskId)).includes("step.started"));
+  const outcome = await first.stop(5_000);
+  assert.deepEqual(outcome, { finished: 1, abandoned: 0 });
+  assert.ok((await eventTypes(env, taskId)).includes("task.completed"));
+  assert.equal((await redis.xpending(keys.webhookStream, "workers"))[0], 0);
+
+  // Slow steps and a short timeout: the task is abandoned, left pending, then finished by another.
+  const slow = offlinePipeline({
+    latencyMs: 400,
+    sceneCount: 5,
+    latestScenes: () => Promise.resolve(null),
+  });
+  const second = await startConsumers(env.config, env.services, env.log, { pipeline: slow });
+  const slowTask = await submit(env, "minimal.json", { video_id: "slow" });
+  await waitFor(async () => (await eventTypes(env, slowTask)).includes("step.started"));
+  assert.deepEqual(await second.stop(50), { finished: 0, abandoned: 1 });
+  assert.equal((await redis.xpending(keys.webhookStream, "workers"))[0], 1);
+  assert.ok(!(await eventTypes(env, slowTask)).includes("task.completed"));
+
+  const third = await startConsumers({ ...env.config, CLAIM_IDLE_MS: 100 }, env.services, env.log);
+  try {
+    const view = await settledView(env, slowTask);
+    assert.equal(view.status, "completed");
+    const types = await eventTypes(env, slowTask);
+    assert.equal(types.filter((t) => t === "task.completed").length, 1);
+  } finally {
+    await third.stop(1_000);
+  }
+});
