@@ -94,7 +94,7 @@ export async function readStream(redis: Redis, key: string) {
   });
 }
 
-export async function freePort(): Promise<number> {
+export function freePort(): number {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();

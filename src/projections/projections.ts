@@ -98,8 +98,10 @@ function statsProjection({ redis, keys }: ProjectionContext): Projection {
           ops.push(["ZADD", keys.statsFinished, change.finishedAt, event.task_id]);
         }
       }
+      // Zero nets are written too, so a field exists iff some event touched it, whatever the
+      // batch boundaries: a rebuild then gives the very same hash.
       for (const [field, n] of Object.entries(counters)) {
-        if (n !== 0) ops.push(["HINCRBY", keys.stats, field, n]);
+        ops.push(["HINCRBY", keys.stats, field, n]);
       }
       const statusPairs = [...changed].flatMap((id) => [id, status.get(id)!]);
       if (statusPairs.length) ops.push(["HSET", keys.statsStatus, ...statusPairs]);

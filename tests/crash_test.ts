@@ -1,0 +1,96 @@
+import assert from "node:assert/strict";
+import { offlinePipeline } from "../src/pipeline/offline.ts";
+import { startConsumers } from "../src/runtime.ts";
+import { fixture, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+function spawnWorker(env: TestEnv, extra: Record<string, string>) {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", MAIN, "worker"],
+    env: { KEY_PREFIX: env.prefix, LOG_LEVEL: "warn", ...extra },
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+}
+
+async function submit(env: TestEnv) {
+  const res = await env.post(await fixture("minimal.json"));
+  return (await res.json()).task_id as string;
+}
+
+const types = async (env: TestEnv, taskId: string) =>
+  (await env.services.store.timeline(taskId)).map((e) => e.type);
+const count = (list: string[], type: string) => list.filter((t) => t === type).length;
+
+Deno.test("a worker killed mid-task: another reclaims the task and completes it exactly once", async () => {
+  await using env = await testEnv("sigkill", { CLAIM_IDLE_MS: "300" });
+  const child = spawnWorker(env, { OFFLINE_LATENCY_MS: "1500", CLAIM_IDLE_MS: "300" });
+  const taskId = await submit(env);
+  await waitFor(async () => (await types(env, taskId)).includes("step.started"), {
+    timeoutMs: 20_000,
+    what: "the child to start the task",
+  });
+  child.kill("SIGKILL");
+  const status = await child.status;
+  assert.equal(status.signal, "SIGKILL");
+  await child.stderr.cancel();
+  assert.ok(!(await types(env, taskId)).includes("task.completed"));
+
+  const survivor = await startConsumers(env.config, env.services, env.log);
+  try {
+    await waitFor(async () => (await types(env, taskId)).includes("task.completed"), {
+      what: "the survivor to finish the task",
+    });
+    const timeline = await types(env, taskId);
+    assert.equal(count(timeline, "task.completed"), 1);
+    assert.equal(count(timeline, "task.started"), 2);
+    const pending = await env.services.redis.xpending(env.services.keys.webhookStream, "workers");
+    assert.equal(pending[0], 0);
+  } finally {
+    await survivor.stop(1_000);
+  }
+});
+
+Deno.test("a long task keeps its claim fresh, so a second worker never runs it too", async () => {
+  await using env = await testEnv("heartbeat", { CLAIM_IDLE_MS: "150" });
+  const slow = offlinePipeline({
+    latencyMs: 250,
+    sceneCount: 5,
+    latestScenes: () => Promise.resolve(null),
+  });
+  const a = await startConsumers(env.config, env.services, env.log, { pipeline: slow });
+  const b = await startConsumers(env.config, env.services, env.log, { pipeline: slow });
+  try {
+    const taskId = await submit(env);
+    await waitFor(async () => (await types(env, taskId)).includes("task.completed"), {
+      what: "the task to complete",
+    });
+    const timeline = await types(env, taskId);
+    assert.equal(count(timeline, "task.started"), 1, timeline.join(", "));
+    assert.equal(count(timeline, "step.started"), 4);
+  } finally {
+    await Promise.all([a.stop(1_000), b.stop(1_000)]);
+  }
+});
+
+Deno.test("SIGTERM finishes the in-flight task, acks it and exits 0", async () => {
+  await using env = await testEnv("sigterm");
+  const child = spawnWorker(env, {
+    OFFLINE_LATENCY_MS: "300",
+    SHUTDOWN_TIMEOUT_MS: "10000",
+    LOG_LEVEL: "info",
+  });
+  const taskId = await submit(env);
+  await waitFor(async () => (await types(env, taskId)).includes("step.started"), {
+    timeoutMs: 20_000,
+  });
+  child.kill("SIGTERM");
+  const status = await child.status;
+  const log = await new Response(child.stderr).text();
+  assert.equal(status.code, 0, log);
+  assert.ok((await types(env, taskId)).includes("task.completed"));
+  const pending = await env.services.redis.xpending(env.services.keys.webhookStream, "workers");
+  assert.equal(pending[0], 0);
+  assert.match(log, /"msg":"Consumers stopped".*"finished":1/);
+});

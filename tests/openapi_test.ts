@@ -1,0 +1,56 @@
+import assert from "node:assert/strict";
+import { testEnv } from "./_helpers.ts";
+
+Deno.test("the OpenAPI document describes every route", async () => {
+  await using env = await testEnv("openapi");
+  const res = await env.services.app.request("/openapi.json");
+  assert.equal(res.status, 200);
+  const doc = await res.json();
+  assert.equal(doc.openapi, "3.1.0");
+  assert.deepEqual(Object.keys(doc.paths).sort(), [
+    "/health",
+    "/stats",
+    "/task/{task_id}",
+    "/task/{task_id}/events",
+    "/videos/{video_id}/scenes",
+    "/webhook",
+  ]);
+  const webhook = doc.paths["/webhook"].post;
+  const schema = webhook.requestBody.content["application/json"].schema;
+  for (const field of ["prompt", "image_url", "video_id", "user_id", "user_email"]) {
+    assert.ok(schema.required.includes(field), field);
+  }
+  assert.deepEqual(Object.keys(webhook.responses).sort(), [
+    "202",
+    "400",
+    "413",
+    "415",
+    "422",
+    "503",
+  ]);
+});
+
+Deno.test("the docs page and its assets are served locally", async () => {
+  await using env = await testEnv("docs");
+  const page = await env.services.app.request("/docs");
+  assert.equal(page.status, 200);
+  const html = await page.text();
+  assert.doesNotMatch(html, /https?:\/\//, "no external assets");
+  for (const src of html.matchAll(/(?:href|src)="([^"]+)"/g)) {
+    const asset = await env.services.app.request(src[1]);
+    assert.equal(asset.status, 200, src[1]);
+    assert.ok((await asset.arrayBuffer()).byteLength > 20, src[1]);
+  }
+});
+
+Deno.test("health reports Redis latency, provider mode and consumer groups", async () => {
+  await using env = await testEnv("health");
+  const res = await env.services.app.request("/health");
+  assert.equal(res.status, 200);
+  const body = await res.json();
+  assert.equal(body.status, "ok");
+  assert.equal(body.redis.ok, true);
+  assert.ok(body.redis.latency_ms >= 0);
+  assert.equal(body.provider_mode, "offline");
+  assert.ok(Array.isArray(body.consumer_groups));
+});

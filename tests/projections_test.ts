@@ -1,0 +1,177 @@
+import assert from "node:assert/strict";
+import type { Redis } from "ioredis";
+import { RetryableError, UnrecoverableError } from "../src/errors.ts";
+import { decodeEvent } from "../src/events.ts";
+import { PROJECTION_GROUPS } from "../src/keys.ts";
+import { createProjections } from "../src/projections/projections.ts";
+import { resetProjections } from "../src/projections/rebuild.ts";
+import { evolveStats } from "../src/projections/stats.ts";
+import type { TaskStatus } from "../src/projections/task_view.ts";
+import { createPipeline, startConsumers } from "../src/runtime.ts";
+import { caughtUp, fixture, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
+
+/** Every view key of the prefix with its value, for exact comparison. */
+async function snapshot(redis: Redis, prefix: string) {
+  const keys: string[] = [];
+  let cursor = "0";
+  do {
+    const [next, found] = await redis.scan(cursor, "MATCH", `{${prefix}}:view:*`, "COUNT", 1000);
+    cursor = next;
+    keys.push(...found);
+  } while (cursor !== "0");
+  const out: Record<string, unknown> = {};
+  for (const key of keys.sort()) {
+    const type = await redis.type(key);
+    if (type === "string") out[key] = await redis.get(key);
+    else if (type === "hash") out[key] = await redis.hgetall(key);
+    else if (type === "zset") out[key] = await redis.zrange(key, 0, -1, "WITHSCORES");
+    else out[key] = type;
+  }
+  return out;
+}
+
+/** Successes, a retry, an unrecoverable failure, exhausted retries, a revision and a poison entry. */
+async function mixedRun(env: TestEnv) {
+  let flaky = 0;
+  const pipeline = createPipeline(env.config, env.services).map((step) =>
+    step.name !== "scenes" ? step : {
+      name: step.name,
+      run: (context: Parameters<typeof step.run>[0]) => {
+        const id = context.request.video_id;
+        if (id.startsWith("bad-")) return Promise.reject(new UnrecoverableError("Rejected input"));
+        if (id.startsWith("down-")) return Promise.reject(new RetryableError("Provider down"));
+        if (id.startsWith("flaky-") && flaky++ === 0) {
+          return Promise.reject(new RetryableError("Provider hiccup"));
+        }
+        return step.run(context);
+      },
+    }
+  );
+  // Two processes' worth of consumers: the projection leases decide who applies.
+  const sets = [
+    await startConsumers(env.config, env.services, env.log, { pipeline }),
+    await startConsumers(env.config, env.services, env.log, { pipeline }),
+  ];
+  const base = JSON.parse(await fixture("minimal.json"));
+  const videos = ["ok-1", "ok-2", "flaky-1", "bad-1", "down-1", "ok-3"];
+  for (const video_id of videos) {
+    assert.equal((await env.post({ ...base, video_id })).status, 202);
+  }
+  assert.equal((await env.post(await fixture("new-video.json"))).status, 202);
+  await env.services.redis.xadd(env.services.keys.webhookStream, "*", "poison", "1");
+  const { redis, keys } = env.services;
+  await waitFor(async () => {
+    const stats = await (await env.services.app.request("/stats")).json();
+    return stats.completed_tasks + stats.failed_tasks === videos.length + 1 &&
+      await caughtUp(redis, [keys.webhookStream, keys.eventStream]);
+  }, { what: "the mixed run to settle", timeoutMs: 20_000 });
+  assert.equal((await env.post(await fixture("revision.json"))).status, 202);
+  await waitFor(async () => {
+    const stats = await (await env.services.app.request("/stats")).json();
+    return stats.completed_tasks === 6 && await caughtUp(redis, [keys.eventStream]);
+  }, { what: "the revision to settle" });
+  return sets;
+}
+
+Deno.test("stats equal a recount of the log; rebuilt views equal the live ones", async () => {
+  await using env = await testEnv("rebuild", { MAX_ATTEMPTS: "2", RETRY_BASE_MS: "5" });
+  const { redis, keys } = env.services;
+  const sets = await mixedRun(env);
+  for (const set of sets) await set.stop(1_000);
+
+  const stats = await (await env.services.app.request("/stats")).json();
+  assert.equal(stats.total_requests, 8);
+  assert.equal(stats.completed_tasks, 6);
+  assert.equal(stats.failed_tasks, 2);
+  assert.equal(stats.dead_lettered_tasks, 2);
+  assert.equal(stats.queued_tasks + stats.processing_tasks, 0);
+
+  // Recount: fold every event of the log from scratch.
+  const counters: Record<string, number> = {};
+  const status = new Map<string, TaskStatus>();
+  for (const [id, fields] of await redis.xrange(keys.eventStream, "-", "+")) {
+    const event = decodeEvent(id, fields);
+    const change = evolveStats(status.get(event.task_id), event);
+    if (change.status) status.set(event.task_id, change.status);
+    for (const [k, n] of Object.entries(change.counters)) counters[k] = (counters[k] ?? 0) + n;
+  }
+  const live = await redis.hgetall(keys.stats);
+  for (const [field, n] of Object.entries(counters)) {
+    assert.equal(Number(live[field] ?? 0), n, field);
+  }
+
+  const before = await snapshot(redis, env.prefix);
+  assert.ok(Object.keys(before).length >= 10, "views exist");
+  const projections = createProjections({
+    redis,
+    keys,
+    viewTtlS: env.config.VIEW_RETENTION_S,
+  });
+  await resetProjections(redis, keys, projections);
+  assert.deepEqual(await snapshot(redis, env.prefix), {});
+
+  const rebuild = await startConsumers(env.config, env.services, env.log, { worker: false });
+  try {
+    await waitFor(() => caughtUp(redis, [keys.eventStream]), { what: "rebuild caught up" });
+    assert.deepEqual(await snapshot(redis, env.prefix), before);
+  } finally {
+    await rebuild.stop(1_000);
+  }
+});
+
+Deno.test("redelivered events are not applied twice", async () => {
+  await using env = await testEnv("redeliver");
+  const { redis, keys } = env.services;
+  const first = await startConsumers(env.config, env.services, env.log);
+  await env.post(await fixture("new-video.json"));
+  await env.post(await fixture("minimal.json"));
+  await waitFor(async () => {
+    const stats = await (await env.services.app.request("/stats")).json();
+    return stats.completed_tasks === 2 && await caughtUp(redis, [keys.eventStream]);
+  });
+  await first.stop(1_000);
+  const before = await snapshot(redis, env.prefix);
+
+  // Rewind every projection group: the whole log is delivered again.
+  for (const group of PROJECTION_GROUPS) await redis.xgroup("SETID", keys.eventStream, group, "0");
+  // And leave an entry pending, as a crashed lease holder would.
+  await redis.xreadgroup(
+    "GROUP",
+    "stats",
+    "projector",
+    "COUNT",
+    3,
+    "STREAMS",
+    keys.eventStream,
+    ">",
+  );
+  const again = await startConsumers(env.config, env.services, env.log, { worker: false });
+  try {
+    await waitFor(() => caughtUp(redis, [keys.eventStream]), { what: "redelivery consumed" });
+    assert.deepEqual(await snapshot(redis, env.prefix), before);
+    const stats = await (await env.services.app.request("/stats")).json();
+    assert.equal(stats.total_requests, 2);
+    assert.equal(stats.completed_tasks, 2);
+  } finally {
+    await again.stop(1_000);
+  }
+});
+
+Deno.test("a projector without the lease writes nothing", async () => {
+  await using env = await testEnv("lease");
+  const { redis, keys } = env.services;
+  await redis.set(keys.lease("stats"), "someone-else", "PX", 60_000);
+  const consumers = await startConsumers(env.config, env.services, env.log, { worker: false });
+  try {
+    const res = await env.post(await fixture("minimal.json"));
+    const { task_id } = await res.json();
+    await waitFor(async () => await redis.exists(keys.taskView(task_id)), { what: "task view" });
+    assert.equal(await redis.exists(keys.stats), 0, "stats must wait for the lease");
+    await redis.del(keys.lease("stats"));
+    await waitFor(async () => await redis.hget(keys.stats, "total_requests") === "1", {
+      what: "stats after the lease frees",
+    });
+  } finally {
+    await consumers.stop(1_000);
+  }
+});

@@ -1,0 +1,82 @@
+import assert from "node:assert/strict";
+import { ConfigError, loadConfig, providerMode } from "../src/config.ts";
+import { createLogger, maskEmails } from "../src/log.ts";
+import { offlineRevision, offlineScenes } from "../src/pipeline/offline.ts";
+import { backoffMs } from "../src/sleep.ts";
+import { fixture } from "./_helpers.ts";
+
+Deno.test("offline scenes keep the prompt's scene-by-scene order and voiceovers", async () => {
+  const { prompt } = JSON.parse(await fixture("new-video.json"));
+  const scenes = offlineScenes(prompt, 5);
+  assert.equal(scenes.length, 5);
+  assert.deepEqual(scenes.map((s) => s.scene_number), [1, 2, 3, 4, 5]);
+  assert.equal(scenes[0].voiceover, "Every run starts before the city wakes.");
+  assert.equal(scenes[4].voiceover, "AeroRun Pulse. Available now.");
+  assert.match(scenes[1].visual_description, /^A runner laces up on a doorstep/);
+  assert.equal(scenes.reduce((sum, s) => sum + s.duration_seconds, 0), 30);
+  assert.deepEqual(offlineScenes(prompt, 5), scenes, "deterministic");
+});
+
+Deno.test("offline scenes split a plain prompt into SCENE_COUNT parts or the count it asks for", async () => {
+  const minimal = JSON.parse(await fixture("minimal.json")).prompt;
+  assert.equal(offlineScenes(minimal, 5).length, 5);
+  assert.equal(offlineScenes(minimal, 2).length, 2);
+  const n8n = JSON.parse(await fixture("n8n-envelope.json")).body.prompt;
+  assert.equal(offlineScenes(n8n, 5).length, 3, "the prompt asks for three scenes");
+  for (const scene of offlineScenes(minimal, 5)) {
+    assert.ok(scene.visual_description && scene.voiceover && scene.shot_type);
+    assert.ok(scene.duration_seconds > 0);
+  }
+});
+
+Deno.test("an offline revision changes only the scenes the prompt names", async () => {
+  const scenes = offlineScenes(JSON.parse(await fixture("new-video.json")).prompt, 5);
+  const { prompt } = JSON.parse(await fixture("revision.json"));
+  const revision = offlineRevision(scenes, prompt);
+  assert.deepEqual(revision.changed, [3, 5]);
+  assert.deepEqual(revision.scenes[0], scenes[0]);
+  assert.notDeepEqual(revision.scenes[2], scenes[2]);
+});
+
+Deno.test("a bad setting stops start-up with a message naming the variable", () => {
+  assert.throws(() => loadConfig({ WORKER_CONCURRENCY: "lots" }), (error: Error) => {
+    assert.ok(error instanceof ConfigError);
+    assert.match(error.message, /WORKER_CONCURRENCY/);
+    return true;
+  });
+  assert.throws(
+    () => loadConfig({ REDIS_URL: "http://x", PROVIDER_MODE: "cloud" }),
+    (e: Error) => /REDIS_URL/.test(e.message) && /PROVIDER_MODE/.test(e.message),
+  );
+  const config = loadConfig({});
+  assert.equal(config.PORT, 8000);
+  assert.equal(config.KEY_PREFIX, "vp");
+  assert.equal(config.CLAIM_IDLE_MS, 60_000);
+  assert.equal(providerMode(config), "offline");
+  assert.equal(providerMode(loadConfig({ FAL_KEY: "k", OPENAI_API_KEY: "k" })), "live");
+  assert.equal(
+    providerMode(loadConfig({ FAL_KEY: "k", OPENAI_API_KEY: "k", PROVIDER_MODE: "offline" })),
+    "offline",
+  );
+});
+
+Deno.test("logs mask e-mails and redact secret fields", () => {
+  const lines: string[] = [];
+  const log = createLogger("info", {}, (line) => lines.push(line));
+  log.info("Accepted maya@example.com", { user_email: "maya@example.com", api_key: "sk-123" });
+  log.debug("hidden");
+  assert.equal(lines.length, 1);
+  const record = JSON.parse(lines[0]);
+  assert.equal(record.msg, "Accepted m***@example.com");
+  assert.equal(record.user_email, "m***@example.com");
+  assert.equal(record.api_key, "[redacted]");
+  assert.equal(maskEmails("no address here"), "no address here");
+});
+
+Deno.test("backoff grows exponentially with jitter and is capped", () => {
+  assert.equal(backoffMs(1, 1000, 60_000, () => 0), 500);
+  assert.equal(backoffMs(1, 1000, 60_000, () => 1), 1000);
+  assert.equal(backoffMs(3, 1000, 60_000, () => 0), 2000);
+  assert.equal(backoffMs(3, 1000, 60_000, () => 1), 4000);
+  assert.equal(backoffMs(20, 1000, 60_000, () => 1), 60_000);
+});
