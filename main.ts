@@ -38,7 +38,16 @@ async function main(command: string | undefined): Promise<number> {
     })
   );
 
-  const consumers = command === "serve" ? null : await startConsumers(config, services, log);
+  let consumers = null;
+  if (command !== "serve") {
+    try {
+      consumers = await startConsumers(config, services, log);
+    } catch (error) {
+      log.error("Consumers could not start", { error: String(error) });
+      await services.close();
+      return 1;
+    }
+  }
   const server = command === "worker" ? null : Deno.serve({
     port: config.PORT,
     hostname: config.HOST,
