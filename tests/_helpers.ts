@@ -6,7 +6,12 @@ import { waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { createServices, type Services } from "../src/runtime.ts";
 
-export const FIXTURES = new URL("../../shared/fixtures/webhooks/", import.meta.url);
+/**
+ * The shared webhook fixtures, vendored from ../shared/fixtures/webhooks/ so a clean clone is
+ * self-contained; fixtures_test.ts checks the copy still matches when ../shared is present.
+ */
+export const FIXTURES = new URL("./fixtures/webhooks/", import.meta.url);
+export const SHARED_FIXTURES = new URL("../../shared/fixtures/webhooks/", import.meta.url);
 
 export async function fixture(name: string): Promise<string> {
   return await Deno.readTextFile(new URL(name, FIXTURES));
