@@ -26,7 +26,44 @@ export const ConfigSchema = z.object({
   VIEW_RETENTION_S: int(60, 30 * 86_400),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   FAL_KEY: z.string().optional(),
+  FAL_BASE_URL: z.url().optional(),
+  FAL_REFRAME_MODEL: z.string().min(1).default("fal-ai/luma-photon/reframe"),
+  REFRAME_ASPECT_RATIO: z.enum(["1:1", "16:9", "9:16", "4:3", "3:4", "21:9", "9:21"]).default(
+    "9:16",
+  ),
+  REFRAME_TIMEOUT_MS: int(1, 300_000),
   OPENAI_API_KEY: z.string().optional(),
+  OPENAI_BASE_URL: z.url().optional(),
+  OPENAI_MODEL: z.string().min(1).default("gpt-4o"),
+  SCENES_TIMEOUT_MS: int(1, 120_000),
+  SUPABASE_URL: z.url().optional(),
+  SUPABASE_SERVICE_ROLE_KEY: z.string().optional(),
+  SUPABASE_SCHEMA: z.string().min(1).default("public"),
+  CALLBACK_SECRET: z.string().optional(),
+  CALLBACK_MAX_ATTEMPTS: int(1, 5),
+  CALLBACK_TIMEOUT_MS: int(1, 15_000),
+  ALLOW_PRIVATE_CALLBACKS: z.enum(["true", "false"]).default("false").transform((v) =>
+    v === "true"
+  ),
+}).superRefine((config, ctx) => {
+  if (config.SUPABASE_URL && !config.SUPABASE_SERVICE_ROLE_KEY) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["SUPABASE_SERVICE_ROLE_KEY"],
+      message: "is required when SUPABASE_URL is set",
+    });
+  }
+  if (config.PROVIDER_MODE === "live") {
+    for (const key of ["FAL_KEY", "OPENAI_API_KEY"] as const) {
+      if (!config[key]) {
+        ctx.addIssue({
+          code: "custom",
+          path: [key],
+          message: "is required when PROVIDER_MODE=live",
+        });
+      }
+    }
+  }
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

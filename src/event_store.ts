@@ -12,6 +12,8 @@ export interface IngestResult {
 export type SettleMode = "append" | "ack" | "dead";
 
 export interface SettleInput {
+  /** The stream whose entry the caller holds; the webhook stream unless given. */
+  stream?: string;
   group: string;
   consumer: string;
   /** The work entry the caller holds; writes are refused once another consumer owns it. */
@@ -67,7 +69,7 @@ export class EventStore {
     const reply = await settleScript.run(this.redis, [
       this.keys.eventStream,
       this.keys.taskTimeline(input.taskId),
-      this.keys.webhookStream,
+      input.stream ?? this.keys.webhookStream,
       this.keys.deadLetterStream,
     ], [
       input.group,
@@ -84,6 +86,18 @@ export class EventStore {
     ]);
     if (reply === -1) throw new ClaimLostError(`Entry "${input.entryId}" is no longer ours`);
     return String(reply);
+  }
+
+  /** The request JSON a task was created from, read from its work entry ("" once trimmed). */
+  async payload(webhookEntryId: string): Promise<string> {
+    const [entry] = await this.redis.xrange(
+      this.keys.webhookStream,
+      webhookEntryId,
+      webhookEntryId,
+    );
+    if (!entry) return "";
+    const at = entry[1].indexOf("payload");
+    return at >= 0 ? entry[1][at + 1] : "";
   }
 
   /** A task's events in order, read from the log through its timeline index. */

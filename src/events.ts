@@ -15,12 +15,23 @@ export const SceneSchema = z.object({
 });
 export type Scene = z.infer<typeof SceneSchema>;
 
+export const SceneChangeSchema = z.object({
+  scene_number: z.number().int(),
+  changed: z.boolean(),
+  summary: z.string(),
+});
+
 export const TaskResultSchema = z.object({
   scenes: z.array(SceneSchema),
   image_url: z.string(),
   reframed: z.boolean(),
   provider: z.object({ reframe: z.string(), scenes: z.string() }),
+  /** Whether the request asked for a revision. */
   revision: z.boolean(),
+  /** The video's revision these scenes are stored as: 1 for the first, then one more each time. */
+  video_revision: z.number().int().min(1),
+  /** For revisions: per scene, whether and how it changed. */
+  changes: z.array(SceneChangeSchema).optional(),
 });
 export type TaskResult = z.infer<typeof TaskResultSchema>;
 
@@ -51,6 +62,10 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
     }),
   ),
   base(
+    "scenes.generated",
+    z.object({ video_id: z.string(), user_id: z.string(), result: TaskResultSchema }),
+  ),
+  base(
     "task.completed",
     z.object({ video_id: z.string(), result: TaskResultSchema, duration_ms: z.number() }),
   ),
@@ -68,6 +83,24 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
   base(
     "task.dead_lettered",
     z.object({ error: z.string(), attempts: z.number().int(), dead_letter_entry: z.string() }),
+  ),
+  base(
+    "callback.attempted",
+    z.object({
+      webhook_id: z.string(),
+      attempt: z.number().int(),
+      status_code: z.number().int().nullable(),
+      error: z.string().nullable(),
+      retry_in_ms: z.number().nullable(),
+    }),
+  ),
+  base(
+    "callback.delivered",
+    z.object({ webhook_id: z.string(), attempts: z.number().int(), status_code: z.number().int() }),
+  ),
+  base(
+    "callback.failed",
+    z.object({ webhook_id: z.string(), attempts: z.number().int(), error: z.string() }),
   ),
 ]);
 
@@ -97,6 +130,12 @@ export function fieldsToRecord(fields: string[]): Record<string, string> {
   const record: Record<string, string> = {};
   for (let i = 0; i + 1 < fields.length; i += 2) record[fields[i]] = fields[i + 1];
   return record;
+}
+
+/** The event type of a raw entry, without decoding it. */
+export function entryType(fields: string[]): string | undefined {
+  for (let i = 0; i + 1 < fields.length; i += 2) if (fields[i] === "type") return fields[i + 1];
+  return undefined;
 }
 
 /** Decodes a stream entry; throws a ZodError or SyntaxError when the entry is malformed. */

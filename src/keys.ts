@@ -33,5 +33,8 @@ export function createKeys(prefix: string) {
 }
 
 export const WORKER_GROUP = "workers";
+/** Downstream groups on the event stream: any number of consumers each, effects idempotent. */
+export const SINK_GROUP = "scene-sink";
+export const CALLBACK_GROUP = "callbacks";
 export const PROJECTION_GROUPS = ["task-view", "video-scenes", "stats"] as const;
 export type ProjectionName = (typeof PROJECTION_GROUPS)[number];

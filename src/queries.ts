@@ -86,6 +86,7 @@ export async function readStats(redis: Redis, keys: Keys, now: number) {
     average_processing_time: Math.round(average) / 1000,
     processing_time_ms: { average: Math.round(average), p50, p95 },
     step_average_ms: stepAverage,
+    callbacks: { delivered: n("callbacks_delivered"), failed: n("callbacks_failed") },
     throughput_last_minute: { finished, per_second: Math.round((finished / 60) * 100) / 100 },
     consumer_groups: groups,
   };

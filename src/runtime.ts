@@ -1,14 +1,17 @@
 import { hostname } from "node:os";
+import { CallbackSender } from "../consumers/callback_sender.ts";
 import { Projector } from "../consumers/projector.ts";
+import { SceneSink, type SceneStore } from "../consumers/scene_sink.ts";
 import { TaskWorker } from "../consumers/task_worker.ts";
 import { type Config, providerMode } from "./config.ts";
 import { EventStore } from "./event_store.ts";
-import type { Scene } from "./events.ts";
 import { createApp } from "./http/app.ts";
-import { createKeys } from "./keys.ts";
+import { CALLBACK_GROUP, createKeys, SINK_GROUP, WORKER_GROUP } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { offlinePipeline } from "./pipeline/offline.ts";
-import type { Pipeline } from "./pipeline/pipeline.ts";
+import { livePipeline } from "./pipeline/live.ts";
+import type { Pipeline, VideoHistory } from "./pipeline/pipeline.ts";
+import { createSupabaseScenes } from "./providers/supabase_scenes.ts";
 import { createProjections } from "./projections/projections.ts";
 import { readVideoView } from "./queries.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
@@ -28,6 +31,13 @@ export function createServices(config: Config, log: Logger) {
     timelineTtlS: config.VIEW_RETENTION_S,
   });
   const mode = providerMode(config);
+  const supabase = config.SUPABASE_URL
+    ? createSupabaseScenes({
+      url: config.SUPABASE_URL,
+      serviceRoleKey: config.SUPABASE_SERVICE_ROLE_KEY ?? "",
+      schema: config.SUPABASE_SCHEMA,
+    })
+    : null;
   const app = createApp({
     redis,
     store,
@@ -35,33 +45,87 @@ export function createServices(config: Config, log: Logger) {
     log,
     maxBodyBytes: config.MAX_BODY_BYTES,
     providerMode: mode,
+    sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
   });
-  return { keys, redis, store, app, mode, close: () => closeRedis(redis) };
+  return { keys, redis, store, app, mode, supabase, close: () => closeRedis(redis) };
 }
 
 export type Services = ReturnType<typeof createServices>;
 
-/** The providers for the configured mode. Live providers arrive with the provider-clients issue. */
+/** Memoises an async check for `ms`, so /health does not call Supabase on every probe. */
+function cached<T>(check: () => Promise<T>, ms: number): () => Promise<T> {
+  let last: { at: number; value: Promise<T> } | null = null;
+  return () => {
+    if (!last || Date.now() - last.at > ms) last = { at: Date.now(), value: check() };
+    return last.value;
+  };
+}
+
+/** Latest stored scenes of a video: from Supabase when it is the sink, else the Redis view. */
+export function videoHistory(services: Services): VideoHistory {
+  const { supabase, redis, keys } = services;
+  return {
+    async latest(videoId) {
+      if (supabase) {
+        const found = await supabase.latest(videoId);
+        if (!found) return null;
+        return {
+          revision: found.revision,
+          scenes: found.rows.map((row) => ({
+            scene_number: row.scene_number,
+            visual_description: row.visual_description,
+            voiceover: row.voiceover,
+            shot_type: row.shot_type,
+            sound_effects: row.sound_effects,
+            music_direction: row.music_direction,
+            duration_seconds: row.duration_seconds,
+          })),
+        };
+      }
+      const view = await readVideoView(redis, keys, videoId);
+      return view ? { revision: view.revision, scenes: view.scenes } : null;
+    },
+  };
+}
+
+/** The generation steps for the configured mode. */
 export function createPipeline(config: Config, services: Services): Pipeline {
-  if (services.mode === "live") {
-    throw new Error(
-      'Live providers are not available in this build; set PROVIDER_MODE="offline" or unset FAL_KEY and OPENAI_API_KEY',
-    );
-  }
+  const history = videoHistory(services);
+  if (services.mode === "live") return livePipeline(config, history);
   return offlinePipeline({
     latencyMs: config.OFFLINE_LATENCY_MS,
     sceneCount: config.SCENE_COUNT,
-    latestScenes: async (videoId): Promise<Scene[] | null> =>
-      (await readVideoView(services.redis, services.keys, videoId))?.scenes ?? null,
+    history,
   });
 }
 
-/** The task worker and the three projectors of one process, each with its blocking connection. */
+/** Where the scene sink stores scenes: Supabase when configured, else only the Redis view. */
+export function sceneStore(services: Services): SceneStore {
+  const { supabase } = services;
+  if (supabase) return { name: "supabase", upsert: (rows) => supabase.upsert(rows) };
+  return { name: "redis-view", upsert: () => Promise.resolve() };
+}
+
+export interface ConsumerOptions {
+  pipeline?: Pipeline;
+  sceneStore?: SceneStore;
+  /** Host resolution for callback URLs (tests map names to loopback). */
+  resolve?: (host: string) => Promise<string[]>;
+  worker?: boolean;
+  sink?: boolean;
+  callbacks?: boolean;
+  projections?: boolean;
+}
+
+/**
+ * Everything a worker process runs: the task worker, the scene sink, the callback sender and the
+ * three projectors, each on its own blocking connection.
+ */
 export async function startConsumers(
   config: Config,
   services: Services,
   log: Logger,
-  options: { pipeline?: Pipeline; projections?: boolean; worker?: boolean } = {},
+  options: ConsumerOptions = {},
 ) {
   const consumer = consumerName();
   const blockingConnections: ReturnType<typeof connectRedis>[] = [];
@@ -70,21 +134,51 @@ export async function startConsumers(
     blockingConnections.push(connection);
     return connection;
   };
+  const common = {
+    store: services.store,
+    log: log.child({ consumer }),
+    consumer,
+    concurrency: config.WORKER_CONCURRENCY,
+    claimIdleMs: config.CLAIM_IDLE_MS,
+    retryBaseMs: config.RETRY_BASE_MS,
+    retryMaxMs: config.RETRY_MAX_MS,
+  };
+  const groups: {
+    start(): Promise<void>;
+    stop(ms: number): Promise<{ finished: number; abandoned: number }>;
+  }[] = [];
   let worker: TaskWorker | null = null;
   if (options.worker !== false) {
     worker = new TaskWorker({
-      store: services.store,
+      ...common,
       blocking: blocking("worker"),
       pipeline: options.pipeline ?? createPipeline(config, services),
-      log: log.child({ consumer }),
-      consumer,
-      concurrency: config.WORKER_CONCURRENCY,
-      claimIdleMs: config.CLAIM_IDLE_MS,
       maxAttempts: config.MAX_ATTEMPTS,
-      retryBaseMs: config.RETRY_BASE_MS,
-      retryMaxMs: config.RETRY_MAX_MS,
     });
-    await worker.start();
+    groups.push(worker);
+  }
+  if (options.sink !== false) {
+    groups.push(
+      new SceneSink({
+        ...common,
+        blocking: blocking("scene-sink"),
+        sink: options.sceneStore ?? sceneStore(services),
+        maxAttempts: config.MAX_ATTEMPTS,
+      }),
+    );
+  }
+  if (options.callbacks !== false) {
+    groups.push(
+      new CallbackSender({
+        ...common,
+        blocking: blocking("callbacks"),
+        secret: config.CALLBACK_SECRET,
+        maxAttempts: config.CALLBACK_MAX_ATTEMPTS,
+        timeoutMs: config.CALLBACK_TIMEOUT_MS,
+        allowPrivate: config.ALLOW_PRIVATE_CALLBACKS,
+        resolve: options.resolve,
+      }),
+    );
   }
   const projectors = options.projections === false ? [] : createProjections({
     redis: services.redis,
@@ -99,31 +193,49 @@ export async function startConsumers(
       owner: consumer,
     })
   );
+  for (const g of groups) await g.start();
   for (const p of projectors) await p.start();
   return {
     consumer,
     worker,
     projectors,
-    /** Graceful stop: in-flight tasks get `timeoutMs`, then stay pending for another worker. */
+    /** Graceful stop: in-flight work gets `timeoutMs`, then stays pending for another process. */
     async stop(timeoutMs: number) {
-      const outcome = worker ? await worker.stop(timeoutMs) : { finished: 0, abandoned: 0 };
+      // In pipeline order, so what the worker finishes while stopping is still stored and
+      // announced by this process when time allows; the rest stays pending for another one.
+      const deadline = Date.now() + timeoutMs;
+      const outcomes = [];
+      for (const g of groups) outcomes.push(await g.stop(Math.max(0, deadline - Date.now())));
       await Promise.all(projectors.map((p) => p.stop()));
-      if (worker) await removeIdleConsumer(services, consumer);
+      await removeIdleConsumer(services, consumer);
       await Promise.all(blockingConnections.map(closeRedis));
-      return outcome;
+      return outcomes.reduce(
+        (sum, o) => ({
+          finished: sum.finished + o.finished,
+          abandoned: sum.abandoned + o.abandoned,
+        }),
+        { finished: 0, abandoned: 0 },
+      );
     },
   };
 }
 
-/** Removes this process's consumer from the group when it holds no pending entries. */
+/** Removes this process's consumer from its groups where it holds no pending entries. */
 async function removeIdleConsumer(services: Services, consumer: string) {
   const { redis, keys } = services;
-  try {
-    const pending = await redis.xpending(keys.webhookStream, "workers", "-", "+", 1, consumer);
-    if ((pending as unknown[]).length === 0) {
-      await redis.xgroup("DELCONSUMER", keys.webhookStream, "workers", consumer);
+  const groups: [string, string][] = [
+    [keys.webhookStream, WORKER_GROUP],
+    [keys.eventStream, SINK_GROUP],
+    [keys.eventStream, CALLBACK_GROUP],
+  ];
+  for (const [stream, group] of groups) {
+    try {
+      const pending = await redis.xpending(stream, group, "-", "+", 1, consumer);
+      if ((pending as unknown[]).length === 0) {
+        await redis.xgroup("DELCONSUMER", stream, group, consumer);
+      }
+    } catch {
+      // Best effort: a leftover consumer name only shows in /stats.
     }
-  } catch {
-    // Best effort: a leftover consumer name only shows in /stats.
   }
 }

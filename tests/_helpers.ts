@@ -4,7 +4,12 @@ import { createLogger, type Logger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
 import { waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
-import { createServices, type Services } from "../src/runtime.ts";
+import {
+  type ConsumerOptions,
+  createServices,
+  type Services,
+  startConsumers,
+} from "../src/runtime.ts";
 
 /**
  * The shared webhook fixtures, vendored from ../shared/fixtures/webhooks/ so a clean clone is
@@ -104,4 +109,18 @@ export function freePort(): number {
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
   return port;
+}
+
+/**
+ * Name resolution for tests: "localhost" and "*.localhost" are loopback, every other name fails
+ * without a DNS query (this machine's resolver is not on loopback, and tests stay on loopback).
+ */
+export function testResolve(host: string): Promise<string[]> {
+  if (host === "localhost" || host.endsWith(".localhost")) return Promise.resolve(["127.0.0.1"]);
+  return Promise.reject(new Error(`Test resolver: "${host}" does not resolve`));
+}
+
+/** startConsumers for a test env, with the loopback-only resolver. */
+export function runConsumers(env: TestEnv, options: ConsumerOptions = {}, config = env.config) {
+  return startConsumers(config, env.services, env.log, { resolve: testResolve, ...options });
 }

@@ -7,8 +7,8 @@ import { createProjections } from "../src/projections/projections.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
 import { evolveStats } from "../src/projections/stats.ts";
 import type { TaskStatus } from "../src/projections/task_view.ts";
-import { createPipeline, startConsumers } from "../src/runtime.ts";
-import { caughtUp, fixture, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
+import { createPipeline } from "../src/runtime.ts";
+import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
 /** Every view key of the prefix with its value, for exact comparison. */
 async function snapshot(redis: Redis, prefix: string) {
@@ -49,8 +49,8 @@ async function mixedRun(env: TestEnv) {
   );
   // Two processes' worth of consumers: the projection leases decide who applies.
   const sets = [
-    await startConsumers(env.config, env.services, env.log, { pipeline }),
-    await startConsumers(env.config, env.services, env.log, { pipeline }),
+    await runConsumers(env, { pipeline }),
+    await runConsumers(env, { pipeline }),
   ];
   const base = JSON.parse(await fixture("minimal.json"));
   const videos = ["ok-1", "ok-2", "flaky-1", "bad-1", "down-1", "ok-3"];
@@ -110,7 +110,7 @@ Deno.test("stats equal a recount of the log; rebuilt views equal the live ones",
   await resetProjections(redis, keys, projections);
   assert.deepEqual(await snapshot(redis, env.prefix), {});
 
-  const rebuild = await startConsumers(env.config, env.services, env.log, { worker: false });
+  const rebuild = await runConsumers(env, { worker: false });
   try {
     await waitFor(() => caughtUp(redis, [keys.eventStream]), { what: "rebuild caught up" });
     assert.deepEqual(await snapshot(redis, env.prefix), before);
@@ -122,7 +122,7 @@ Deno.test("stats equal a recount of the log; rebuilt views equal the live ones",
 Deno.test("redelivered events are not applied twice", async () => {
   await using env = await testEnv("redeliver");
   const { redis, keys } = env.services;
-  const first = await startConsumers(env.config, env.services, env.log);
+  const first = await runConsumers(env);
   await env.post(await fixture("new-video.json"));
   await env.post(await fixture("minimal.json"));
   await waitFor(async () => {
@@ -145,7 +145,7 @@ Deno.test("redelivered events are not applied twice", async () => {
     keys.eventStream,
     ">",
   );
-  const again = await startConsumers(env.config, env.services, env.log, { worker: false });
+  const again = await runConsumers(env, { worker: false });
   try {
     await waitFor(() => caughtUp(redis, [keys.eventStream]), { what: "redelivery consumed" });
     assert.deepEqual(await snapshot(redis, env.prefix), before);
@@ -161,7 +161,7 @@ Deno.test("a projector without the lease writes nothing", async () => {
   await using env = await testEnv("lease");
   const { redis, keys } = env.services;
   await redis.set(keys.lease("stats"), "someone-else", "PX", 60_000);
-  const consumers = await startConsumers(env.config, env.services, env.log, { worker: false });
+  const consumers = await runConsumers(env, { worker: false });
   try {
     const res = await env.post(await fixture("minimal.json"));
     const { task_id } = await res.json();

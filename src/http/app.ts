@@ -19,6 +19,8 @@ export interface AppDeps {
   log: Logger;
   maxBodyBytes: number;
   providerMode: "live" | "offline";
+  /** The Supabase scene sink, when configured; /health reports whether it can store scenes. */
+  sceneSink: { name: string; check(): Promise<{ ok: true } | { ok: false; error: string }> } | null;
   clock?: () => Date;
 }
 
@@ -135,6 +137,10 @@ export function createApp(deps: AppDeps) {
   });
 
   app.get("/health", async (c) => {
+    const sink = deps.sceneSink;
+    const sceneSink = sink
+      ? { enabled: true, sink: sink.name, ...(await sink.check()) }
+      : { enabled: false, sink: "redis-view", ok: true };
     const t0 = performance.now();
     try {
       await redis.ping();
@@ -143,6 +149,7 @@ export function createApp(deps: AppDeps) {
         status: "ok" as const,
         redis: { ok: true, latency_ms: latency },
         provider_mode: deps.providerMode,
+        scene_sink: sceneSink,
         consumer_groups: await consumerGroups(redis, keys),
       });
     } catch {
@@ -151,6 +158,7 @@ export function createApp(deps: AppDeps) {
         status: "unavailable" as const,
         redis: { ok: false, latency_ms: null },
         provider_mode: deps.providerMode,
+        scene_sink: sceneSink,
         consumer_groups: [],
       }, 503);
     }

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { SceneSchema, StepName, TaskResultSchema } from "../events.ts";
+import { SceneChangeSchema, SceneSchema, StepName, TaskResultSchema } from "../events.ts";
 
 /** Response shapes, declared once for the OpenAPI document. */
 export const AcceptedSchema = z.object({
@@ -40,6 +40,13 @@ export const TaskViewSchema = z.object({
   }).nullable(),
   retrying: z.boolean(),
   dead_letter_entry: z.string().nullable(),
+  callback: z.object({
+    state: z.enum(["retrying", "delivered", "failed"]),
+    webhook_id: z.string(),
+    attempts: z.number().int(),
+    last_status_code: z.number().int().nullable(),
+    last_error: z.string().nullable(),
+  }).nullable().describe("Delivery of the outcome to callback_url, when one was given"),
   event_count: z.number().int(),
   last_event_id: z.string().nullable(),
 });
@@ -62,6 +69,7 @@ export const VideoScenesSchema = z.object({
   image_url: z.string(),
   reframed: z.boolean(),
   provider: z.object({ reframe: z.string(), scenes: z.string() }),
+  changes: z.array(SceneChangeSchema).optional(),
   updated_at: z.string(),
 });
 
@@ -84,6 +92,7 @@ export const StatsSchema = z.object({
   average_processing_time: z.number().describe("Seconds, over completed tasks"),
   processing_time_ms: z.object({ average: z.number(), p50: z.number(), p95: z.number() }),
   step_average_ms: z.record(z.string(), z.number()),
+  callbacks: z.object({ delivered: z.number().int(), failed: z.number().int() }),
   throughput_last_minute: z.object({
     finished: z.number().int(),
     per_second: z.number(),
@@ -95,5 +104,11 @@ export const HealthSchema = z.object({
   status: z.enum(["ok", "unavailable"]),
   redis: z.object({ ok: z.boolean(), latency_ms: z.number().nullable() }),
   provider_mode: z.enum(["live", "offline"]),
+  scene_sink: z.object({
+    enabled: z.boolean().describe("False without SUPABASE_URL: scenes live in the Redis view only"),
+    sink: z.string(),
+    ok: z.boolean(),
+    error: z.string().optional(),
+  }),
   consumer_groups: z.array(GroupSchema),
 });

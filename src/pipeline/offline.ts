@@ -1,7 +1,14 @@
 import { UnrecoverableError } from "../errors.ts";
 import type { Scene } from "../events.ts";
 import { sleep } from "../sleep.ts";
-import type { Pipeline, ReframeOutput, ScenesOutput, Step, StepContext } from "./pipeline.ts";
+import type {
+  Pipeline,
+  ReframeOutput,
+  ScenesOutput,
+  Step,
+  StepContext,
+  VideoHistory,
+} from "./pipeline.ts";
 
 const SHOTS = ["close-up", "medium shot", "tracking shot", "wide shot", "hero shot"];
 const SOUNDS = [
@@ -108,8 +115,7 @@ export function offlineRevision(previous: Scene[], prompt: string) {
 export interface OfflineOptions {
   latencyMs: number;
   sceneCount: number;
-  /** The latest scenes of a video, for revisions. */
-  latestScenes(videoId: string): Promise<Scene[] | null>;
+  history: VideoHistory;
 }
 
 const delay = (ms: number, signal: AbortSignal) => ms > 0 ? sleep(ms, signal) : Promise.resolve();
@@ -125,48 +131,39 @@ export function offlinePipeline(options: OfflineOptions): Pipeline {
         reframed: false,
         provider: "offline",
       };
-      return { ...output };
+      return output;
     },
   };
   const scenes: Step = {
     name: "scenes",
     async run({ request, signal }: StepContext) {
       await delay(options.latencyMs, signal);
+      const latest = await options.history.latest(request.video_id);
+      const video_revision = (latest?.revision ?? 0) + 1;
       if (!request.is_revision) {
         const output: ScenesOutput = {
           scenes: offlineScenes(request.prompt, options.sceneCount),
           provider: "offline",
+          video_revision,
         };
-        return { ...output };
+        return output;
       }
-      const previous = await options.latestScenes(request.video_id);
-      if (!previous?.length) {
+      if (!latest?.scenes.length) {
         throw new UnrecoverableError(`Video "${request.video_id}" has no scenes to revise`);
       }
-      const revision = offlineRevision(previous, request.prompt);
-      return { scenes: revision.scenes, changed_scenes: revision.changed, provider: "offline" };
-    },
-  };
-  const persist: Step = {
-    name: "persist",
-    async run({ outputs, signal }) {
-      await delay(options.latencyMs, signal);
-      const stored = (outputs.scenes?.scenes as Scene[] | undefined)?.length ?? 0;
-      // Offline, the scenes' home is the video-scenes projection fed by task.completed.
-      return { sink: "redis-view", scenes: stored };
-    },
-  };
-  const notify: Step = {
-    name: "notify",
-    async run({ request, signal }) {
-      await delay(options.latencyMs, signal);
-      return {
-        delivered: false,
-        reason: request.callback_url
-          ? "callbacks are delivered only in live mode"
-          : "no callback_url given",
+      const revision = offlineRevision(latest.scenes, request.prompt);
+      const output: ScenesOutput = {
+        scenes: revision.scenes,
+        provider: "offline",
+        video_revision,
+        changes: latest.scenes.map((scene) => ({
+          scene_number: scene.scene_number,
+          changed: revision.changed.includes(scene.scene_number),
+          summary: revision.changed.includes(scene.scene_number) ? "Revised as asked" : "Unchanged",
+        })),
       };
+      return output;
     },
   };
-  return [reframe, scenes, persist, notify];
+  return [reframe, scenes];
 }

@@ -1,5 +1,6 @@
-import type { Scene, StepName } from "../events.ts";
+import type { Scene, SceneChangeSchema, StepName, TaskResult } from "../events.ts";
 import type { VideoRequest } from "../webhook.ts";
+import type { z } from "zod";
 
 /** What a step sees: the request, the outputs of the steps before it, and a cancel signal. */
 export interface StepContext {
@@ -11,8 +12,8 @@ export interface StepContext {
 }
 
 /**
- * One named stage of the video pipeline. Its output is recorded in the step.completed event, so a
- * redelivered task resumes after the last completed step instead of repeating it.
+ * One named stage of the generation pipeline. Its output is recorded in the step.completed event,
+ * so a redelivered task resumes after the last completed step instead of repeating it.
  */
 export interface Step {
   name: StepName;
@@ -21,13 +22,38 @@ export interface Step {
 
 export type Pipeline = readonly Step[];
 
+/** Where the latest stored scenes of a video are read from (Supabase, or the Redis view). */
+export interface VideoHistory {
+  latest(videoId: string): Promise<{ revision: number; scenes: Scene[] } | null>;
+}
+
 export interface ReframeOutput {
   image_url: string;
   reframed: boolean;
   provider: string;
+  [detail: string]: unknown;
 }
 
 export interface ScenesOutput {
   scenes: Scene[];
   provider: string;
+  /** The video revision these scenes will be stored as, fixed when they are generated. */
+  video_revision: number;
+  changes?: z.infer<typeof SceneChangeSchema>[];
+  [detail: string]: unknown;
+}
+
+/** The task's result from its recorded step outputs. */
+export function buildResult(outputs: StepContext["outputs"], revision: boolean): TaskResult {
+  const reframe = (outputs.reframe ?? {}) as Partial<ReframeOutput>;
+  const scenes = (outputs.scenes ?? {}) as Partial<ScenesOutput>;
+  return {
+    scenes: scenes.scenes ?? [],
+    image_url: String(reframe.image_url ?? ""),
+    reframed: Boolean(reframe.reframed),
+    provider: { reframe: String(reframe.provider ?? ""), scenes: String(scenes.provider ?? "") },
+    revision,
+    video_revision: scenes.video_revision ?? 1,
+    ...(scenes.changes ? { changes: scenes.changes } : {}),
+  };
 }

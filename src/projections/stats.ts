@@ -36,7 +36,13 @@ export function evolveStats(previous: TaskStatus | undefined, event: StoredEvent
     case "task.started":
       return { status: "processing", counters: move(previous, "processing") };
     case "step.started":
+    case "scenes.generated":
+    case "callback.attempted":
       return { counters: {} };
+    case "callback.delivered":
+      return { counters: { callbacks_delivered: 1 } };
+    case "callback.failed":
+      return { counters: { callbacks_failed: 1 } };
     case "step.completed":
       return {
         counters: {

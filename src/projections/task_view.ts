@@ -17,8 +17,17 @@ export interface TaskView {
   error: { message: string; step: StepName | null; retryable: boolean; attempt: number } | null;
   retrying: boolean;
   dead_letter_entry: string | null;
+  callback: CallbackState | null;
   event_count: number;
   last_event_id: string | null;
+}
+
+export interface CallbackState {
+  state: "retrying" | "delivered" | "failed";
+  webhook_id: string;
+  attempts: number;
+  last_status_code: number | null;
+  last_error: string | null;
 }
 
 export function initialTaskView(taskId: string): TaskView {
@@ -37,6 +46,7 @@ export function initialTaskView(taskId: string): TaskView {
     error: null,
     retrying: false,
     dead_letter_entry: null,
+    callback: null,
     event_count: 0,
     last_event_id: null,
   };
@@ -77,6 +87,8 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
           [event.data.step]: { duration_ms: event.data.duration_ms, attempt: event.data.attempt },
         },
       };
+    case "scenes.generated":
+      return { ...next, current_step: null, retrying: false };
     case "task.completed":
       return {
         ...next,
@@ -100,6 +112,39 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
       };
     case "task.dead_lettered":
       return { ...next, status: "failed", dead_letter_entry: event.data.dead_letter_entry };
+    case "callback.attempted":
+      return {
+        ...next,
+        callback: {
+          state: event.data.retry_in_ms === null ? "failed" : "retrying",
+          webhook_id: event.data.webhook_id,
+          attempts: event.data.attempt,
+          last_status_code: event.data.status_code,
+          last_error: event.data.error,
+        },
+      };
+    case "callback.delivered":
+      return {
+        ...next,
+        callback: {
+          state: "delivered",
+          webhook_id: event.data.webhook_id,
+          attempts: event.data.attempts,
+          last_status_code: event.data.status_code,
+          last_error: null,
+        },
+      };
+    case "callback.failed":
+      return {
+        ...next,
+        callback: {
+          state: "failed",
+          webhook_id: event.data.webhook_id,
+          attempts: event.data.attempts,
+          last_status_code: view.callback?.last_status_code ?? null,
+          last_error: event.data.error,
+        },
+      };
     default: {
       const unknown: never = event;
       throw new Error(`Unhandled event ${JSON.stringify(unknown)}`);

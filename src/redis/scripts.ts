@@ -53,8 +53,9 @@ return {ARGV[1], 0}
  * Fencing: if the entry is no longer pending for this consumer (another worker reclaimed it),
  * nothing is written and -1 is returned.
  *
- * KEYS[1] event stream   KEYS[2] task timeline   KEYS[3] webhook stream   KEYS[4] dead-letter stream
- * ARGV[1] group   ARGV[2] consumer   ARGV[3] webhook entry id   ARGV[4] timeline ttl (s)
+ * KEYS[1] event stream   KEYS[2] task timeline   KEYS[3] the stream of the held entry (the webhook
+ * stream for workers, the event stream for downstream groups)   KEYS[4] dead-letter stream
+ * ARGV[1] group   ARGV[2] consumer   ARGV[3] held entry id   ARGV[4] timeline ttl (s)
  * ARGV[5] mode: "append" (events only), "ack" (events, then XACK), "dead" (events, a dead-letter
  *         entry and a task.dead_lettered event, then XACK)
  * ARGV[6] task id ("" for an entry without one)   ARGV[7] time (ISO)
@@ -76,7 +77,7 @@ if ARGV[6] ~= '' then
   for i = 11, #ARGV, 3 do append(ARGV[i], ARGV[i + 1], ARGV[i + 2]) end
 end
 if ARGV[5] == 'dead' then
-  local dead = redis.call('XADD', KEYS[4], '*', 'task_id', ARGV[6], 'webhook_entry', ARGV[3],
+  local dead = redis.call('XADD', KEYS[4], '*', 'task_id', ARGV[6], 'group', ARGV[1], 'entry', ARGV[3],
     'error', ARGV[8], 'attempts', ARGV[9], 'payload', ARGV[10], 'at', ARGV[7])
   if ARGV[6] ~= '' then
     append('task.dead_lettered', ARGV[7], cjson.encode({error = ARGV[8], attempts = tonumber(ARGV[9]), dead_letter_entry = dead}))
@@ -90,7 +91,7 @@ return last
 
 /**
  * Keeps a long task's claim fresh: resets the entry's idle time, only if this consumer owns it.
- * KEYS[1] webhook stream   ARGV[1] group   ARGV[2] consumer   ARGV[3] entry id
+ * KEYS[1] stream   ARGV[1] group   ARGV[2] consumer   ARGV[3] entry id
  * Returns 1 when refreshed, 0 when the entry is no longer ours.
  */
 export const heartbeatScript = new Script(

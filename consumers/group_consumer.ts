@@ -1,0 +1,185 @@
+import type { Redis } from "ioredis";
+import { ClaimLostError } from "../src/event_store.ts";
+import type { Logger } from "../src/log.ts";
+import { heartbeatScript } from "../src/redis/scripts.ts";
+import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
+import { sleep } from "../src/sleep.ts";
+
+export interface GroupConsumerOptions {
+  redis: Redis;
+  /** A dedicated connection for XREADGROUP BLOCK. */
+  blocking: Redis;
+  stream: string;
+  group: string;
+  consumer: string;
+  concurrency: number;
+  claimIdleMs: number;
+  log: Logger;
+  /** Entries this consumer does nothing with; they are acknowledged in bulk without a handler. */
+  ignores?: (entry: StreamEntry) => boolean;
+  /**
+   * Handles one entry. The signal aborts when the process stops or another consumer took the
+   * entry over; the handler must then stop without acknowledging, leaving the entry pending.
+   */
+  handle(entry: StreamEntry, signal: AbortSignal): Promise<void>;
+}
+
+/** Thrown into a handler's signal when the process stops before the entry was settled. */
+export class Stopping extends Error {}
+
+/**
+ * One consumer of a Redis Streams consumer group, running up to `concurrency` handlers at once.
+ *
+ * At-least-once: entries are acknowledged by their handlers, after their effects are durable.
+ * Entries left idle for `claimIdleMs` by a crashed consumer are taken over with XAUTOCLAIM; a
+ * running handler keeps its entry's claim fresh (every claimIdleMs/3), so a live consumer's work is
+ * never taken over, and loses it (its signal aborts) if it was.
+ */
+export class GroupConsumer {
+  readonly #inflight = new Map<string, { abort: AbortController; done: Promise<void> }>();
+  readonly #stop = new AbortController();
+  #slotFreed: (() => void) | null = null;
+  #loop: Promise<void> | null = null;
+
+  constructor(readonly options: GroupConsumerOptions) {}
+
+  get inflight(): number {
+    return this.#inflight.size;
+  }
+
+  async start(): Promise<void> {
+    await ensureGroup(this.options.redis, this.options.stream, this.options.group);
+    this.#loop = this.#run();
+  }
+
+  async #run(): Promise<void> {
+    const { blocking, consumer, concurrency, claimIdleMs, log, stream, group } = this.options;
+    let nextClaim = 0;
+    while (!this.#stop.signal.aborted) {
+      try {
+        const free = concurrency - this.#inflight.size;
+        if (free <= 0) {
+          await new Promise<void>((resolve) => (this.#slotFreed = resolve));
+          continue;
+        }
+        if (Date.now() >= nextClaim) {
+          nextClaim = Date.now() + Math.max(50, Math.floor(claimIdleMs / 2));
+          if (await this.#reclaim(free) > 0) continue;
+        }
+        const entries = await readGroup(blocking, {
+          stream,
+          group,
+          consumer,
+          count: free,
+          blockMs: Math.min(1_000, Math.max(50, Math.floor(claimIdleMs / 2))),
+        });
+        // Entries read while stopping stay pending; another consumer reclaims them.
+        if (!this.#stop.signal.aborted) await this.#dispatch(entries);
+      } catch (error) {
+        if (this.#stop.signal.aborted) break;
+        log.error("Consumer read failed", { group, error: String(error) });
+        await sleep(500).catch(() => {});
+      }
+    }
+  }
+
+  async #dispatch(entries: StreamEntry[]): Promise<void> {
+    const ignored: string[] = [];
+    for (const entry of entries) {
+      if (this.options.ignores?.(entry)) ignored.push(entry.id);
+      else this.#spawn(entry);
+    }
+    if (ignored.length) {
+      await this.options.redis.xack(this.options.stream, this.options.group, ...ignored);
+    }
+  }
+
+  /** Takes over entries another consumer left idle for claimIdleMs (it crashed or stalled). */
+  async #reclaim(count: number): Promise<number> {
+    const { redis, stream, group, consumer, claimIdleMs, log } = this.options;
+    const reply = await redis.xautoclaim(
+      stream,
+      group,
+      consumer,
+      claimIdleMs,
+      "0-0",
+      "COUNT",
+      count,
+    ) as [
+      string,
+      [string, string[] | null][],
+      string[],
+    ];
+    const entries = reply[1]
+      .filter(([id]) => !this.#inflight.has(id))
+      .map(([id, fields]) => ({ id, fields: fields ?? [] }));
+    for (const entry of entries) log.warn("Reclaimed a stalled entry", { group, entry: entry.id });
+    await this.#dispatch(entries);
+    return entries.length;
+  }
+
+  #spawn(entry: StreamEntry): void {
+    const abort = new AbortController();
+    const heartbeat = this.#keepClaimFresh(entry.id, abort);
+    const done = this.options.handle(entry, abort.signal)
+      .catch((error) => {
+        if (abort.signal.aborted || error instanceof ClaimLostError) {
+          this.options.log.warn("Entry left pending for another consumer", {
+            group: this.options.group,
+            entry: entry.id,
+            reason: String(abort.signal.reason ?? error),
+          });
+        } else {
+          this.options.log.error("Handler failed; the entry stays pending", {
+            group: this.options.group,
+            entry: entry.id,
+            error: String(error),
+          });
+        }
+      })
+      .finally(() => {
+        clearInterval(heartbeat);
+        this.#inflight.delete(entry.id);
+        this.#slotFreed?.();
+        this.#slotFreed = null;
+      });
+    this.#inflight.set(entry.id, { abort, done });
+  }
+
+  /** Refreshes the entry's idle time while it runs; aborts the handler if another took it. */
+  #keepClaimFresh(entryId: string, abort: AbortController) {
+    const { redis, stream, group, consumer, claimIdleMs } = this.options;
+    return setInterval(async () => {
+      try {
+        const ok = await heartbeatScript.run(redis, [stream], [group, consumer, entryId]);
+        if (ok === 0) abort.abort(new ClaimLostError(`Entry "${entryId}" was reclaimed`));
+      } catch {
+        // Redis unreachable: keep going; the fenced writes decide whether the work counts.
+      }
+    }, Math.max(20, Math.floor(claimIdleMs / 3)));
+  }
+
+  /**
+   * Stops reading, lets running handlers finish for up to `timeoutMs`, then aborts the rest,
+   * whose entries stay pending for another consumer.
+   */
+  async stop(timeoutMs: number): Promise<{ finished: number; abandoned: number }> {
+    this.#stop.abort();
+    this.#slotFreed?.();
+    const running = [...this.#inflight.values()];
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const all = Promise.all(running.map((r) => r.done));
+    const timedOut = await Promise.race([
+      all.then(() => false),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    const abandoned = timedOut ? this.#inflight.size : 0;
+    if (timedOut) {
+      for (const r of this.#inflight.values()) r.abort.abort(new Stopping("Shutting down"));
+      await all;
+    }
+    await this.#loop;
+    return { finished: running.length - abandoned, abandoned };
+  }
+}
