@@ -32,6 +32,7 @@ export const ConfigSchema = z.object({
     "9:16",
   ),
   REFRAME_TIMEOUT_MS: int(1, 300_000),
+  FAL_POLL_INTERVAL_MS: int(10, 1_000),
   OPENAI_API_KEY: z.string().optional(),
   OPENAI_BASE_URL: z.url().optional(),
   OPENAI_MODEL: z.string().min(1).default("gpt-4o"),

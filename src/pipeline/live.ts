@@ -15,6 +15,7 @@ export function livePipeline(config: Config, history: VideoHistory): Pipeline {
     aspectRatio: config.REFRAME_ASPECT_RATIO,
     baseUrl: config.FAL_BASE_URL,
     timeoutMs: config.REFRAME_TIMEOUT_MS,
+    pollIntervalMs: config.FAL_POLL_INTERVAL_MS,
   });
   const writer = createOpenAIScenes({
     apiKey: config.OPENAI_API_KEY ?? "",

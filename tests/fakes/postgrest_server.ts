@@ -56,6 +56,8 @@ export interface PostgrestFakeOptions {
 export interface PostgrestFault {
   kind: "outage" | "503" | "500" | "401";
   times?: number;
+  /** Only requests with this method are faulted (e.g. "POST" for writes); all when omitted. */
+  method?: string;
 }
 
 export interface PostgrestRequestRecord {
@@ -170,7 +172,7 @@ export async function startPostgrest(options: PostgrestFakeOptions): Promise<Pos
   const secret = randomBytes(32);
   const requests: PostgrestRequestRecord[] = [];
   const inflight = new Set<Promise<void>>();
-  let fault: { kind: PostgrestFault["kind"]; left: number } | null = null;
+  let fault: { kind: PostgrestFault["kind"]; left: number; method?: string } | null = null;
 
   const sign = (input: string) => createHmac("sha256", secret).update(input).digest();
 
@@ -308,7 +310,7 @@ export async function startPostgrest(options: PostgrestFakeOptions): Promise<Pos
       body,
     });
 
-    if (fault) {
+    if (fault && (!fault.method || fault.method === req.method)) {
       const { kind } = fault;
       if (--fault.left <= 0) fault = null;
       if (kind === "outage") {
@@ -492,7 +494,7 @@ export async function startPostgrest(options: PostgrestFakeOptions): Promise<Pos
     requests,
     userToken,
     fault(next) {
-      fault = next ? { kind: next.kind, left: next.times ?? Infinity } : null;
+      fault = next ? { kind: next.kind, left: next.times ?? Infinity, method: next.method } : null;
     },
     async close() {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
