@@ -1,4 +1,5 @@
 import { ConfigError, loadConfig } from "./src/config.ts";
+import { authMode } from "./src/http/webhook_route.ts";
 import { createLogger } from "./src/log.ts";
 import { waitReady } from "./src/redis/client.ts";
 import { createServices, startConsumers } from "./src/runtime.ts";
@@ -32,6 +33,18 @@ async function main(command: string | undefined): Promise<number> {
       ? "OFFLINE providers: images are not reframed and scenes are derived from the prompt"
       : "live providers: fal.ai and OpenAI",
   });
+  if (command !== "worker") {
+    const auth = authMode({
+      secrets: config.WEBHOOK_SECRET,
+      token: config.WEBHOOK_TOKEN,
+      tokenHeader: config.WEBHOOK_TOKEN_HEADER,
+    });
+    if (auth === "none") {
+      log.warn("POST /webhook is UNAUTHENTICATED: set WEBHOOK_SECRET or WEBHOOK_TOKEN", {
+        webhook_auth: auth,
+      });
+    } else log.info("Webhook authentication on", { webhook_auth: auth });
+  }
   await waitReady(services.redis, 10_000).catch((error) =>
     log.warn("Redis is not reachable yet; requests answer 503 until it is", {
       error: String(error),

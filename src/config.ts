@@ -1,6 +1,10 @@
 import { z } from "zod";
 
 const int = (min: number, fallback: number) => z.coerce.number().int().min(min).default(fallback);
+const bool = (fallback: boolean) =>
+  z.enum(["true", "false"]).default(String(fallback) as "true" | "false").transform((v) =>
+    v === "true"
+  );
 
 /** Every setting the service reads, validated once at start. Only this module reads the environment. */
 export const ConfigSchema = z.object({
@@ -43,9 +47,17 @@ export const ConfigSchema = z.object({
   CALLBACK_SECRET: z.string().optional(),
   CALLBACK_MAX_ATTEMPTS: int(1, 5),
   CALLBACK_TIMEOUT_MS: int(1, 15_000),
-  ALLOW_PRIVATE_CALLBACKS: z.enum(["true", "false"]).default("false").transform((v) =>
-    v === "true"
-  ),
+  ALLOW_PRIVATE_CALLBACKS: bool(false),
+  WEBHOOK_SECRET: z.string().optional().transform((v) => v?.split(/[\s,]+/).filter(Boolean) ?? []),
+  WEBHOOK_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  WEBHOOK_TOKEN_HEADER: z.string().regex(/^[A-Za-z0-9-]+$/).default("x-webhook-token").transform((
+    v,
+  ) => v.toLowerCase()),
+  PROMPT_MAX_CHARS: int(1, 20_000),
+  MAX_JSON_DEPTH: int(2, 32),
+  RATE_LIMIT_PER_MINUTE: int(0, 600),
+  TRUST_PROXY: bool(false),
+  CORS_ORIGINS: z.string().optional().transform((v) => v?.split(/[\s,]+/).filter(Boolean) ?? []),
 }).superRefine((config, ctx) => {
   if (config.SUPABASE_URL && !config.SUPABASE_SERVICE_ROLE_KEY) {
     ctx.addIssue({

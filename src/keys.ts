@@ -27,6 +27,10 @@ export function createKeys(prefix: string) {
     statsDurations: `${p}:view:stats:durations`,
     /** completion time (score, ms) of each finished task, for throughput. */
     statsFinished: `${p}:view:stats:finished`,
+    /** A verified Standard Webhooks id, kept for replay detection. */
+    webhookId: (id: string) => `${p}:webhook-id:${id}`,
+    /** A token bucket: scope "address" or "user". */
+    rateLimit: (scope: "address" | "user", id: string) => `${p}:rate:${scope}:${id}`,
     checkpoint: (projection: string) => `${p}:checkpoint:${projection}`,
     lease: (projection: string) => `${p}:lease:${projection}`,
   };

@@ -43,7 +43,22 @@ export function createServices(config: Config, log: Logger) {
     store,
     keys,
     log,
-    maxBodyBytes: config.MAX_BODY_BYTES,
+    webhook: {
+      auth: {
+        secrets: config.WEBHOOK_SECRET,
+        token: config.WEBHOOK_TOKEN,
+        tokenHeader: config.WEBHOOK_TOKEN_HEADER,
+      },
+      limits: {
+        maxBodyBytes: config.MAX_BODY_BYTES,
+        maxDepth: config.MAX_JSON_DEPTH,
+        promptMaxChars: config.PROMPT_MAX_CHARS,
+        ratePerMinute: config.RATE_LIMIT_PER_MINUTE,
+      },
+      allowPrivateUrls: config.ALLOW_PRIVATE_CALLBACKS,
+      trustProxy: config.TRUST_PROXY,
+    },
+    corsOrigins: config.CORS_ORIGINS,
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
   });

@@ -40,7 +40,9 @@ const stringish = z.union([z.string(), z.number()]).transform(String).pipe(z.str
  * Unknown fields are kept: they travel in the event untouched.
  */
 export const VideoRequestSchema = z.looseObject({
-  prompt: required.max(20_000),
+  // Its length limit is PROMPT_MAX_CHARS, checked at ingest, so a later change never strands
+  // entries already in the log.
+  prompt: required,
   image_url: httpUrl.pipe(z.string().max(2_048)),
   video_id: required.max(200),
   user_id: required.max(200),

@@ -1,23 +1,26 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import type { Redis } from "ioredis";
-import { ProblemError, UnavailableError } from "../errors.ts";
+import { cors } from "hono/cors";
+import { secureHeaders } from "hono/secure-headers";
+import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { foldTaskView } from "../projections/task_view.ts";
 import { consumerGroups, readStats, readTaskView, readVideoView } from "../queries.ts";
-import { fieldErrors, unwrapEnvelope, VideoRequestSchema } from "../webhook.ts";
-import { readJsonBody } from "./body.ts";
 import { docsRoutes } from "./docs.ts";
 import { describeRoutes } from "./openapi.ts";
+import { authMode, fromRedis, webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
   redis: Redis;
   store: EventStore;
   keys: Keys;
   log: Logger;
-  maxBodyBytes: number;
+  webhook: Omit<WebhookRouteDeps, "store" | "redis" | "keys" | "log" | "now">;
+  /** Origins allowed by CORS; none means no CORS headers at all. */
+  corsOrigins: string[];
   providerMode: "live" | "offline";
   /** The Supabase scene sink, when configured; /health reports whether it can store scenes. */
   sceneSink: { name: string; check(): Promise<{ ok: true } | { ok: false; error: string }> } | null;
@@ -39,21 +42,15 @@ function problem(c: Context, error: ProblemError) {
   return c.body(JSON.stringify(body), error.status, headers);
 }
 
-/** Runs a Redis read or write; any Redis failure becomes a 503 instead of a 500 or a hang. */
-async function fromRedis<T>(work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if (error instanceof ProblemError) throw error;
-    throw new UnavailableError(error);
-  }
-}
-
 /** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
 export function createApp(deps: AppDeps) {
   const { redis, store, keys, log } = deps;
   const now = deps.clock ?? (() => new Date());
   const app = new OpenAPIHono();
+  app.use(secureHeaders());
+  if (deps.corsOrigins.length) {
+    app.use(cors({ origin: deps.corsOrigins, allowMethods: ["GET", "POST"], credentials: false }));
+  }
 
   app.onError((error, c) => {
     if (error instanceof ProblemError) return problem(c, error);
@@ -64,43 +61,7 @@ export function createApp(deps: AppDeps) {
     problem(c, new ProblemError(404, "Not found", `No route for ${c.req.method} ${c.req.path}`))
   );
 
-  app.post("/webhook", async (c) => {
-    const raw = await readJsonBody(c.req.raw, deps.maxBodyBytes);
-    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
-      throw new ProblemError(422, "Invalid request", "The body must be a JSON object", {
-        errors: [{ field: "(body)", message: "must be a JSON object" }],
-      });
-    }
-    const parsed = VideoRequestSchema.safeParse(unwrapEnvelope(raw as Record<string, unknown>));
-    if (!parsed.success) {
-      const errors = fieldErrors(parsed.error);
-      throw new ProblemError(
-        422,
-        "Invalid request",
-        `Invalid fields: ${[...new Set(errors.map((e) => e.field))].join(", ")}`,
-        { errors },
-      );
-    }
-    const at = now().toISOString();
-    const { task_id, duplicate } = await fromRedis(() => store.ingest(parsed.data, at));
-    log.info(duplicate ? "Duplicate webhook" : "Webhook accepted", {
-      task_id,
-      video_id: parsed.data.video_id,
-    });
-    const statusUrl = `/task/${task_id}`;
-    c.header("location", statusUrl);
-    return c.json({
-      status: "success" as const,
-      message: duplicate
-        ? "Duplicate request: returning the existing task"
-        : "Video request queued",
-      task_id,
-      video_id: parsed.data.video_id,
-      timestamp: at,
-      duplicate,
-      status_url: statusUrl,
-    }, 202);
-  });
+  webhookRoute(app, { ...deps.webhook, store, redis, keys, log, now });
 
   app.get("/task/:task_id", async (c) => {
     const taskId = c.req.param("task_id");
@@ -149,6 +110,7 @@ export function createApp(deps: AppDeps) {
         status: "ok" as const,
         redis: { ok: true, latency_ms: latency },
         provider_mode: deps.providerMode,
+        webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
         consumer_groups: await consumerGroups(redis, keys),
       });
@@ -158,6 +120,7 @@ export function createApp(deps: AppDeps) {
         status: "unavailable" as const,
         redis: { ok: false, latency_ms: null },
         provider_mode: deps.providerMode,
+        webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
         consumer_groups: [],
       }, 503);

@@ -3,10 +3,11 @@ import { ProblemError } from "../errors.ts";
 const JSON_TYPE = /^application\/([\w.+-]+\+)?json\s*(;|$)/i;
 
 /**
- * Reads a JSON object body, enforcing content type, size and UTF-8 before parsing.
- * Throws ProblemError 415, 413 or 400; never buffers more than `maxBytes` + one chunk.
+ * Reads a JSON body as text, enforcing content type, size and UTF-8 (not yet parsed, so a
+ * signature can be checked over the exact bytes). Throws ProblemError 415, 413 or 400; never
+ * buffers more than `maxBytes` + one chunk.
  */
-export async function readJsonBody(request: Request, maxBytes: number): Promise<unknown> {
+export async function readJsonText(request: Request, maxBytes: number): Promise<string> {
   const type = request.headers.get("content-type") ?? "";
   if (!JSON_TYPE.test(type)) {
     throw new ProblemError(415, "Unsupported media type", "Send the body as application/json", {
@@ -36,19 +37,39 @@ export async function readJsonBody(request: Request, maxBytes: number): Promise<
     bytes.set(chunk, offset);
     offset += chunk.byteLength;
   }
-  let text: string;
   try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+    return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
     throw new ProblemError(400, "Invalid body", "The body is not valid UTF-8");
   }
+}
+
+/** Parses JSON text, refusing nesting deeper than `maxDepth` (400). */
+export function parseJson(text: string, maxDepth: number): unknown {
+  let value: unknown;
   try {
-    return JSON.parse(text);
-  } catch (error) {
-    throw new ProblemError(400, "Invalid JSON", "The body is not valid JSON", {
-      detail_parser: (error as Error).message,
-    });
+    value = JSON.parse(text);
+  } catch {
+    throw new ProblemError(400, "Invalid JSON", "The body is not valid JSON");
   }
+  if (depth(value, maxDepth) > maxDepth) {
+    throw new ProblemError(400, "Invalid JSON", `The body nests deeper than ${maxDepth} levels`);
+  }
+  return value;
+}
+
+/** Nesting depth of a parsed JSON value, counting stops once past `limit` (no recursion). */
+function depth(root: unknown, limit: number): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[root, 0]];
+  while (stack.length) {
+    const [value, level] = stack.pop()!;
+    if (value === null || typeof value !== "object") continue;
+    if (level + 1 > deepest) deepest = level + 1;
+    if (deepest > limit) return deepest;
+    for (const child of Object.values(value)) stack.push([child, level + 1]);
+  }
+  return deepest;
 }
 
 function tooLarge(maxBytes: number) {

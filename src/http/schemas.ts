@@ -104,6 +104,9 @@ export const HealthSchema = z.object({
   status: z.enum(["ok", "unavailable"]),
   redis: z.object({ ok: z.boolean(), latency_ms: z.number().nullable() }),
   provider_mode: z.enum(["live", "offline"]),
+  webhook_auth: z.enum(["none", "signature", "token", "signature or token"]).describe(
+    '"none" means POST /webhook is unauthenticated',
+  ),
   scene_sink: z.object({
     enabled: z.boolean().describe("False without SUPABASE_URL: scenes live in the Redis view only"),
     sink: z.string(),

@@ -1,0 +1,192 @@
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import type { Context } from "hono";
+import type { Redis } from "ioredis";
+import { ProblemError, UnavailableError } from "../errors.ts";
+import type { EventStore } from "../event_store.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import { checkUrlSyntax } from "../security/outbound.ts";
+import { takeToken } from "../security/rate_limit.ts";
+import { rememberWebhookId, tokensEqual, verifyWebhook } from "../security/signature.ts";
+import { fieldErrors, unwrapEnvelope, type VideoRequest, VideoRequestSchema } from "../webhook.ts";
+import { parseJson, readJsonText } from "./body.ts";
+
+export interface WebhookAuth {
+  /** Standard Webhooks secrets; several while rotating. */
+  secrets: string[];
+  /** A static token expected in `tokenHeader` (n8n's Header Auth). */
+  token?: string;
+  tokenHeader: string;
+}
+
+export interface WebhookRouteDeps {
+  store: EventStore;
+  redis: Redis;
+  keys: Keys;
+  log: Logger;
+  now: () => Date;
+  auth: WebhookAuth;
+  limits: {
+    maxBodyBytes: number;
+    maxDepth: number;
+    promptMaxChars: number;
+    /** Per user_id and per client address; 0 turns rate limiting off. */
+    ratePerMinute: number;
+  };
+  /** Accept private and loopback addresses in image_url and callback_url. */
+  allowPrivateUrls: boolean;
+  /** Take the client address from X-Forwarded-For (behind a trusted proxy only). */
+  trustProxy: boolean;
+}
+
+/** Which incoming authentication is on, for /health and the start-up log. */
+export function authMode(auth: WebhookAuth): "none" | "signature" | "token" | "signature or token" {
+  if (auth.secrets.length && auth.token) return "signature or token";
+  if (auth.secrets.length) return "signature";
+  return auth.token ? "token" : "none";
+}
+
+const REPLAY_WINDOW_S = 600;
+
+/**
+ * Checks a request's signature or token. With both configured either one suffices, so signing
+ * senders and n8n's Header Auth can share the endpoint. Returns the verified webhook-id, if any.
+ */
+async function authenticate(auth: WebhookAuth, headers: Headers, body: string, nowS: number) {
+  if (authMode(auth) === "none") return { webhookId: null };
+  if (auth.token) {
+    const sent = headers.get(auth.tokenHeader);
+    if (sent !== null && tokensEqual(sent, auth.token)) return { webhookId: null };
+  }
+  if (auth.secrets.length && headers.has("webhook-signature")) {
+    const verdict = await verifyWebhook(auth.secrets, headers, body, nowS);
+    if (verdict.ok) return { webhookId: verdict.id };
+    throw unauthorized(`Webhook signature rejected: ${verdict.reason}`);
+  }
+  throw unauthorized("Missing or invalid webhook credentials");
+}
+
+function unauthorized(detail: string) {
+  return new ProblemError(401, "Unauthorized", detail);
+}
+
+function clientAddress(c: Context, trustProxy: boolean): string {
+  if (trustProxy) {
+    const forwarded = c.req.header("x-forwarded-for")?.split(",")[0]?.trim();
+    if (forwarded) return forwarded;
+  }
+  const info = c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined;
+  return info?.remoteAddr?.hostname ?? "unknown";
+}
+
+/** Field-level checks beyond the schema: configurable prompt length and outbound URL safety. */
+function policyErrors(request: VideoRequest, deps: WebhookRouteDeps) {
+  const errors: { field: string; message: string }[] = [];
+  if (request.prompt.length > deps.limits.promptMaxChars) {
+    errors.push({
+      field: "prompt",
+      message: `must be at most ${deps.limits.promptMaxChars} characters`,
+    });
+  }
+  for (const field of ["image_url", "callback_url"] as const) {
+    const url = request[field];
+    const problem = url ? checkUrlSyntax(url, deps.allowPrivateUrls) : null;
+    if (problem) errors.push({ field, message: `refused: ${problem}` });
+  }
+  return errors;
+}
+
+/**
+ * POST /webhook: content type, size, authentication, JSON, schema, policy, rate limits, then one
+ * atomic ingest script. Nothing is appended unless every check passed.
+ */
+export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
+  const { store, redis, keys, log, limits } = deps;
+  app.post("/webhook", async (c) => {
+    const text = await readJsonText(c.req.raw, limits.maxBodyBytes);
+    const nowMs = deps.now().getTime();
+    const { webhookId } = await authenticate(
+      deps.auth,
+      c.req.raw.headers,
+      text,
+      Math.floor(nowMs / 1000),
+    );
+    const raw = parseJson(text, limits.maxDepth);
+    if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
+      throw new ProblemError(422, "Invalid request", "The body must be a JSON object", {
+        errors: [{ field: "(body)", message: "must be a JSON object" }],
+      });
+    }
+    const parsed = VideoRequestSchema.safeParse(unwrapEnvelope(raw as Record<string, unknown>));
+    const errors = parsed.success ? policyErrors(parsed.data, deps) : fieldErrors(parsed.error);
+    if (!parsed.success || errors.length) {
+      throw new ProblemError(
+        422,
+        "Invalid request",
+        `Invalid fields: ${[...new Set(errors.map((e) => e.field))].join(", ")}`,
+        { errors },
+      );
+    }
+    const request = parsed.data;
+    if (limits.ratePerMinute > 0) {
+      const scopes = [
+        keys.rateLimit("address", clientAddress(c, deps.trustProxy)),
+        keys.rateLimit("user", request.user_id),
+      ];
+      for (const key of scopes) {
+        const verdict = await fromRedis(() =>
+          takeToken(redis, key, { perMinute: limits.ratePerMinute, nowMs })
+        );
+        if (!verdict.allowed) {
+          c.header("retry-after", String(verdict.retryAfterS));
+          throw new ProblemError(429, "Too many requests", "Rate limit reached; retry later", {
+            retry_after_s: verdict.retryAfterS,
+          });
+        }
+      }
+    }
+    if (webhookId) {
+      const first = await fromRedis(() =>
+        rememberWebhookId(redis, keys.webhookId(webhookId), REPLAY_WINDOW_S)
+      );
+      if (!first) throw unauthorized(`Webhook "${webhookId}" was already received (replay)`);
+    }
+    const at = deps.now().toISOString();
+    let outcome;
+    try {
+      outcome = await store.ingest(request, at);
+    } catch (error) {
+      // Not stored: let the sender's retry of this webhook-id through.
+      if (webhookId) await redis.del(keys.webhookId(webhookId)).catch(() => {});
+      throw new UnavailableError(error);
+    }
+    const { task_id, duplicate } = outcome;
+    log.info(duplicate ? "Duplicate webhook" : "Webhook accepted", {
+      task_id,
+      video_id: request.video_id,
+    });
+    const statusUrl = `/task/${task_id}`;
+    c.header("location", statusUrl);
+    return c.json({
+      status: "success" as const,
+      message: duplicate
+        ? "Duplicate request: returning the existing task"
+        : "Video request queued",
+      task_id,
+      video_id: request.video_id,
+      timestamp: at,
+      duplicate,
+      status_url: statusUrl,
+    }, 202);
+  });
+}
+
+/** Runs a Redis call; any Redis failure becomes a 503 instead of a 500 or a hang. */
+export async function fromRedis<T>(work: () => Promise<T>): Promise<T> {
+  try {
+    return await work();
+  } catch (error) {
+    if (error instanceof ProblemError) throw error;
+    throw new UnavailableError(error);
+  }
+}
