@@ -73,15 +73,28 @@ async function main(command: string | undefined): Promise<number> {
     });
   }
 
+  // Projection lag in the log every 10 s while there is traffic (and once more at stop).
+  const lagTimer = setInterval(() => {
+    const lag = consumers?.projectionLag.summary();
+    if (lag?.count) log.info("Projection lag (ms)", lag);
+    consumers?.projectionLag.reset();
+  }, 10_000);
+
   const stopped = Promise.withResolvers<string>();
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     Deno.addSignalListener(signal, () => stopped.resolve(signal));
   }
   const signal = await stopped.promise;
   log.info("Shutting down", { signal });
+  clearInterval(lagTimer);
   await server?.shutdown();
   const outcome = await consumers?.stop(config.SHUTDOWN_TIMEOUT_MS);
-  if (outcome) log.info("Consumers stopped", outcome);
+  if (outcome) {
+    log.info("Consumers stopped", {
+      ...outcome,
+      projection_lag_ms: consumers!.projectionLag.summary(),
+    });
+  }
   await services.close();
   return 0;
 }

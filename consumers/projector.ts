@@ -2,6 +2,7 @@ import type { Redis } from "ioredis";
 import { compareIds, decodeEvent, type StoredEvent } from "../src/events.ts";
 import type { Keys } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
+import type { Samples } from "../src/metrics.ts";
 import type { Projection } from "../src/projections/projections.ts";
 import { projectScript, releaseLeaseScript, renewLeaseScript } from "../src/redis/scripts.ts";
 import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
@@ -20,6 +21,8 @@ export interface ProjectorOptions {
   leaseMs?: number;
   batchSize?: number;
   blockMs?: number;
+  /** Receives, per applied event, ms from its append (its stream id) to its view write. */
+  lag?: Samples;
 }
 
 class LeaseLost extends Error {}
@@ -139,7 +142,11 @@ export class Projector {
         JSON.stringify(ops),
         ...entries.map((e) => e.id),
       ]);
-      if (reply === 1) return next;
+      if (reply === 1) {
+        const now = Date.now();
+        for (const e of events) this.options.lag?.add(now - Number(e.id.split("-")[0]));
+        return next;
+      }
       if (reply === -1) throw new LeaseLost();
       checkpoint = (await redis.get(keys.checkpoint(this.projection.name))) ?? "0-0";
     }

@@ -14,6 +14,7 @@ import type { Pipeline, VideoHistory } from "./pipeline/pipeline.ts";
 import { createSupabaseScenes } from "./providers/supabase_scenes.ts";
 import { createProjections } from "./projections/projections.ts";
 import { readVideoView } from "./queries.ts";
+import { Samples } from "./metrics.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
 
 /** A consumer name unique to this process. */
@@ -195,6 +196,7 @@ export async function startConsumers(
       }),
     );
   }
+  const projectionLag = new Samples();
   const projectors = options.projections === false ? [] : createProjections({
     redis: services.redis,
     keys: services.keys,
@@ -206,6 +208,7 @@ export async function startConsumers(
       keys: services.keys,
       log,
       owner: consumer,
+      lag: projectionLag,
     })
   );
   for (const g of groups) await g.start();
@@ -214,6 +217,8 @@ export async function startConsumers(
     consumer,
     worker,
     projectors,
+    /** Append-to-view delay of the events this process projected. */
+    projectionLag,
     /** Graceful stop: in-flight work gets `timeoutMs`, then stays pending for another process. */
     async stop(timeoutMs: number) {
       // In pipeline order, so what the worker finishes while stopping is still stored and
