@@ -26,6 +26,8 @@ export interface ProjectorOptions {
 }
 
 class LeaseLost extends Error {}
+/** The views this projector writes were replaced by a rebuild: it stops for good. */
+class Superseded extends Error {}
 
 /**
  * Folds the task event stream into one projection, as the consumer group named after it.
@@ -46,7 +48,7 @@ export class Projector {
 
   async start(): Promise<void> {
     const { redis, keys } = this.options;
-    await ensureGroup(redis, keys.eventStream, this.projection.name);
+    await ensureGroup(redis, keys.eventStream, this.projection.group);
     this.#loop = this.#run();
   }
 
@@ -57,7 +59,7 @@ export class Projector {
 
   async #run(): Promise<void> {
     const { redis, keys, owner, log } = this.options;
-    const lease = keys.lease(this.projection.name);
+    const lease = keys.lease(this.projection.group);
     const signal = this.#stop.signal;
     while (!signal.aborted) {
       try {
@@ -70,6 +72,10 @@ export class Projector {
         await this.#lead(lease, signal);
       } catch (error) {
         if (signal.aborted) break;
+        if (error instanceof Superseded) {
+          log.info("Projection superseded by a rebuild", { projection: this.projection.group });
+          break;
+        }
         if (!(error instanceof LeaseLost)) {
           log.error("Projection failed", {
             projection: this.projection.name,
@@ -90,13 +96,13 @@ export class Projector {
       if (ok !== 1) leading = false;
     }, Math.floor(this.leaseMs / 3));
     try {
-      let checkpoint = (await redis.get(keys.checkpoint(this.projection.name))) ?? "0-0";
+      let checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
       // First what a previous lease holder read but did not apply, then new events.
       let id = "0";
       while (leading && !signal.aborted) {
         const entries = await readGroup(blocking, {
           stream: keys.eventStream,
-          group: this.projection.name,
+          group: this.projection.group,
           consumer: CONSUMER,
           count: this.options.batchSize ?? 500,
           blockMs: id === ">" ? (this.options.blockMs ?? 1_000) : undefined,
@@ -148,7 +154,10 @@ export class Projector {
         return next;
       }
       if (reply === -1) throw new LeaseLost();
-      checkpoint = (await redis.get(keys.checkpoint(this.projection.name))) ?? "0-0";
+      if (reply === -3) {
+        throw new Superseded(`Views of generation ${this.projection.generation} were replaced`);
+      }
+      checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
     }
   }
 }

@@ -1,7 +1,7 @@
 import type { Redis } from "ioredis";
 import { ClaimLostError, type EventStore } from "../src/event_store.ts";
 import { isRetryable, RetryableError } from "../src/errors.ts";
-import type { StepName, StoredEvent, TaskEvent } from "../src/events.ts";
+import { currentRun, type StepName, type StoredEvent, type TaskEvent } from "../src/events.ts";
 import { WORKER_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { buildResult, type Pipeline, type StepContext } from "../src/pipeline/pipeline.ts";
@@ -121,7 +121,8 @@ export class TaskWorker {
 
   async #process(task: Task, signal: AbortSignal): Promise<void> {
     const { store, pipeline, maxAttempts } = this.options;
-    const history = await store.timeline(task.taskId);
+    const all = await store.timeline(task.taskId);
+    const history = currentRun(all);
     if (workerDone(history)) {
       // Its outcome is already in the log (the entry was re-added): acknowledge, repeat nothing.
       await this.#settle(task, "ack", []);
@@ -157,6 +158,7 @@ export class TaskWorker {
             attempt,
             outputs,
             signal,
+            storedRevision: storedRevision(all),
           };
           const output = await s.run(context);
           signal.throwIfAborted();
@@ -237,6 +239,12 @@ export function event<T extends TaskEvent["type"]>(
   data: Extract<TaskEvent, { type: T }>["data"],
 ): Event {
   return { type, at, data } as Event;
+}
+
+/** The video revision an earlier run of this task generated, which a reprocess must reuse. */
+function storedRevision(history: StoredEvent[]): number | undefined {
+  const generated = history.findLast((e) => e.type === "scenes.generated");
+  return generated?.type === "scenes.generated" ? generated.data.result.video_revision : undefined;
 }
 
 /** Outputs of steps a previous attempt completed, so a retry or redelivery does not redo them. */

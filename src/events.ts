@@ -50,6 +50,16 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
       idempotency_key: z.string().optional(),
     }),
   ),
+  base(
+    "task.reprocess_requested",
+    z.object({
+      run: z.number().int().min(2),
+      requested_by: z.string(),
+      reason: z.string(),
+      source: z.enum(["replay", "redrive"]),
+      dead_letter_entry: z.string().optional(),
+    }),
+  ),
   base("task.started", z.object({ attempt: z.number().int(), worker: z.string() })),
   base("step.started", z.object({ step: StepName, attempt: z.number().int() })),
   base(
@@ -150,4 +160,19 @@ export function compareIds(a: string, b: string): number {
   const [am, as] = a.split("-").map(Number);
   const [bm, bs] = b.split("-").map(Number);
   return am !== bm ? am - bm : (as ?? 0) - (bs ?? 0);
+}
+
+/** The events of a task's latest run: everything after its last reprocess request. */
+export function currentRun(history: StoredEvent[]): StoredEvent[] {
+  let start = 0;
+  history.forEach((e, i) => {
+    if (e.type === "task.reprocess_requested") start = i;
+  });
+  return history.slice(start);
+}
+
+/** The task's run number: 1, then one more per reprocess. */
+export function runNumber(history: StoredEvent[]): number {
+  const last = currentRun(history)[0];
+  return last?.type === "task.reprocess_requested" ? last.data.run : 1;
 }

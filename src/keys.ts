@@ -18,15 +18,15 @@ export function createKeys(prefix: string) {
     idempotency: (key: string) => `${p}:idem:${key}`,
     /** Ids of a task's events in the event stream, in order: the task's timeline index. */
     taskTimeline: (taskId: string) => `${p}:timeline:${taskId}`,
-    taskView: (taskId: string) => `${p}:view:task:${taskId}`,
-    videoView: (videoId: string) => `${p}:view:video:${videoId}`,
-    stats: `${p}:view:stats`,
-    /** task id -> status as seen by the stats projection, to move counters between states. */
-    statsStatus: `${p}:view:stats:status`,
-    /** task id -> processing time in ms, for percentiles. */
-    statsDurations: `${p}:view:stats:durations`,
-    /** completion time (score, ms) of each finished task, for throughput. */
-    statsFinished: `${p}:view:stats:finished`,
+    /** A task's current run number (absent means 1), for reprocess compare-and-set. */
+    taskRun: (taskId: string) => `${p}:run:${taskId}`,
+    /** The generation of views readers use; a projection rebuild builds the next and swaps. */
+    viewGeneration: `${p}:view-generation`,
+    views: (generation: number) => viewKeys(p, generation),
+    /** Held while a projection rebuild runs, so two cannot race. */
+    rebuildLock: `${p}:view-rebuild-lock`,
+    /** Generation 0's view keys. */
+    ...viewKeys(p, 0),
     /** A verified Standard Webhooks id, kept for replay detection. */
     webhookId: (id: string) => `${p}:webhook-id:${id}`,
     /** A token bucket: scope "address" or "user". */
@@ -34,6 +34,31 @@ export function createKeys(prefix: string) {
     checkpoint: (projection: string) => `${p}:checkpoint:${projection}`,
     lease: (projection: string) => `${p}:lease:${projection}`,
   };
+}
+
+/** The keys of one generation of views: `{vp}:view:…` for 0, `{vp}:view@N:…` after rebuilds. */
+function viewKeys(p: string, generation: number) {
+  const v = generation === 0 ? `${p}:view` : `${p}:view@${generation}`;
+  return {
+    /** Every view key of this generation. */
+    viewPattern: `${v}:*`,
+    taskView: (taskId: string) => `${v}:task:${taskId}`,
+    videoView: (videoId: string) => `${v}:video:${videoId}`,
+    stats: `${v}:stats`,
+    /** task id -> status as seen by the stats projection, to move counters between states. */
+    statsStatus: `${v}:stats:status`,
+    /** task id -> processing time in ms, for percentiles. */
+    statsDurations: `${v}:stats:durations`,
+    /** completion time (score, ms) of each finished task, for throughput. */
+    statsFinished: `${v}:stats:finished`,
+  };
+}
+
+export type ViewKeys = ReturnType<typeof viewKeys>;
+
+/** A projection's consumer group (also its checkpoint and lease name) in a view generation. */
+export function projectionGroup(name: ProjectionName, generation: number): string {
+  return generation === 0 ? name : `${name}@${generation}`;
 }
 
 export const WORKER_GROUP = "workers";

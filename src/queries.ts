@@ -40,13 +40,23 @@ export async function consumerGroups(redis: Redis, keys: Keys): Promise<GroupSta
   return out;
 }
 
+/** The generation of views readers use (0 until a projection rebuild was swapped in). */
+export async function viewGeneration(redis: Redis, keys: Keys): Promise<number> {
+  return Number(await redis.get(keys.viewGeneration) ?? 0);
+}
+
+/** The current generation's view keys. */
+export async function currentViews(redis: Redis, keys: Keys) {
+  return keys.views(await viewGeneration(redis, keys));
+}
+
 export async function readTaskView(redis: Redis, keys: Keys, taskId: string) {
-  const raw = await redis.get(keys.taskView(taskId));
+  const raw = await redis.get((await currentViews(redis, keys)).taskView(taskId));
   return raw ? JSON.parse(raw) as TaskView : null;
 }
 
 export async function readVideoView(redis: Redis, keys: Keys, videoId: string) {
-  const raw = await redis.get(keys.videoView(videoId));
+  const raw = await redis.get((await currentViews(redis, keys)).videoView(videoId));
   return raw ? JSON.parse(raw) as VideoView : null;
 }
 
@@ -59,15 +69,16 @@ async function percentile(redis: Redis, key: string, count: number, q: number) {
 
 /** The stats view plus live figures from the streams. `now` bounds the throughput window. */
 export async function readStats(redis: Redis, keys: Keys, now: number) {
+  const views = await currentViews(redis, keys);
   const [hash, durations, finished] = await Promise.all([
-    redis.hgetall(keys.stats),
-    redis.zcard(keys.statsDurations),
-    redis.zcount(keys.statsFinished, now - 60_000, now),
+    redis.hgetall(views.stats),
+    redis.zcard(views.statsDurations),
+    redis.zcount(views.statsFinished, now - 60_000, now),
   ]);
   const n = (field: string) => Number(hash[field] ?? 0);
   const [p50, p95, groups] = await Promise.all([
-    percentile(redis, keys.statsDurations, durations, 0.5),
-    percentile(redis, keys.statsDurations, durations, 0.95),
+    percentile(redis, views.statsDurations, durations, 0.5),
+    percentile(redis, views.statsDurations, durations, 0.95),
     consumerGroups(redis, keys),
   ]);
   const average = n("processing_count") ? n("processing_ms") / n("processing_count") : 0;

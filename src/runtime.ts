@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { CallbackSender } from "../consumers/callback_sender.ts";
-import { Projector } from "../consumers/projector.ts";
+import { ProjectionRunner } from "../consumers/projection_runner.ts";
 import { SceneSink, type SceneStore } from "../consumers/scene_sink.ts";
 import { TaskWorker } from "../consumers/task_worker.ts";
 import { type Config, providerMode } from "./config.ts";
@@ -12,7 +12,6 @@ import { offlinePipeline } from "./pipeline/offline.ts";
 import { livePipeline } from "./pipeline/live.ts";
 import type { Pipeline, VideoHistory } from "./pipeline/pipeline.ts";
 import { createSupabaseScenes } from "./providers/supabase_scenes.ts";
-import { createProjections } from "./projections/projections.ts";
 import { readVideoView } from "./queries.ts";
 import { Samples } from "./metrics.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
@@ -197,26 +196,21 @@ export async function startConsumers(
     );
   }
   const projectionLag = new Samples();
-  const projectors = options.projections === false ? [] : createProjections({
+  const projections = options.projections === false ? null : new ProjectionRunner({
     redis: services.redis,
+    blocking,
     keys: services.keys,
+    log,
+    owner: consumer,
     viewTtlS: config.VIEW_RETENTION_S,
-  }).map((projection) =>
-    new Projector(projection, {
-      redis: services.redis,
-      blocking: blocking(`projector-${projection.name}`),
-      keys: services.keys,
-      log,
-      owner: consumer,
-      lag: projectionLag,
-    })
-  );
+    lag: projectionLag,
+  });
   for (const g of groups) await g.start();
-  for (const p of projectors) await p.start();
+  await projections?.start();
   return {
     consumer,
     worker,
-    projectors,
+    projections,
     /** Append-to-view delay of the events this process projected. */
     projectionLag,
     /** Graceful stop: in-flight work gets `timeoutMs`, then stays pending for another process. */
@@ -226,7 +220,7 @@ export async function startConsumers(
       const deadline = Date.now() + timeoutMs;
       const outcomes = [];
       for (const g of groups) outcomes.push(await g.stop(Math.max(0, deadline - Date.now())));
-      await Promise.all(projectors.map((p) => p.stop()));
+      await projections?.stop();
       await removeIdleConsumer(services, consumer);
       await Promise.all(blockingConnections.map(closeRedis));
       return outcomes.reduce(

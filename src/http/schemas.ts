@@ -47,6 +47,7 @@ export const TaskViewSchema = z.object({
     last_status_code: z.number().int().nullable(),
     last_error: z.string().nullable(),
   }).nullable().describe("Delivery of the outcome to callback_url, when one was given"),
+  run: z.number().int().describe("1, then one more per reprocess"),
   event_count: z.number().int(),
   last_event_id: z.string().nullable(),
 });

@@ -2,7 +2,13 @@ import type { Config } from "../config.ts";
 import { createFalReframe } from "../providers/fal_reframe.ts";
 import { createOpenAIScenes } from "../providers/openai_scenes.ts";
 import { UnrecoverableError } from "../errors.ts";
-import type { Pipeline, ReframeOutput, ScenesOutput, VideoHistory } from "./pipeline.ts";
+import {
+  nextRevision,
+  type Pipeline,
+  type ReframeOutput,
+  type ScenesOutput,
+  type VideoHistory,
+} from "./pipeline.ts";
 
 /**
  * The production pipeline: fal.ai reframes the product image for vertical video, OpenAI writes
@@ -44,10 +50,11 @@ export function livePipeline(config: Config, history: VideoHistory): Pipeline {
     },
     {
       name: "scenes",
-      async run({ request, outputs, signal }) {
+      async run(context) {
+        const { request, outputs, signal } = context;
         const imageUrl = String(outputs.reframe?.image_url ?? request.image_url);
         const latest = await history.latest(request.video_id);
-        const video_revision = (latest?.revision ?? 0) + 1;
+        const video_revision = nextRevision(context, latest);
         if (!request.is_revision) {
           const written = await writer.generate({ prompt: request.prompt, imageUrl, signal });
           const output: ScenesOutput = {

@@ -1,13 +1,14 @@
 import { UnrecoverableError } from "../errors.ts";
 import type { Scene } from "../events.ts";
 import { sleep } from "../sleep.ts";
-import type {
-  Pipeline,
-  ReframeOutput,
-  ScenesOutput,
-  Step,
-  StepContext,
-  VideoHistory,
+import {
+  nextRevision,
+  type Pipeline,
+  type ReframeOutput,
+  type ScenesOutput,
+  type Step,
+  type StepContext,
+  type VideoHistory,
 } from "./pipeline.ts";
 
 const SHOTS = ["close-up", "medium shot", "tracking shot", "wide shot", "hero shot"];
@@ -136,10 +137,11 @@ export function offlinePipeline(options: OfflineOptions): Pipeline {
   };
   const scenes: Step = {
     name: "scenes",
-    async run({ request, signal }: StepContext) {
+    async run(context: StepContext) {
+      const { request, signal } = context;
       await delay(options.latencyMs, signal);
       const latest = await options.history.latest(request.video_id);
-      const video_revision = (latest?.revision ?? 0) + 1;
+      const video_revision = nextRevision(context, latest);
       if (!request.is_revision) {
         const output: ScenesOutput = {
           scenes: offlineScenes(request.prompt, options.sceneCount),

@@ -9,6 +9,8 @@ export interface StepContext {
   attempt: number;
   outputs: Partial<Record<StepName, Record<string, unknown>>>;
   signal: AbortSignal;
+  /** Set when an earlier run of this task generated scenes: a reprocess stores over them. */
+  storedRevision?: number;
 }
 
 /**
@@ -41,6 +43,11 @@ export interface ScenesOutput {
   video_revision: number;
   changes?: z.infer<typeof SceneChangeSchema>[];
   [detail: string]: unknown;
+}
+
+/** The revision new scenes are stored as: the task's own from an earlier run, else the next one. */
+export function nextRevision(context: StepContext, latest: { revision: number } | null): number {
+  return context.storedRevision ?? (latest?.revision ?? 0) + 1;
 }
 
 /** The task's result from its recorded step outputs. */

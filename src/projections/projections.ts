@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import type { StoredEvent } from "../events.ts";
-import type { Keys, ProjectionName } from "../keys.ts";
+import { type Keys, projectionGroup, type ProjectionName, type ViewKeys } from "../keys.ts";
 import { evolveStats } from "./stats.ts";
 import { evolveTaskView, initialTaskView, type TaskStatus, type TaskView } from "./task_view.ts";
 import { evolveVideoView, type VideoView } from "./video_view.ts";
@@ -10,6 +10,9 @@ export type Op = (string | number)[];
 
 export interface Projection {
   name: ProjectionName;
+  /** Its consumer group, checkpoint and lease name in its view generation. */
+  group: string;
+  generation: number;
   /** The writes that fold `events` into the view, reading the view's current state first. */
   plan(events: StoredEvent[]): Promise<Op[]>;
   /** Every key pattern or key this projection writes, so a rebuild can drop them. */
@@ -20,6 +23,8 @@ export interface ProjectionContext {
   redis: Redis;
   keys: Keys;
   viewTtlS: number;
+  /** Which generation of views to write (0 unless a rebuild made newer ones). */
+  generation?: number;
 }
 
 const unique = (values: string[]) => [...new Set(values)];
@@ -36,7 +41,9 @@ async function loadJson<T>(redis: Redis, keys: string[]): Promise<Map<string, T>
   return map;
 }
 
-function taskViewProjection({ redis, keys, viewTtlS }: ProjectionContext): Projection {
+function taskViewProjection(
+  { redis, keys, viewTtlS }: Context,
+): Omit<Projection, "group" | "generation"> {
   return {
     name: "task-view",
     ownedKeys: [keys.taskView("*")],
@@ -52,7 +59,9 @@ function taskViewProjection({ redis, keys, viewTtlS }: ProjectionContext): Proje
   };
 }
 
-function videoViewProjection({ redis, keys, viewTtlS }: ProjectionContext): Projection {
+function videoViewProjection(
+  { redis, keys, viewTtlS }: Context,
+): Omit<Projection, "group" | "generation"> {
   return {
     name: "video-scenes",
     ownedKeys: [keys.videoView("*")],
@@ -70,7 +79,7 @@ function videoViewProjection({ redis, keys, viewTtlS }: ProjectionContext): Proj
   };
 }
 
-function statsProjection({ redis, keys }: ProjectionContext): Projection {
+function statsProjection({ redis, keys }: Context): Omit<Projection, "group" | "generation"> {
   return {
     name: "stats",
     ownedKeys: [keys.stats, keys.statsStatus, keys.statsDurations, keys.statsFinished],
@@ -110,7 +119,17 @@ function statsProjection({ redis, keys }: ProjectionContext): Projection {
   };
 }
 
-/** The projections the worker runs, one consumer group each. */
+type Context = { redis: Redis; keys: ViewKeys; viewTtlS: number };
+
+/** The projections the worker runs, one consumer group each, for one generation of views. */
 export function createProjections(context: ProjectionContext): Projection[] {
-  return [taskViewProjection(context), videoViewProjection(context), statsProjection(context)];
+  const generation = context.generation ?? 0;
+  const inner = { ...context, keys: context.keys.views(generation) };
+  return [taskViewProjection(inner), videoViewProjection(inner), statsProjection(inner)].map((
+    p,
+  ) => ({
+    ...p,
+    generation,
+    group: projectionGroup(p.name, generation),
+  }));
 }

@@ -10,9 +10,9 @@ import type { Projection } from "./projections.ts";
 export async function resetProjections(redis: Redis, keys: Keys, projections: Projection[]) {
   for (const projection of projections) {
     for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
-    await redis.del(keys.checkpoint(projection.name), keys.lease(projection.name));
+    await redis.del(keys.checkpoint(projection.group), keys.lease(projection.group));
     try {
-      await redis.xgroup("DESTROY", keys.eventStream, projection.name);
+      await redis.xgroup("DESTROY", keys.eventStream, projection.group);
     } catch {
       // No stream yet: nothing to destroy.
     }

@@ -33,6 +33,8 @@ export function evolveStats(previous: TaskStatus | undefined, event: StoredEvent
         status: "queued",
         counters: { total_requests: previous ? 0 : 1, ...move(previous, "queued") },
       };
+    case "task.reprocess_requested":
+      return { status: "queued", counters: { reprocessed_tasks: 1, ...move(previous, "queued") } };
     case "task.started":
       return { status: "processing", counters: move(previous, "processing") };
     case "step.started":

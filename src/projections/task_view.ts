@@ -18,6 +18,8 @@ export interface TaskView {
   retrying: boolean;
   dead_letter_entry: string | null;
   callback: CallbackState | null;
+  /** 1, then one more for each reprocess (replay or dead-letter redrive). */
+  run: number;
   event_count: number;
   last_event_id: string | null;
 }
@@ -47,6 +49,7 @@ export function initialTaskView(taskId: string): TaskView {
     retrying: false,
     dead_letter_entry: null,
     callback: null,
+    run: 1,
     event_count: 0,
     last_event_id: null,
   };
@@ -69,6 +72,19 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
         user_id: event.data.user_id,
         is_revision: event.data.is_revision,
         created_at: view.created_at ?? event.at,
+      };
+    case "task.reprocess_requested":
+      return {
+        ...next,
+        status: "queued",
+        run: event.data.run,
+        current_step: null,
+        attempts: 0,
+        steps: {},
+        error: null,
+        retrying: false,
+        dead_letter_entry: null,
+        callback: null,
       };
     case "task.started":
       return {

@@ -109,15 +109,18 @@ return 1
  * checkpoint and the XACKs happen together, and only while the caller holds the lease and the
  * checkpoint is the one it read.
  *
- * KEYS[1] lease   KEYS[2] checkpoint   KEYS[3] event stream
+ * KEYS[1] lease   KEYS[2] checkpoint   KEYS[3] event stream   KEYS[4] view generation
  * ARGV[1] lease owner   ARGV[2] expected checkpoint ("0-0" for none)   ARGV[3] new checkpoint
- * ARGV[4] consumer group   ARGV[5] JSON array of write commands   ARGV[6..] entry ids to XACK
- * Returns 1 when applied, -1 without the lease, -2 when the checkpoint moved.
+ * ARGV[4] consumer group   ARGV[5] JSON array of write commands   ARGV[6] the view generation
+ * written   ARGV[7..] entry ids to XACK
+ * Returns 1 when applied, -1 without the lease, -2 when the checkpoint moved, -3 when the views
+ * it writes were replaced by a newer generation (a rebuild was swapped in).
  */
 export const projectScript = new Script(
   "project",
   `
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if tonumber(redis.call('GET', KEYS[4]) or '0') > tonumber(ARGV[6]) then return -3 end
 local checkpoint = redis.call('GET', KEYS[2]) or '0-0'
 if checkpoint ~= ARGV[2] then return -2 end
 local allowed = {SET = true, DEL = true, HSET = true, HDEL = true, HINCRBY = true,
@@ -127,7 +130,7 @@ for _, op in ipairs(cjson.decode(ARGV[5])) do
   redis.call(unpack(op))
 end
 redis.call('SET', KEYS[2], ARGV[3])
-if #ARGV >= 6 then redis.call('XACK', KEYS[3], ARGV[4], unpack(ARGV, 6)) end
+if #ARGV >= 7 then redis.call('XACK', KEYS[3], ARGV[4], unpack(ARGV, 7)) end
 return 1
 `,
 );
@@ -151,5 +154,38 @@ export const releaseLeaseScript = new Script(
   `
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+`,
+);
+
+/**
+ * Starts a new run of an existing task: appends its request to the work stream again and records
+ * `task.reprocess_requested` (who asked, why, which run) in its timeline. Compare-and-set on the
+ * task's run number, so two operators asking at once start one run; for a dead-letter redrive the
+ * dead entry is deleted in the same script, so a redrive happens exactly once.
+ *
+ * KEYS[1] webhook stream   KEYS[2] event stream   KEYS[3] task timeline   KEYS[4] dead-letter stream
+ * KEYS[5] task run counter
+ * ARGV[1] task id   ARGV[2] payload JSON   ARGV[3] time (ISO)   ARGV[4] expected current run
+ * ARGV[5] data JSON of the event, without `run`   ARGV[6] dead-letter entry id ("" for none)
+ * ARGV[7] timeline ttl (s)
+ * Returns the new run number, -1 when the dead letter was already redriven, -2 when another
+ * reprocess of the task won.
+ */
+export const reprocessScript = new Script(
+  "reprocess",
+  `
+local current = tonumber(redis.call('GET', KEYS[5]) or '1')
+if current ~= tonumber(ARGV[4]) then return -2 end
+if ARGV[6] ~= '' and redis.call('XDEL', KEYS[4], ARGV[6]) == 0 then return -1 end
+local run = current + 1
+redis.call('SET', KEYS[5], run)
+redis.call('EXPIRE', KEYS[5], ARGV[7])
+redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[1], 'payload', ARGV[2], 'run', run)
+local data = cjson.decode(ARGV[5])
+data.run = run
+local ev = redis.call('XADD', KEYS[2], '*', 'type', 'task.reprocess_requested', 'task_id', ARGV[1], 'at', ARGV[3], 'data', cjson.encode(data))
+redis.call('RPUSH', KEYS[3], ev)
+redis.call('EXPIRE', KEYS[3], ARGV[7])
+return run
 `,
 );

@@ -1,0 +1,90 @@
+import type { Redis } from "ioredis";
+import type { Keys } from "../src/keys.ts";
+import type { Logger } from "../src/log.ts";
+import type { Samples } from "../src/metrics.ts";
+import { createProjections } from "../src/projections/projections.ts";
+import { viewGeneration } from "../src/queries.ts";
+import { sleep } from "../src/sleep.ts";
+import { Projector } from "./projector.ts";
+
+export interface ProjectionRunnerOptions {
+  redis: Redis;
+  /** Opens a dedicated connection for a projector's blocking reads. */
+  blocking: (name: string) => Redis;
+  keys: Keys;
+  log: Logger;
+  owner: string;
+  viewTtlS: number;
+  lag?: Samples;
+  /** Run this generation only (a rebuild); by default follow the generation readers use. */
+  generation?: number;
+  /** How often to look for a swapped-in generation. */
+  pollMs?: number;
+}
+
+/**
+ * Runs the three projectors for the current generation of views, and moves to the next
+ * generation when a rebuild swaps it in.
+ */
+export class ProjectionRunner {
+  #projectors: Projector[] = [];
+  #generation = -1;
+  readonly #stop = new AbortController();
+  #loop: Promise<void> | null = null;
+
+  constructor(readonly options: ProjectionRunnerOptions) {}
+
+  get generation(): number {
+    return this.#generation;
+  }
+
+  async start(): Promise<void> {
+    await this.#follow();
+    if (this.options.generation === undefined) this.#loop = this.#watch();
+  }
+
+  async #watch(): Promise<void> {
+    while (!this.#stop.signal.aborted) {
+      await sleep(this.options.pollMs ?? 1_000, this.#stop.signal).catch(() => {});
+      if (this.#stop.signal.aborted) break;
+      try {
+        await this.#follow();
+      } catch (error) {
+        this.options.log.error("Projection generation check failed", { error: String(error) });
+      }
+    }
+  }
+
+  async #follow(): Promise<void> {
+    const { redis, keys, log } = this.options;
+    const target = this.options.generation ?? await viewGeneration(redis, keys);
+    if (target === this.#generation) return;
+    await Promise.all(this.#projectors.map((p) => p.stop()));
+    if (this.#generation >= 0) {
+      log.info("Following a rebuilt view generation", { generation: target });
+    }
+    this.#generation = target;
+    this.#projectors = createProjections({
+      redis,
+      keys,
+      viewTtlS: this.options.viewTtlS,
+      generation: target,
+    }).map((projection) =>
+      new Projector(projection, {
+        redis,
+        blocking: this.options.blocking(`projector-${projection.group}`),
+        keys,
+        log,
+        owner: this.options.owner,
+        lag: this.options.lag,
+      })
+    );
+    for (const p of this.#projectors) await p.start();
+  }
+
+  async stop(): Promise<void> {
+    this.#stop.abort();
+    await this.#loop;
+    await Promise.all(this.#projectors.map((p) => p.stop()));
+  }
+}

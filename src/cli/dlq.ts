@@ -1,0 +1,122 @@
+import { parseArgs } from "node:util";
+import { getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
+import { connect, output, runCli, UsageError } from "./_common.ts";
+
+export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
+
+  list [--count N]          dead letters, oldest first (default 50)
+  show ID                   one dead letter, with its request
+  redrive ID... | --all     move entries back to the work stream as a new run of their task;
+                            each entry is redriven exactly once, even by concurrent operators
+      --reason TEXT         why, recorded in the task's timeline (default "dead-letter redrive")
+      --by NAME             who asks (default $USER)
+      --dry-run             list what would be done and change nothing
+  -h, --help`;
+
+export async function dlqMain(
+  args: string[],
+  env: Record<string, string | undefined>,
+  write: (text: string) => void,
+  terminal: boolean,
+): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        count: { type: "string" },
+        all: { type: "boolean" },
+        reason: { type: "string" },
+        by: { type: "string" },
+        "dry-run": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      allowPositionals: true,
+    });
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const [command, ...ids] = parsed.positionals;
+  const flags = parsed.values;
+  if (flags.help) {
+    write(`${DLQ_USAGE}\n`);
+    return 0;
+  }
+  if (!["list", "show", "redrive"].includes(command ?? "")) {
+    throw new UsageError(command ? `Unknown command "${command}"` : "Give a command");
+  }
+  const count = flags.count === undefined ? 50 : Number(flags.count);
+  if (!Number.isInteger(count) || count < 1) {
+    throw new UsageError(`--count must be a positive integer, got "${flags.count}"`);
+  }
+  if (command === "show" && ids.length !== 1) throw new UsageError("show takes one dead-letter id");
+  if (command === "redrive" && !flags.all && ids.length === 0) {
+    throw new UsageError("redrive takes dead-letter ids or --all");
+  }
+  if (command === "redrive" && flags.all && ids.length) {
+    throw new UsageError("Give either ids or --all, not both");
+  }
+  const out = output(write, terminal);
+  const { services } = await connect(env);
+  try {
+    if (command === "list") {
+      const letters = await listDeadLetters(services.store, count);
+      for (const l of letters) {
+        out.line(
+          `${l.id}  ${l.task_id || "(no task)"}  ${l.group}  attempts=${l.attempts}  ${l.error}`,
+        );
+      }
+      out.line(`${letters.length} dead letter(s)`);
+      return 0;
+    }
+    if (command === "show") {
+      const letter = await getDeadLetter(services.store, ids[0]);
+      if (!letter) {
+        out.line(`No dead letter "${ids[0]}"`);
+        return 1;
+      }
+      let request: unknown = letter.payload;
+      try {
+        request = JSON.parse(letter.payload);
+      } catch { /* shown as text */ }
+      out.line(JSON.stringify({ ...letter, payload: request }, null, 2));
+      return 0;
+    }
+    const outcomes = await redrive(services.store, flags.all ? "all" : ids, {
+      requestedBy: flags.by ?? env.USER ?? "operator",
+      reason: flags.reason ?? "dead-letter redrive",
+      dryRun: Boolean(flags["dry-run"]),
+      now: new Date(),
+      onProgress: out.progress,
+    });
+    out.end();
+    for (const o of outcomes) {
+      out.line(
+        o.skipped
+          ? `skip      ${o.dead_letter}  ${o.task_id}  (${o.skipped})`
+          : `${flags["dry-run"] ? "would run" : "run"} ${o.run} ${o.dead_letter}  ${o.task_id}`,
+      );
+    }
+    const moved = outcomes.filter((o) => !o.skipped).length;
+    out.line(
+      flags["dry-run"]
+        ? `Dry run: ${moved} dead letter(s) would be redriven; nothing changed`
+        : `Redrove ${moved} dead letter(s), ${outcomes.length - moved} skipped`,
+    );
+    return 0;
+  } finally {
+    await services.close();
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(
+    await runCli(DLQ_USAGE, () =>
+      dlqMain(
+        Deno.args,
+        Deno.env.toObject(),
+        (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
+        Deno.stdout.isTerminal(),
+      )),
+  );
+}

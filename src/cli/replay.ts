@@ -1,0 +1,153 @@
+import { parseArgs } from "node:util";
+import { rebuildProjections } from "../replay/rebuild.ts";
+import { reprocessTasks, type StatusFilter } from "../replay/reprocess.ts";
+import { consumerName } from "../runtime.ts";
+import { createLogger } from "../log.ts";
+import { connect, output, parseDate, runCli, UsageError } from "./_common.ts";
+
+export const REPLAY_USAGE = `Usage: deno task replay [options]
+
+Rebuild views or reprocess tasks from the event log (Redis settings from the environment).
+
+  --projections          rebuild every view (task status, stats, video scenes) from the task
+                         event stream; live views keep answering until the new ones caught up
+  --task ID              reprocess this task (repeat, or separate ids with commas)
+  --since ISO --until ISO
+                         reprocess the tasks queued in this time window
+  --status STATUS        only tasks that are failed, dead_lettered or completed
+  --reason TEXT          why, recorded in each task's timeline (default "manual replay")
+  --by NAME              who asks, recorded too (default $USER)
+  --dry-run              list what would be done and change nothing
+  -h, --help             this text
+
+Tasks still queued or processing are skipped. Each reprocess is a new run of the task: its scenes
+are upserted (never duplicated) and its callback carries a new webhook-id.`;
+
+const STATUSES = ["failed", "dead_lettered", "completed"];
+
+export function parseReplayArgs(args: string[]) {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: {
+        projections: { type: "boolean" },
+        task: { type: "string", multiple: true },
+        since: { type: "string" },
+        until: { type: "string" },
+        status: { type: "string" },
+        reason: { type: "string" },
+        by: { type: "string" },
+        "dry-run": { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+      allowPositionals: false,
+    }).values;
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
+  const taskIds = (parsed.task ?? []).flatMap((t) => t.split(",")).map((t) => t.trim()).filter(
+    Boolean,
+  );
+  const since = parseDate("since", parsed.since);
+  const until = parseDate("until", parsed.until);
+  if (parsed.status !== undefined && !STATUSES.includes(parsed.status)) {
+    throw new UsageError(`--status must be one of ${STATUSES.join(", ")}, got "${parsed.status}"`);
+  }
+  if (since && until && since > until) throw new UsageError("--since must not be after --until");
+  const selects = taskIds.length > 0 || since || until || parsed.status;
+  if (!parsed.help && !parsed.projections && !selects) {
+    throw new UsageError("Nothing to do: give --projections, --task, --since/--until or --status");
+  }
+  if (taskIds.length && (since || until)) {
+    throw new UsageError("Give either --task or --since/--until, not both");
+  }
+  return {
+    help: Boolean(parsed.help),
+    projections: Boolean(parsed.projections),
+    selection: selects
+      ? { taskIds, since, until, status: parsed.status as StatusFilter | undefined }
+      : null,
+    reason: parsed.reason ?? "manual replay",
+    by: parsed.by ?? Deno.env.get("USER") ?? "operator",
+    dryRun: Boolean(parsed["dry-run"]),
+  };
+}
+
+export async function replayMain(
+  args: string[],
+  env: Record<string, string | undefined>,
+  write: (text: string) => void,
+  terminal: boolean,
+): Promise<number> {
+  const options = parseReplayArgs(args);
+  if (options.help) {
+    write(`${REPLAY_USAGE}\n`);
+    return 0;
+  }
+  const out = output(write, terminal);
+  const { services, config } = await connect(env);
+  try {
+    if (options.projections) {
+      if (options.dryRun) {
+        const events = await services.redis.xlen(services.keys.eventStream);
+        out.line(`Would rebuild every view from ${events} events (dry run: nothing changed)`);
+      } else {
+        out.line("Rebuilding projections...");
+        const result = await rebuildProjections({
+          redis: services.redis,
+          redisUrl: config.REDIS_URL,
+          keys: services.keys,
+          log: createLogger("error"),
+          viewTtlS: config.VIEW_RETENTION_S,
+          owner: `replay-${consumerName()}`,
+          onProgress: out.progress,
+        });
+        out.end();
+        out.line(
+          `Rebuilt views generation ${result.generation} from ${result.events} events in ${result.seconds} s (${result.events_per_second} events/s)`,
+        );
+      }
+    }
+    if (options.selection) {
+      const outcomes = await reprocessTasks(services.store, options.selection, {
+        requestedBy: options.by,
+        reason: options.reason,
+        dryRun: options.dryRun,
+        now: new Date(),
+        onProgress: out.progress,
+      });
+      out.end();
+      for (const o of outcomes) {
+        out.line(
+          o.skipped
+            ? `skip      ${o.task_id}  (${o.status}: ${o.skipped})`
+            : `${options.dryRun ? "would run" : "run"} ${o.run} ${o.task_id}  (was ${o.status})`,
+        );
+      }
+      const started = outcomes.filter((o) => !o.skipped).length;
+      out.line(
+        options.dryRun
+          ? `Dry run: ${started} task(s) would be reprocessed, ${
+            outcomes.length - started
+          } skipped; nothing changed`
+          : `Reprocessing ${started} task(s), ${outcomes.length - started} skipped`,
+      );
+    }
+    return 0;
+  } finally {
+    await services.close();
+  }
+}
+
+if (import.meta.main) {
+  Deno.exit(
+    await runCli(REPLAY_USAGE, () =>
+      replayMain(
+        Deno.args,
+        Deno.env.toObject(),
+        (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
+        Deno.stdout.isTerminal(),
+      )),
+  );
+}

@@ -1,0 +1,113 @@
+import type { Redis } from "ioredis";
+import { ProjectionRunner } from "../../consumers/projection_runner.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import { createProjections } from "../projections/projections.ts";
+import { deleteMatching, resetProjections } from "../projections/rebuild.ts";
+import { viewGeneration } from "../queries.ts";
+import { closeRedis, connectRedis } from "../redis/client.ts";
+import { groupInfo } from "../redis/streams.ts";
+import { sleep } from "../sleep.ts";
+
+export interface RebuildOptions {
+  redis: Redis;
+  redisUrl: string;
+  keys: Keys;
+  log: Logger;
+  viewTtlS: number;
+  owner: string;
+  /** Called while catching up: events applied so far and the stream length. */
+  onProgress?: (applied: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface RebuildResult {
+  from_generation: number;
+  generation: number;
+  events: number;
+  seconds: number;
+  events_per_second: number;
+}
+
+/** Events the group has not yet applied: its lag plus what is read but not acknowledged. */
+async function behind(redis: Redis, stream: string, groups: string[]) {
+  const info = await groupInfo(redis, stream);
+  let worst = 0;
+  for (const name of groups) {
+    const g = info.find((i) => i.name === name);
+    if (!g) return Infinity;
+    worst = Math.max(worst, (g.lag ?? Infinity) + g.pending);
+  }
+  return worst;
+}
+
+/**
+ * Rebuilds every view from the task event stream without downtime: the next generation of views
+ * is folded from the first event in the background while the live views keep answering; once it
+ * has caught up (events arriving meanwhile included) readers are switched to it with one SET,
+ * running workers' projectors follow it, and the old generation is deleted.
+ */
+export async function rebuildProjections(options: RebuildOptions): Promise<RebuildResult> {
+  const { redis, keys, log } = options;
+  const lock = keys.rebuildLock;
+  if (!await redis.set(lock, options.owner, "EX", 3_600, "NX")) {
+    throw new Error("Another projection rebuild is running");
+  }
+  const connections: Redis[] = [];
+  const t0 = performance.now();
+  try {
+    const from = await viewGeneration(redis, keys);
+    const generation = from + 1;
+    const next = createProjections({ redis, keys, viewTtlS: options.viewTtlS, generation });
+    // Leftovers of an interrupted rebuild of this generation.
+    await deleteMatching(redis, keys.views(generation).viewPattern);
+    await resetProjections(redis, keys, next);
+
+    const runner = new ProjectionRunner({
+      redis,
+      keys,
+      log,
+      owner: options.owner,
+      viewTtlS: options.viewTtlS,
+      generation,
+      blocking: (name) => {
+        const connection = connectRedis(options.redisUrl, { name });
+        connections.push(connection);
+        return connection;
+      },
+    });
+    await runner.start();
+    const groups = next.map((p) => p.group);
+    let total = 0;
+    try {
+      while (true) {
+        options.signal?.throwIfAborted();
+        total = await redis.xlen(keys.eventStream);
+        const left = await behind(redis, keys.eventStream, groups);
+        options.onProgress?.(Math.max(0, total - left), total);
+        if (left === 0) break;
+        await sleep(50, options.signal);
+      }
+      // Caught up: switch readers in one step. Projectors of the old generation are fenced off
+      // from here on; running workers pick up the new generation from its checkpoints.
+      await redis.set(keys.viewGeneration, generation);
+    } finally {
+      await runner.stop();
+    }
+    const seconds = (performance.now() - t0) / 1000;
+    log.info("Projections rebuilt", { generation, events: total });
+    const old = createProjections({ redis, keys, viewTtlS: options.viewTtlS, generation: from });
+    await resetProjections(redis, keys, old);
+    await deleteMatching(redis, keys.views(from).viewPattern);
+    return {
+      from_generation: from,
+      generation,
+      events: total,
+      seconds: Math.round(seconds * 1000) / 1000,
+      events_per_second: Math.round(total / Math.max(seconds, 0.001)),
+    };
+  } finally {
+    await Promise.all(connections.map(closeRedis));
+    await redis.del(lock);
+  }
+}
