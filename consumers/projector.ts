@@ -137,15 +137,17 @@ export class Projector {
       const next = compareIds(last, checkpoint) > 0 ? last : checkpoint;
       const ops = events.length ? await this.projection.plan(events) : [];
       const reply = await projectScript.run(redis, [
-        keys.lease(this.projection.name),
-        keys.checkpoint(this.projection.name),
+        keys.lease(this.projection.group),
+        keys.checkpoint(this.projection.group),
         keys.eventStream,
+        keys.viewGeneration,
       ], [
         owner,
         checkpoint,
         next,
-        this.projection.name,
+        this.projection.group,
         JSON.stringify(ops),
+        this.projection.generation,
         ...entries.map((e) => e.id),
       ]);
       if (reply === 1) {

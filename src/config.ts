@@ -28,6 +28,8 @@ export const ConfigSchema = z.object({
   IDEMPOTENCY_TTL_S: int(1, 86_400),
   MAX_BODY_BYTES: int(64, 1_048_576),
   VIEW_RETENTION_S: int(60, 30 * 86_400),
+  STREAM_RETENTION_S: int(60, 7 * 86_400),
+  ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   FAL_KEY: z.string().optional(),
   FAL_BASE_URL: z.url().optional(),

@@ -23,6 +23,8 @@ export function createKeys(prefix: string) {
     /** The generation of views readers use; a projection rebuild builds the next and swaps. */
     viewGeneration: `${p}:view-generation`,
     views: (generation: number) => viewKeys(p, generation),
+    /** Taken by the process that trims the streams this round. */
+    retentionLease: `${p}:retention-lease`,
     /** Held while a projection rebuild runs, so two cannot race. */
     rebuildLock: `${p}:view-rebuild-lock`,
     /** Generation 0's view keys. */

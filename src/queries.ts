@@ -4,6 +4,7 @@ import type { Keys } from "./keys.ts";
 import type { TaskView } from "./projections/task_view.ts";
 import type { VideoView } from "./projections/video_view.ts";
 import { groupInfo } from "./redis/streams.ts";
+import { replayHorizon } from "./replay/retention.ts";
 
 export interface GroupStats {
   stream: string;
@@ -68,7 +69,7 @@ async function percentile(redis: Redis, key: string, count: number, q: number) {
 }
 
 /** The stats view plus live figures from the streams. `now` bounds the throughput window. */
-export async function readStats(redis: Redis, keys: Keys, now: number) {
+export async function readStats(redis: Redis, keys: Keys, now: number, retentionMs: number) {
   const views = await currentViews(redis, keys);
   const [hash, durations, finished] = await Promise.all([
     redis.hgetall(views.stats),
@@ -76,10 +77,11 @@ export async function readStats(redis: Redis, keys: Keys, now: number) {
     redis.zcount(views.statsFinished, now - 60_000, now),
   ]);
   const n = (field: string) => Number(hash[field] ?? 0);
-  const [p50, p95, groups] = await Promise.all([
+  const [p50, p95, groups, horizon] = await Promise.all([
     percentile(redis, views.statsDurations, durations, 0.5),
     percentile(redis, views.statsDurations, durations, 0.95),
     consumerGroups(redis, keys),
+    replayHorizon(redis, keys, retentionMs),
   ]);
   const average = n("processing_count") ? n("processing_ms") / n("processing_count") : 0;
   const stepAverage: Record<string, number> = {};
@@ -100,5 +102,6 @@ export async function readStats(redis: Redis, keys: Keys, now: number) {
     callbacks: { delivered: n("callbacks_delivered"), failed: n("callbacks_failed") },
     throughput_last_minute: { finished, per_second: Math.round((finished / 60) * 100) / 100 },
     consumer_groups: groups,
+    replay_horizon: horizon,
   };
 }

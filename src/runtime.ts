@@ -14,6 +14,8 @@ import type { Pipeline, VideoHistory } from "./pipeline/pipeline.ts";
 import { createSupabaseScenes } from "./providers/supabase_scenes.ts";
 import { readVideoView } from "./queries.ts";
 import { Samples } from "./metrics.ts";
+import { rebuildProjections } from "./replay/rebuild.ts";
+import { startRetention } from "./replay/retention.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
 
 /** A consumer name unique to this process. */
@@ -59,6 +61,19 @@ export function createServices(config: Config, log: Logger) {
       trustProxy: config.TRUST_PROXY,
     },
     corsOrigins: config.CORS_ORIGINS,
+    streamRetentionMs: config.STREAM_RETENTION_S * 1000,
+    admin: {
+      token: config.ADMIN_TOKEN,
+      rebuild: () =>
+        rebuildProjections({
+          redis,
+          redisUrl: config.REDIS_URL,
+          keys,
+          log,
+          viewTtlS: config.VIEW_RETENTION_S,
+          owner: `admin-${consumerName()}`,
+        }),
+    },
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
   });
@@ -207,6 +222,14 @@ export async function startConsumers(
   });
   for (const g of groups) await g.start();
   await projections?.start();
+  const stopRetention = startRetention({
+    redis: services.redis,
+    keys: services.keys,
+    retentionMs: config.STREAM_RETENTION_S * 1000,
+    intervalMs: 60_000,
+    owner: consumer,
+    onError: (error) => log.warn("Stream trimming failed", { error: String(error) }),
+  });
   return {
     consumer,
     worker,
@@ -215,6 +238,7 @@ export async function startConsumers(
     projectionLag,
     /** Graceful stop: in-flight work gets `timeoutMs`, then stays pending for another process. */
     async stop(timeoutMs: number) {
+      stopRetention();
       // In pipeline order, so what the worker finishes while stopping is still stored and
       // announced by this process when time allows; the rest stays pending for another one.
       const deadline = Date.now() + timeoutMs;

@@ -8,6 +8,10 @@ Deno.test("the OpenAPI document describes every route", async () => {
   const doc = await res.json();
   assert.equal(doc.openapi, "3.1.0");
   assert.deepEqual(Object.keys(doc.paths).sort(), [
+    "/admin/dead-letters",
+    "/admin/dead-letters/redrive",
+    "/admin/dead-letters/{id}",
+    "/admin/replay",
     "/health",
     "/stats",
     "/task/{task_id}",

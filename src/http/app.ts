@@ -10,6 +10,7 @@ import type { Logger } from "../log.ts";
 import { foldTaskView } from "../projections/task_view.ts";
 import { consumerGroups, readStats, readTaskView, readVideoView } from "../queries.ts";
 import { docsRoutes } from "./docs.ts";
+import { type AdminDeps, adminRoutes } from "./admin.ts";
 import { describeRoutes } from "./openapi.ts";
 import { authMode, fromRedis, webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
@@ -19,6 +20,8 @@ export interface AppDeps {
   keys: Keys;
   log: Logger;
   webhook: Omit<WebhookRouteDeps, "store" | "redis" | "keys" | "log" | "now">;
+  admin: Omit<AdminDeps, "store" | "now">;
+  streamRetentionMs: number;
   /** Origins allowed by CORS; none means no CORS headers at all. */
   corsOrigins: string[];
   providerMode: "live" | "offline";
@@ -62,6 +65,7 @@ export function createApp(deps: AppDeps) {
   );
 
   webhookRoute(app, { ...deps.webhook, store, redis, keys, log, now });
+  adminRoutes(app, { ...deps.admin, store, now });
 
   app.get("/task/:task_id", async (c) => {
     const taskId = c.req.param("task_id");
@@ -94,7 +98,9 @@ export function createApp(deps: AppDeps) {
   });
 
   app.get("/stats", async (c) => {
-    return c.json(await fromRedis(() => readStats(redis, keys, now().getTime())));
+    return c.json(
+      await fromRedis(() => readStats(redis, keys, now().getTime(), deps.streamRetentionMs)),
+    );
   });
 
   app.get("/health", async (c) => {

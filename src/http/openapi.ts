@@ -1,6 +1,7 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import { z } from "zod";
 import { VideoRequestSchema } from "../webhook.ts";
+import { RedriveRequestSchema, ReplayRequestSchema } from "./admin.ts";
 import {
   AcceptedSchema,
   HealthSchema,
@@ -78,6 +79,88 @@ export function describeRoutes(app: OpenAPIHono): void {
     path: "/health",
     summary: "Redis reachability and consumer groups",
     responses: { 200: json(HealthSchema, "Healthy"), 503: json(HealthSchema, "Redis is down") },
+  });
+  r.registerComponent("securitySchemes", "adminBearer", {
+    type: "http",
+    scheme: "bearer",
+    description: "ADMIN_TOKEN; the admin API answers 404 when it is not set",
+  });
+  const admin = { security: [{ adminBearer: [] }], tags: ["admin"] };
+  const adminErrors = {
+    401: problem("Missing or wrong admin token"),
+    404: problem("The admin API is disabled (no ADMIN_TOKEN), or no such entry"),
+  };
+  const Outcome = z.object({
+    task_id: z.string(),
+    status: z.string(),
+    run: z.number().int().optional(),
+    skipped: z.string().optional(),
+  });
+  const DeadLetter = z.object({
+    id: z.string(),
+    task_id: z.string(),
+    group: z.string(),
+    entry: z.string(),
+    error: z.string(),
+    attempts: z.number().int(),
+    at: z.string(),
+    payload: z.string(),
+  });
+  r.registerPath({
+    method: "post",
+    path: "/admin/replay",
+    summary: "Rebuild the views and/or reprocess selected tasks (mirrors `deno task replay`)",
+    ...admin,
+    request: {
+      body: { required: true, content: { "application/json": { schema: ReplayRequestSchema } } },
+    },
+    responses: {
+      200: json(
+        z.object({ dry_run: z.boolean(), projections: z.unknown(), tasks: z.array(Outcome) }),
+        "What was (or, in a dry run, would be) done",
+      ),
+      422: problem("Invalid request"),
+      ...adminErrors,
+    },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/admin/dead-letters",
+    summary: "Dead letters, oldest first",
+    ...admin,
+    request: { query: z.object({ count: z.string().optional(), after: z.string().optional() }) },
+    responses: {
+      200: json(z.object({ dead_letters: z.array(DeadLetter) }), "Dead letters"),
+      ...adminErrors,
+    },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/admin/dead-letters/{id}",
+    summary: "One dead letter",
+    ...admin,
+    request: { params: z.object({ id: z.string() }) },
+    responses: { 200: json(DeadLetter, "The dead letter"), ...adminErrors },
+  });
+  r.registerPath({
+    method: "post",
+    path: "/admin/dead-letters/redrive",
+    summary: "Move dead letters back to the work stream, each exactly once",
+    ...admin,
+    request: {
+      body: { required: true, content: { "application/json": { schema: RedriveRequestSchema } } },
+    },
+    responses: {
+      200: json(
+        z.object({
+          dry_run: z.boolean(),
+          outcomes: z.array(Outcome.extend({ dead_letter: z.string() })),
+        }),
+        "What was (or would be) redriven",
+      ),
+      422: problem("Invalid request"),
+      ...adminErrors,
+    },
   });
   app.doc31("/openapi.json", {
     openapi: "3.1.0",

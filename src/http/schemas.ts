@@ -99,6 +99,10 @@ export const StatsSchema = z.object({
     per_second: z.number(),
   }),
   consumer_groups: z.array(GroupSchema),
+  replay_horizon: z.object({
+    stream_retention_s: z.number().int(),
+    oldest_event_at: z.string().nullable(),
+  }).describe("Tasks older than the oldest event cannot be reprocessed or rebuilt from the log"),
 });
 
 export const HealthSchema = z.object({

@@ -1,0 +1,207 @@
+/**
+ * End to end: N tasks through the server, 1 or 2 worker processes and the offline providers, at
+ * each provider latency; tasks/s, time to drain, peak tasks in flight, projection lag.
+ */
+import { createKeys, WORKER_GROUP } from "../src/keys.ts";
+import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
+import { bodyTemplate, postTasks } from "./load.ts";
+import { type Child, freePort, round, sampleProcesses, until, waitHttp, waitLog } from "./procs.ts";
+import { deletePrefix } from "./redis_tools.ts";
+
+export interface E2eOptions {
+  tasks: number;
+  latenciesMs: number[];
+  workers: number[];
+  concurrency: number;
+  enqueueConcurrency: number;
+  drainTimeoutS: number;
+}
+
+export interface LagSummary {
+  count: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/**
+ * Projection lag from worker logs: every "Projection lag (ms)" line (one per 10 s window with
+ * traffic) and the final "Consumers stopped" line. p50 is the count-weighted mean of the windows'
+ * medians; p99 and max are the worst window's (exact when the run fits one window).
+ */
+export function parseProjectionLag(logs: string[]): LagSummary & { windows: number } {
+  const windows: LagSummary[] = [];
+  for (const text of logs) {
+    for (const line of text.split("\n")) {
+      if (!line.startsWith("{")) continue;
+      let record: Record<string, unknown>;
+      try {
+        record = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      const lag = record.msg === "Projection lag (ms)"
+        ? record
+        : record.msg === "Consumers stopped"
+        ? record.projection_lag_ms as Record<string, unknown> | undefined
+        : undefined;
+      if (lag && Number(lag.count) > 0) {
+        windows.push({
+          count: Number(lag.count),
+          p50: Number(lag.p50),
+          p99: Number(lag.p99),
+          max: Number(lag.max),
+        });
+      }
+    }
+  }
+  const count = windows.reduce((s, w) => s + w.count, 0);
+  return {
+    count,
+    p50: count ? round(windows.reduce((s, w) => s + w.p50 * w.count, 0) / count, 1) : 0,
+    p99: Math.max(0, ...windows.map((w) => w.p99)),
+    max: Math.max(0, ...windows.map((w) => w.max)),
+    windows: windows.length,
+  };
+}
+
+async function oneRun(
+  ctx: BenchContext,
+  options: E2eOptions,
+  latencyMs: number,
+  workerCount: number,
+  template: string,
+  keep: boolean,
+) {
+  const name = `e2e-l${latencyMs}-w${workerCount}`;
+  const prefix = newPrefix(ctx, name);
+  const keys = createKeys(prefix);
+  const port = freePort();
+  const children: Child[] = [];
+  try {
+    const server = ctx.procs.service(
+      `${name}-server`,
+      "serve",
+      serviceEnv(ctx, prefix, { PORT: String(port) }),
+      logPath(ctx, `${name}-server`),
+    );
+    children.push(server);
+    const workers: Child[] = [];
+    for (let i = 0; i < workerCount; i++) {
+      const worker = ctx.procs.service(
+        `${name}-worker${i}`,
+        "worker",
+        serviceEnv(ctx, prefix, {
+          OFFLINE_LATENCY_MS: String(latencyMs),
+          WORKER_CONCURRENCY: String(options.concurrency),
+          SHUTDOWN_TIMEOUT_MS: "15000",
+        }),
+        logPath(ctx, `${name}-worker${i}`),
+      );
+      workers.push(worker);
+      children.push(worker);
+    }
+    await waitHttp(port);
+    for (const w of workers) await waitLog(w, "Consumers started");
+
+    // In flight: entries the "workers" group delivered and not yet acknowledged (XPENDING).
+    let peakInFlight = 0;
+    let done = 0;
+    let sampling = true;
+    const sampleLoop = (async () => {
+      while (sampling) {
+        const [[, pending], [, completed], [, failed]] = (await ctx.redis.pipeline()
+          .xpending(keys.webhookStream, WORKER_GROUP)
+          .hget(keys.stats, "completed_tasks")
+          .hget(keys.stats, "failed_tasks")
+          .exec()) as [unknown, unknown][];
+        const inFlight = Number((pending as unknown[] | null)?.[0] ?? 0);
+        peakInFlight = Math.max(peakInFlight, inFlight);
+        done = Number(completed ?? 0) + Number(failed ?? 0);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    })().catch(() => {});
+    const pids: Record<string, number> = { server: server.pid };
+    workers.forEach((w, i) => (pids[`worker${i}`] = w.pid));
+    const memory = sampleProcesses(pids, 500);
+
+    const t0 = performance.now();
+    const enqueue = await postTasks({
+      url: `http://127.0.0.1:${port}/webhook`,
+      count: options.tasks,
+      concurrency: options.enqueueConcurrency,
+      template,
+      header: ctx.tokenHeader,
+      token: ctx.token,
+      nonce: `${ctx.runPrefix}-${name}`,
+      signal: ctx.signal,
+    });
+    let drained = true;
+    await until(() => done >= enqueue.accepted, "the tasks to drain", {
+      timeoutMs: options.drainTimeoutS * 1000,
+      intervalMs: 20,
+      signal: ctx.signal,
+    }).catch((error) => {
+      if (ctx.signal.aborted) throw error;
+      drained = false;
+    });
+    const drainS = (performance.now() - t0) / 1000;
+    sampling = false;
+    await sampleLoop;
+    const usage = memory.stop();
+    const stats = await ctx.redis.hgetall(keys.stats);
+    for (const w of workers) await ctx.procs.stop(w, 20_000);
+    await ctx.procs.stop(server);
+    const lag = parseProjectionLag(
+      await Promise.all(workers.map((w) => Deno.readTextFile(w.logPath))),
+    );
+    const result = {
+      latency_ms: latencyMs,
+      workers: workerCount,
+      worker_concurrency: options.concurrency,
+      tasks: enqueue.accepted,
+      enqueue_failed: enqueue.failed,
+      enqueue_s: round(enqueue.seconds, 2),
+      enqueue_rps: round(enqueue.accepted / enqueue.seconds, 0),
+      drained,
+      drain_s: round(drainS, 2),
+      tasks_per_s: round(enqueue.accepted / drainS, 0),
+      completed: Number(stats.completed_tasks ?? 0),
+      failed: Number(stats.failed_tasks ?? 0),
+      peak_in_flight: peakInFlight,
+      projection_lag_ms: lag,
+      server_peak_rss_mb: usage.server.peak_rss_mb,
+      worker_peak_rss_mb: Math.max(
+        ...workers.map((_, i) => usage[`worker${i}`].peak_rss_mb),
+      ),
+      worker_cpu_pct: workers.map((_, i) => usage[`worker${i}`].cpu_pct),
+      server_cpu_pct: usage.server.cpu_pct,
+    };
+    ctx.say(
+      `  latency ${latencyMs} ms, ${workerCount} worker(s): ${result.tasks} tasks in ${result.drain_s} s = ${result.tasks_per_s} tasks/s, peak in flight ${peakInFlight}, lag p50 ${lag.p50} / p99 ${lag.p99} ms`,
+    );
+    return { result, prefix: keep ? prefix : null };
+  } finally {
+    for (const c of children) await ctx.procs.stop(c, 5_000);
+    if (!keep) await deletePrefix(ctx.redis, prefix);
+  }
+}
+
+/**
+ * Runs every (latency, workers) combination. The event log of the first run is kept (its prefix
+ * is returned) for the replay phase, which deletes it.
+ */
+export async function e2ePhase(ctx: BenchContext, options: E2eOptions) {
+  const template = await bodyTemplate({ callbacks: false });
+  const runs = [];
+  let kept: string | null = null;
+  for (const latency of options.latenciesMs) {
+    for (const workers of options.workers) {
+      ctx.signal.throwIfAborted();
+      const { result, prefix } = await oneRun(ctx, options, latency, workers, template, !kept);
+      kept ??= prefix;
+      runs.push(result);
+    }
+  }
+  return { runs, eventsPrefix: kept };
+}

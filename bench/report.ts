@@ -1,0 +1,203 @@
+/** The bench's verdicts against the targets, its text table and its JSON files. */
+import type { BenchResult } from "./run.ts";
+
+export interface Target {
+  name: string;
+  target: string;
+  value: string;
+  pass: boolean | null;
+}
+
+/** Each target of issue 6 with the measured value; pass is null when the run did not measure it. */
+export function targets(r: BenchResult): Target[] {
+  const out: Target[] = [];
+  const ingest = r.ingest;
+  if (ingest) {
+    const top = Math.max(...ingest.points.map((p) => p.connections));
+    const ratio = ingest.ratios.find((x) => x.connections === top);
+    const real = ingest.points.find((p) => p.handler === "real" && p.connections === top);
+    out.push({
+      name: `ingest ${top} connections: requests/s vs minimal`,
+      target: "≥ 0.75×",
+      value: `${ratio?.rps_ratio}× (${real?.rps} req/s)`,
+      pass: ratio?.rps_ratio == null ? null : ratio.rps_ratio >= 0.75,
+    });
+    out.push({
+      name: `ingest ${top} connections: errors`,
+      target: "0",
+      value: String(real?.errors.total),
+      pass: real ? real.errors.total === 0 : null,
+    });
+    out.push({
+      name: `ingest ${top} connections: p99 vs minimal`,
+      target: "≤ 2×",
+      value: `${ratio?.p99_ratio}× (${real?.p99_ms} ms)`,
+      pass: ratio?.p99_ratio == null ? null : ratio.p99_ratio <= 2,
+    });
+    const rss = Math.max(real?.server.peak_rss_mb ?? 0, ingest.memory?.server_peak_rss_mb ?? 0);
+    out.push({
+      name: `server RSS at ${top} connections`,
+      target: "< 200 MB",
+      value: `${rss} MB`,
+      pass: real ? rss < 200 : null,
+    });
+  }
+  const runs = r.e2e?.runs ?? [];
+  const slow = runs.find((x) => x.latency_ms === 500 && x.workers === 1);
+  out.push({
+    name: "one worker, 500 ms per step: tasks in flight",
+    target: "≥ 500",
+    value: slow ? String(slow.peak_in_flight) : "not run",
+    pass: slow ? slow.peak_in_flight >= 500 : null,
+  });
+  const fastest = [...runs].sort((a, b) => b.tasks_per_s - a.tasks_per_s)[0];
+  out.push({
+    name: "projection lag p99 at 1,000 tasks/s",
+    target: "< 50 ms",
+    value: fastest
+      ? `${fastest.projection_lag_ms.p99} ms at ${fastest.tasks_per_s} tasks/s (${fastest.workers} worker(s), ${fastest.latency_ms} ms)`
+      : "not run",
+    pass: fastest ? fastest.projection_lag_ms.p99 < 50 && fastest.tasks_per_s >= 1_000 : null,
+  });
+  out.push({
+    name: "projection rebuild",
+    target: "≥ 50,000 events/s",
+    value: r.replay ? `${r.replay.events_per_s} events/s (${r.replay.events} events)` : "not run",
+    pass: r.replay ? r.replay.events_per_s >= 50_000 : null,
+  });
+  return out;
+}
+
+const pad = (cells: (string | number | null | undefined)[], widths: number[]) =>
+  cells.map((c, i) => String(c ?? "–").padStart(widths[i])).join("  ");
+
+/** The result as text tables. */
+export function table(r: BenchResult): string {
+  const lines: string[] = [];
+  const m = r.machine;
+  lines.push(
+    `Machine: ${m.cores} cores, ${m.cpu_model}, Deno ${m.deno}, Redis ${m.redis}, ${m.os}`,
+  );
+  if (r.ingest) {
+    const i = r.ingest;
+    lines.push(
+      "",
+      `Ingest (${i.generator}, ${i.duration_s} s per point after ${i.warmup_s} s warm-up; real = token auth, validation, idempotency key, rate limits, LOG_LEVEL=${r.options.logLevel})`,
+    );
+    const w = [6, 20, 8, 8, 8, 7, 7, 9, 9, 9, 9];
+    lines.push(
+      pad([
+        "conns",
+        "handler",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "RSS MB",
+        "srv CPU%",
+        "redis CPU%",
+        "rps ratio",
+        "p99 ratio",
+      ], w),
+    );
+    for (const p of [...i.points, ...i.ablations]) {
+      const ratio = p.handler === "real"
+        ? i.ratios.find((x) => x.connections === p.connections)
+        : null;
+      const minimal = i.points.find((x) =>
+        x.handler === "minimal" && x.connections === p.connections
+      );
+      const abl = p.handler.startsWith("real-") && minimal;
+      lines.push(pad([
+        p.connections,
+        p.handler,
+        p.rps,
+        p.p50_ms,
+        p.p99_ms,
+        p.errors.total,
+        p.server.peak_rss_mb,
+        p.server.cpu_pct,
+        p.redis_cpu_pct,
+        ratio?.rps_ratio ?? (abl ? Math.round((p.rps / minimal.rps) * 100) / 100 : ""),
+        ratio?.p99_ratio ?? (abl ? Math.round((p.p99_ms / minimal.p99_ms) * 100) / 100 : ""),
+      ], w));
+    }
+    if (i.memory) {
+      lines.push(
+        `Memory under ${i.memory.connections} connections with one worker draining: server ${i.memory.server_peak_rss_mb} MB, worker ${i.memory.worker_peak_rss_mb} MB (peak RSS; ${i.memory.rps} req/s, ${i.memory.errors} errors)`,
+      );
+    }
+  }
+  if (r.e2e) {
+    lines.push("", `End to end (offline providers, WORKER_CONCURRENCY ${r.options.concurrency})`);
+    const w = [10, 8, 7, 8, 9, 9, 10, 9, 9, 11];
+    lines.push(
+      pad([
+        "latency ms",
+        "workers",
+        "tasks",
+        "drain s",
+        "tasks/s",
+        "enqueue/s",
+        "in flight",
+        "lag p50",
+        "lag p99",
+        "worker MB",
+      ], w),
+    );
+    for (const x of r.e2e.runs) {
+      lines.push(pad([
+        x.latency_ms,
+        x.workers,
+        x.tasks,
+        x.drained ? x.drain_s : `>${x.drain_s}`,
+        x.tasks_per_s,
+        x.enqueue_rps,
+        x.peak_in_flight,
+        x.projection_lag_ms.p50,
+        x.projection_lag_ms.p99,
+        x.worker_peak_rss_mb,
+      ], w));
+    }
+  }
+  if (r.replay) {
+    const x = r.replay;
+    lines.push(
+      "",
+      `Replay: ${x.events} events rebuilt in ${x.rebuild_s} s = ${x.events_per_s} events/s (first build ${x.build_events_per_s}/s, reset ${x.reset_ms} ms)`,
+    );
+  }
+  if (r.profile?.redis_commands) {
+    const c = r.profile.redis_commands as Record<
+      string,
+      { client_total: number; lua_total: number }
+    >;
+    const f = (k: string) =>
+      c[k] ? `${c[k].client_total} round trips + ${c[k].lua_total} in Lua` : "–";
+    lines.push(
+      "",
+      `Redis commands: per webhook real ${f("per_request_real")}, minimal ${
+        f("per_request_minimal")
+      }; per task end to end ${f("per_task")}`,
+    );
+  }
+  lines.push("", "Targets:");
+  for (const t of r.targets) {
+    const verdict = t.pass === null ? "n/a " : t.pass ? "PASS" : "FAIL";
+    lines.push(`  ${verdict}  ${t.name}: ${t.value} (target ${t.target})`);
+  }
+  return lines.join("\n");
+}
+
+/** Writes `<dir>/<timestamp>.json` and `<dir>/latest.json`; returns the first path. */
+export async function writeResult(r: BenchResult, dir: string): Promise<string> {
+  await Deno.mkdir(dir, { recursive: true });
+  const stamp = r.started_at.replace(/[:.]/g, "-");
+  const path = `${dir}/${stamp}.json`;
+  const text = JSON.stringify(r, null, 2) + "\n";
+  await Deno.writeTextFile(`${path}.tmp`, text);
+  await Deno.rename(`${path}.tmp`, path);
+  await Deno.writeTextFile(`${dir}/latest.json.tmp`, text);
+  await Deno.rename(`${dir}/latest.json.tmp`, `${dir}/latest.json`);
+  return path;
+}

@@ -1,0 +1,305 @@
+/**
+ * `deno task bench`: ingest, end to end, replay and memory, bounded in time, printed as a table
+ * and written as JSON to bench/results/<timestamp>.json and bench/results/latest.json.
+ *
+ * Every Redis key lives under `{bench-<random>-<phase>}` and is deleted when its phase ends (and
+ * again at the end); every child process is stopped in `finally`, also on Ctrl-C.
+ * Run with --help for the flags.
+ */
+import { parseArgs } from "node:util";
+import type { Redis } from "ioredis";
+import type { BenchContext } from "./context.ts";
+import { e2ePhase } from "./e2e.ts";
+import { ingestPhase } from "./ingest.ts";
+import { hasWrk } from "./load.ts";
+import { Processes } from "./procs.ts";
+import { cpuProfilePhase, redisCommandsPhase } from "./profile.ts";
+import { replayPhase } from "./replay.ts";
+import { table, type Target, targets, writeResult } from "./report.ts";
+import { connect, deletePrefix, redisVersion } from "./redis_tools.ts";
+
+export interface BenchOptions {
+  phases: ("ingest" | "e2e" | "replay" | "profile")[];
+  connections: number[];
+  durationS: number;
+  warmupS: number;
+  threads: number;
+  timeoutS: number;
+  ablations: boolean;
+  memory: boolean;
+  tasks: number;
+  latenciesMs: number[];
+  workers: number[];
+  concurrency: number;
+  enqueueConcurrency: number;
+  drainTimeoutS: number;
+  replayEvents: number;
+  profileRequests: number;
+  cpuProfile: boolean;
+  logLevel: "debug" | "info" | "warn" | "error";
+  /** Where the JSON goes; null writes nothing. */
+  outDir: string | null;
+  keepLogs: boolean;
+  quiet: boolean;
+}
+
+export const DEFAULTS: BenchOptions = {
+  phases: ["ingest", "e2e", "replay", "profile"],
+  connections: [1, 100, 1000],
+  durationS: 10,
+  warmupS: 2,
+  threads: 2,
+  timeoutS: 5,
+  ablations: true,
+  memory: true,
+  tasks: 20_000,
+  latenciesMs: [0, 500],
+  workers: [1, 2],
+  concurrency: 1000,
+  enqueueConcurrency: 64,
+  drainTimeoutS: 300,
+  replayEvents: 100_000,
+  profileRequests: 200,
+  cpuProfile: true,
+  logLevel: "info",
+  outDir: new URL("./results", import.meta.url).pathname,
+  keepLogs: false,
+  quiet: false,
+};
+
+type Awaited2<T> = T extends Promise<infer U> ? U : T;
+
+export interface BenchResult {
+  version: 1;
+  started_at: string;
+  finished_at: string;
+  elapsed_s: number;
+  machine: {
+    cores: number;
+    cpu_model: string;
+    memory_gb: number;
+    os: string;
+    deno: string;
+    v8: string;
+    redis: string;
+  };
+  options: BenchOptions;
+  ingest: Awaited2<ReturnType<typeof ingestPhase>> | null;
+  e2e: { runs: Awaited2<ReturnType<typeof e2ePhase>>["runs"] } | null;
+  replay: Awaited2<ReturnType<typeof replayPhase>> | null;
+  profile: {
+    redis_commands?: Record<string, unknown>;
+    cpu?: Awaited2<ReturnType<typeof cpuProfilePhase>>;
+  } | null;
+  targets: Target[];
+  notes: string[];
+}
+
+async function machine(redis: Redis) {
+  const cpuinfo = await Deno.readTextFile("/proc/cpuinfo").catch(() => "");
+  const meminfo = await Deno.readTextFile("/proc/meminfo").catch(() => "");
+  return {
+    cores: navigator.hardwareConcurrency,
+    cpu_model: cpuinfo.match(/^model name\s*:\s*(.*)$/m)?.[1] ?? "unknown",
+    memory_gb: Math.round(Number(meminfo.match(/^MemTotal:\s+(\d+)/m)?.[1] ?? 0) / 1024 / 1024),
+    os: `${Deno.build.os} ${Deno.osRelease()}`,
+    deno: Deno.version.deno,
+    v8: Deno.version.v8,
+    redis: (await redisVersion(redis)).version,
+  };
+}
+
+/** Runs the bench; stops every process it started and deletes every key it wrote, whatever happens. */
+export async function runBench(partial: Partial<BenchOptions> = {}): Promise<BenchResult> {
+  const options = { ...DEFAULTS, ...partial };
+  const started = new Date();
+  const say = (line: string) => options.quiet || console.log(line);
+  const abort = new AbortController();
+  const procs = new Processes();
+  const redis = connect("bench");
+  const tmpDir = await Deno.makeTempDir({ prefix: "bench-" });
+  let signals = 0;
+  const onSignal = () => {
+    signals++;
+    if (signals > 1) Deno.exit(130);
+    console.error("Interrupted: stopping the bench's processes and deleting its keys");
+    abort.abort(new Error("Interrupted"));
+    procs.stopAll(2_000);
+  };
+  Deno.addSignalListener("SIGINT", onSignal);
+  Deno.addSignalListener("SIGTERM", onSignal);
+  const ctx: BenchContext = {
+    procs,
+    redis,
+    runPrefix: `bench-${crypto.randomUUID().slice(0, 8)}`,
+    prefixes: new Set(),
+    tmpDir,
+    redisPid: null,
+    signal: abort.signal,
+    token: `bench-token-${crypto.randomUUID()}`,
+    tokenHeader: "x-webhook-token",
+    logLevel: options.logLevel,
+    say,
+  };
+  const result: BenchResult = {
+    version: 1,
+    started_at: started.toISOString(),
+    finished_at: "",
+    elapsed_s: 0,
+    machine: await machine(redis),
+    options,
+    ingest: null,
+    e2e: null,
+    replay: null,
+    profile: null,
+    targets: [],
+    notes: [],
+  };
+  try {
+    ctx.redisPid = (await redisVersion(redis)).pid;
+    const useWrk = await hasWrk();
+    if (!useWrk) {
+      const note =
+        "wrk not found: install it with `apt-get install wrk`; falling back to a fetch load loop in the bench process (numbers not comparable with wrk runs)";
+      console.error(note);
+      result.notes.push(note);
+    }
+    say(`Bench ${ctx.runPrefix} (logs in ${tmpDir})`);
+    if (options.phases.includes("ingest")) {
+      say("Ingest");
+      result.ingest = await ingestPhase(ctx, { ...options, useWrk });
+    }
+    let eventsPrefix: string | null = null;
+    if (options.phases.includes("e2e")) {
+      say("End to end");
+      const e2e = await e2ePhase(ctx, options);
+      result.e2e = { runs: e2e.runs };
+      eventsPrefix = e2e.eventsPrefix;
+    }
+    if (options.phases.includes("replay")) {
+      say("Replay");
+      if (eventsPrefix) result.replay = await replayPhase(ctx, eventsPrefix, options.replayEvents);
+      else result.notes.push("replay skipped: it replays the events of the end-to-end phase");
+    }
+    if (options.phases.includes("profile")) {
+      say("Profile");
+      result.profile = {
+        redis_commands: await redisCommandsPhase(ctx, options.profileRequests),
+      };
+      if (options.cpuProfile && useWrk) {
+        result.profile.cpu = await cpuProfilePhase(ctx, {
+          connections: Math.max(...options.connections),
+          durationS: options.durationS,
+          threads: options.threads,
+        });
+      }
+    }
+  } finally {
+    await procs.stopAll();
+    for (const prefix of ctx.prefixes) await deletePrefix(redis, prefix).catch(() => {});
+    redis.disconnect();
+    if (!options.keepLogs) await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
+    Deno.removeSignalListener("SIGINT", onSignal);
+    Deno.removeSignalListener("SIGTERM", onSignal);
+  }
+  result.finished_at = new Date().toISOString();
+  result.elapsed_s = Math.round((Date.now() - started.getTime()) / 100) / 10;
+  result.targets = targets(result);
+  return result;
+}
+
+const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
+
+  --phases LIST            ingest,e2e,replay,profile (default: all)
+  --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
+  --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
+  --warmup S               warm-up seconds before each point (default 2)
+  --threads N              wrk threads (default 2)
+  --no-ablations           skip the real server with LOG_LEVEL=warn / rate limits off
+  --no-memory              skip the memory run (server + worker under the top connection count)
+  --tasks N                end-to-end tasks per run (default 20000)       env BENCH_TASKS
+  --latencies LIST         OFFLINE_LATENCY_MS values (default 0,500)
+  --workers LIST           worker process counts (default 1,2)
+  --concurrency N          WORKER_CONCURRENCY (default 1000)
+  --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
+  --profile-requests N     requests/tasks under MONITOR (default 200)
+  --no-cpu-profile         skip the V8 CPU profile of the server
+  --log-level LEVEL        LOG_LEVEL of the service processes (default info)
+  --out DIR                results directory (default bench/results); --no-write writes nothing
+  --keep-logs              keep the children's logs (the path is printed)
+  --quick                  a one-minute run: 3 s points, 2000 tasks, 20000 events`;
+
+const list = (s: string) => s.split(",").map((x) => Number(x.trim())).filter(Number.isFinite);
+
+export function parseOptions(args: string[], env = Deno.env.toObject()): Partial<BenchOptions> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      help: { type: "boolean" },
+      quick: { type: "boolean" },
+      phases: { type: "string" },
+      connections: { type: "string" },
+      duration: { type: "string" },
+      warmup: { type: "string" },
+      threads: { type: "string" },
+      "no-ablations": { type: "boolean" },
+      "no-memory": { type: "boolean" },
+      tasks: { type: "string" },
+      latencies: { type: "string" },
+      workers: { type: "string" },
+      concurrency: { type: "string" },
+      "replay-events": { type: "string" },
+      "profile-requests": { type: "string" },
+      "no-cpu-profile": { type: "boolean" },
+      "log-level": { type: "string" },
+      out: { type: "string" },
+      "no-write": { type: "boolean" },
+      "keep-logs": { type: "boolean" },
+    },
+  });
+  if (values.help) {
+    console.log(HELP);
+    Deno.exit(0);
+  }
+  const o: Partial<BenchOptions> = values.quick
+    ? { durationS: 3, warmupS: 1, tasks: 2_000, replayEvents: 20_000, drainTimeoutS: 120 }
+    : {};
+  const num = (flag: string | undefined, name: string) => {
+    const raw = flag ?? env[name];
+    return raw === undefined ? undefined : Number(raw);
+  };
+  const set = <K extends keyof BenchOptions>(key: K, value: BenchOptions[K] | undefined) => {
+    if (value !== undefined && !(typeof value === "number" && !Number.isFinite(value))) {
+      o[key] = value;
+    }
+  };
+  set("phases", values.phases?.split(",") as BenchOptions["phases"]);
+  const conns = values.connections ?? env.BENCH_CONNECTIONS;
+  set("connections", conns ? list(conns) : undefined);
+  set("durationS", num(values.duration, "BENCH_DURATION"));
+  set("warmupS", num(values.warmup, "BENCH_WARMUP"));
+  set("threads", num(values.threads, "BENCH_THREADS"));
+  if (values["no-ablations"]) o.ablations = false;
+  if (values["no-memory"]) o.memory = false;
+  set("tasks", num(values.tasks, "BENCH_TASKS"));
+  set("latenciesMs", values.latencies ? list(values.latencies) : undefined);
+  set("workers", values.workers ? list(values.workers) : undefined);
+  set("concurrency", num(values.concurrency, "BENCH_CONCURRENCY"));
+  set("replayEvents", num(values["replay-events"], "BENCH_REPLAY_EVENTS"));
+  set("profileRequests", num(values["profile-requests"], "BENCH_PROFILE_REQUESTS"));
+  if (values["no-cpu-profile"]) o.cpuProfile = false;
+  set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
+  if (values.out) o.outDir = values.out;
+  if (values["no-write"]) o.outDir = null;
+  if (values["keep-logs"]) o.keepLogs = true;
+  return o;
+}
+
+if (import.meta.main) {
+  const result = await runBench(parseOptions(Deno.args));
+  console.log(`\n${table(result)}`);
+  if (result.options.outDir) {
+    const path = await writeResult(result, result.options.outDir);
+    console.log(`\nWrote ${path} and latest.json (${result.elapsed_s} s)`);
+  }
+}

@@ -1,0 +1,132 @@
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import type { MiddlewareHandler } from "hono";
+import { z } from "zod";
+import { ProblemError } from "../errors.ts";
+import type { EventStore } from "../event_store.ts";
+import type { RebuildResult } from "../replay/rebuild.ts";
+import { getDeadLetter, listDeadLetters, redrive, reprocessTasks } from "../replay/reprocess.ts";
+import { tokensEqual } from "../security/signature.ts";
+import { fieldErrors } from "../webhook.ts";
+import { fromRedis } from "./webhook_route.ts";
+
+const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
+
+export const ReplayRequestSchema = z.object({
+  projections: z.boolean().default(false).describe("Rebuild every view from the event log"),
+  tasks: z.array(z.string().min(1)).max(10_000).optional(),
+  since: isoDate.optional(),
+  until: isoDate.optional(),
+  status: z.enum(["failed", "dead_lettered", "completed"]).optional(),
+  reason: z.string().min(1).max(500).default("admin replay"),
+  requested_by: z.string().min(1).max(200).default("admin-api"),
+  dry_run: z.boolean().default(false),
+});
+
+export const RedriveRequestSchema = z.object({
+  ids: z.array(z.string().min(1)).max(10_000).optional(),
+  all: z.boolean().default(false),
+  reason: z.string().min(1).max(500).default("dead-letter redrive"),
+  requested_by: z.string().min(1).max(200).default("admin-api"),
+  dry_run: z.boolean().default(false),
+}).refine((r) => r.all !== Boolean(r.ids?.length), {
+  message: "give either ids or all: true",
+  path: ["ids"],
+});
+
+export interface AdminDeps {
+  /** ADMIN_TOKEN; without it every /admin route answers 404. */
+  token?: string;
+  store: EventStore;
+  rebuild: () => Promise<RebuildResult>;
+  now: () => Date;
+}
+
+/** Bearer-token check in constant time; the admin API does not exist without a token. */
+function requireAdmin(token: string | undefined): MiddlewareHandler {
+  return async function adminAuth(c, next) {
+    if (!token) throw new ProblemError(404, "Not found", "The admin API is disabled");
+    const header = c.req.header("authorization") ?? "";
+    const sent = header.startsWith("Bearer ") ? header.slice(7) : "";
+    if (!sent || !tokensEqual(sent, token)) {
+      c.header("www-authenticate", 'Bearer realm="admin"');
+      throw new ProblemError(401, "Unauthorized", "A valid admin bearer token is required");
+    }
+    await next();
+  };
+}
+
+async function body<T extends z.ZodType>(request: Request, schema: T): Promise<z.infer<T>> {
+  let raw: unknown;
+  try {
+    raw = await request.json();
+  } catch {
+    throw new ProblemError(400, "Invalid JSON", "The body is not valid JSON");
+  }
+  const parsed = schema.safeParse(raw);
+  if (!parsed.success) {
+    const errors = fieldErrors(parsed.error);
+    throw new ProblemError(422, "Invalid request", "Invalid fields", { errors });
+  }
+  return parsed.data;
+}
+
+/** The admin API: reprocessing, projection rebuilds and dead letters, mirroring the CLIs. */
+export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
+  const { store } = deps;
+  app.use("/admin/*", requireAdmin(deps.token));
+
+  app.post("/admin/replay", async (c) => {
+    const request = await body(c.req.raw, ReplayRequestSchema);
+    let projections: RebuildResult | { would_rebuild_events: number } | null = null;
+    if (request.projections) {
+      projections = request.dry_run
+        ? { would_rebuild_events: await fromRedis(() => store.redis.xlen(store.keys.eventStream)) }
+        : await deps.rebuild();
+    }
+    const selects = request.tasks?.length || request.since || request.until || request.status;
+    const tasks = selects
+      ? await fromRedis(() =>
+        reprocessTasks(store, {
+          taskIds: request.tasks,
+          since: request.since,
+          until: request.until,
+          status: request.status,
+        }, {
+          requestedBy: request.requested_by,
+          reason: request.reason,
+          dryRun: request.dry_run,
+          now: deps.now(),
+        })
+      )
+      : [];
+    return c.json({ dry_run: request.dry_run, projections, tasks });
+  });
+
+  app.get("/admin/dead-letters", async (c) => {
+    const count = Math.min(1_000, Math.max(1, Number(c.req.query("count") ?? 100) || 100));
+    const after = c.req.query("after");
+    const letters = await fromRedis(() => listDeadLetters(store, count, after ? `(${after}` : "-"));
+    return c.json({ dead_letters: letters });
+  });
+
+  app.get("/admin/dead-letters/:id", async (c) => {
+    const id = c.req.param("id");
+    if (!/^\d+-\d+$/.test(id)) throw new ProblemError(404, "Not found", `No dead letter "${id}"`);
+    const letter = await fromRedis(() => getDeadLetter(store, id));
+    if (!letter) throw new ProblemError(404, "Not found", `No dead letter "${id}"`);
+    return c.json(letter);
+  });
+
+  app.post("/admin/dead-letters/redrive", async (c) => {
+    const request = await body(c.req.raw, RedriveRequestSchema);
+    const outcomes = await fromRedis(() =>
+      redrive(store, request.all ? "all" : request.ids!, {
+        requestedBy: request.requested_by,
+        reason: request.reason,
+        dryRun: request.dry_run,
+        now: deps.now(),
+      })
+    );
+    return c.json({ dry_run: request.dry_run, outcomes });
+  });
+}

@@ -1,0 +1,338 @@
+import assert from "node:assert/strict";
+import type { Redis } from "ioredis";
+import { dlqMain } from "../src/cli/dlq.ts";
+import { replayMain } from "../src/cli/replay.ts";
+import { runCli } from "../src/cli/_common.ts";
+import { UnrecoverableError } from "../src/errors.ts";
+import type { TaskView } from "../src/projections/task_view.ts";
+import { redrive } from "../src/replay/reprocess.ts";
+import { trimStream } from "../src/replay/retention.ts";
+import { createPipeline } from "../src/runtime.ts";
+import {
+  caughtUp,
+  fixture,
+  freePort,
+  readStream,
+  runConsumers,
+  type TestEnv,
+  testEnv,
+  waitFor,
+} from "./_helpers.ts";
+
+/** Runs a CLI main as `deno task` would, capturing its output and exit code. */
+async function cli(
+  main: typeof replayMain,
+  usage: string,
+  env: TestEnv | null,
+  args: string[],
+  extraEnv: Record<string, string> = {},
+) {
+  let out = "";
+  const errors: string[] = [];
+  const original = console.error;
+  console.error = (text: string) => errors.push(text);
+  try {
+    const code = await runCli(
+      usage,
+      () =>
+        main(args, { KEY_PREFIX: env?.prefix ?? "unused", ...extraEnv }, (t) => (out += t), false),
+    );
+    return { code, out, err: errors.join("\n") };
+  } finally {
+    console.error = original;
+  }
+}
+
+async function view(env: TestEnv, taskId: string): Promise<TaskView> {
+  return await (await env.services.app.request(`/task/${taskId}`)).json();
+}
+
+async function settled(env: TestEnv, taskId: string, run = 1) {
+  const { redis, keys } = env.services;
+  return await waitFor(async () => {
+    const v = await view(env, taskId);
+    const done = v.run === run && (v.status === "completed" || v.status === "failed");
+    return done && await caughtUp(redis, [keys.webhookStream, keys.eventStream]) ? v : null;
+  }, { what: `task ${taskId} run ${run} settled`, timeoutMs: 15_000 });
+}
+
+async function submit(env: TestEnv, patch: object = {}) {
+  const res = await env.post({ ...JSON.parse(await fixture("minimal.json")), ...patch });
+  assert.equal(res.status, 202);
+  return (await res.json()).task_id as string;
+}
+
+/** Scenes fail for videos whose id starts with "broken-" while `broken.on` is true. */
+function breakable(env: TestEnv) {
+  const broken = { on: true };
+  const pipeline = createPipeline(env.config, env.services).map((step) =>
+    step.name !== "scenes" ? step : {
+      name: step.name,
+      run: (context: Parameters<typeof step.run>[0]) =>
+        broken.on && context.request.video_id.startsWith("broken-")
+          ? Promise.reject(new UnrecoverableError("Scene writer rejected the prompt"))
+          : step.run(context),
+    }
+  );
+  return { broken, pipeline };
+}
+
+Deno.test("reprocessing a failed task after its fault is fixed completes it as run 2", async () => {
+  await using env = await testEnv("reprocess");
+  const { broken, pipeline } = breakable(env);
+  const running = await runConsumers(env, { pipeline });
+  try {
+    const failed = await submit(env, { video_id: "broken-1" });
+    const ok = await submit(env, { video_id: "fine-1" });
+    assert.equal((await settled(env, failed)).status, "failed");
+    assert.equal((await settled(env, ok)).status, "completed");
+
+    const dry = await cli(replayMain, "", env, ["--status", "failed", "--dry-run"]);
+    assert.equal(dry.code, 0, dry.err);
+    assert.match(dry.out, new RegExp(`would run 2 ${failed}`));
+    assert.doesNotMatch(dry.out, new RegExp(ok));
+    assert.match(dry.out, /Dry run: 1 task\(s\) would be reprocessed/);
+    assert.equal((await view(env, failed)).run, 1, "a dry run changes nothing");
+
+    broken.on = false;
+    const real = await cli(replayMain, "", env, [
+      "--status",
+      "failed",
+      "--reason",
+      "scene writer fixed",
+      "--by",
+      "maya",
+    ]);
+    assert.equal(real.code, 0, real.err);
+    const rerun = await settled(env, failed, 2);
+    assert.equal(rerun.status, "completed");
+    assert.equal(rerun.run, 2);
+    assert.equal(rerun.attempts, 1);
+    const events = await env.services.store.timeline(failed);
+    const request = events.find((e) => e.type === "task.reprocess_requested");
+    assert.deepEqual(request?.data, {
+      run: 2,
+      requested_by: "maya",
+      reason: "scene writer fixed",
+      source: "replay",
+    });
+    // Reprocessing the completed task again stores over its own revision: no new revision.
+    const again = await cli(replayMain, "", env, ["--task", failed]);
+    assert.equal(again.code, 0, again.err);
+    const third = await settled(env, failed, 3);
+    assert.equal(third.result?.video_revision, 1);
+    const stats = await (await env.services.app.request("/stats")).json();
+    assert.equal(stats.total_requests, 2);
+    assert.equal(stats.completed_tasks, 2);
+    assert.equal(stats.failed_tasks, 0);
+  } finally {
+    await running.stop(1_000);
+  }
+});
+
+Deno.test("a dead letter redriven by five operators at once runs once", async () => {
+  await using env = await testEnv("redrive");
+  const { broken, pipeline } = breakable(env);
+  const running = await runConsumers(env, { pipeline });
+  try {
+    const taskId = await submit(env, { video_id: "broken-2" });
+    await settled(env, taskId);
+    const [letter] = await readStream(env.services.redis, env.services.keys.deadLetterStream);
+    assert.equal(letter.task_id, taskId);
+    broken.on = false;
+    const operators = await Promise.all(
+      Array.from({ length: 5 }, (_, i) =>
+        redrive(env.services.store, [letter.id], {
+          requestedBy: `op${i}`,
+          reason: "redrive",
+          dryRun: false,
+          now: new Date(),
+        })),
+    );
+    const ran = operators.flat().filter((o) => !o.skipped);
+    assert.equal(ran.length, 1, JSON.stringify(operators));
+    const done = await settled(env, taskId, 2);
+    assert.equal(done.status, "completed");
+    const types = (await env.services.store.timeline(taskId)).map((e) => e.type);
+    assert.equal(types.filter((t) => t === "task.reprocess_requested").length, 1);
+    assert.equal(types.filter((t) => t === "task.completed").length, 1);
+    assert.equal(await env.services.redis.xlen(env.services.keys.deadLetterStream), 0);
+    const list = await cli(dlqMain, "", env, ["list"]);
+    assert.match(list.out, /0 dead letter\(s\)/);
+  } finally {
+    await running.stop(1_000);
+  }
+});
+
+Deno.test("trimming keeps every pending or unread entry, whatever its age", async () => {
+  await using env = await testEnv("trim");
+  const redis: Redis = env.services.redis;
+  const stream = env.services.keys.eventStream;
+  for (let i = 1; i <= 10; i++) await redis.xadd(stream, `${i * 1000}-0`, "n", String(i));
+  await redis.xgroup("CREATE", stream, "fast", "0");
+  await redis.xgroup("CREATE", stream, "slow", "0");
+  // "fast" read everything and acknowledged all but entry 7; "slow" read up to entry 4.
+  const all = await redis.xreadgroup("GROUP", "fast", "c", "COUNT", 10, "STREAMS", stream, ">");
+  const ids = (all as [string, [string, string[]][]][])[0][1].map(([id]) => id);
+  await redis.xack(stream, "fast", ...ids.filter((id) => id !== "7000-0"));
+  await redis.xreadgroup("GROUP", "slow", "c", "COUNT", 4, "STREAMS", stream, ">");
+  await redis.xack(stream, "slow", "1000-0", "2000-0", "3000-0", "4000-0");
+  // Everything is "older than retention", yet only entries 1 to 4 may go.
+  assert.equal(await trimStream(redis, stream, 1, 1_000_000), 4);
+  const left = (await redis.xrange(stream, "-", "+")).map(([id]) => id);
+  assert.deepEqual(left, ["5000-0", "6000-0", "7000-0", "8000-0", "9000-0", "10000-0"]);
+  // Once "slow" catches up, the pending entry 7 still stays.
+  await redis.xreadgroup("GROUP", "slow", "c", "COUNT", 10, "STREAMS", stream, ">");
+  await redis.xack(stream, "slow", ...left);
+  await trimStream(redis, stream, 1, 1_000_000);
+  assert.equal((await redis.xrange(stream, "-", "+"))[0][0], "7000-0");
+  // And recent entries are kept by age alone.
+  await redis.xack(stream, "fast", "7000-0");
+  await trimStream(redis, stream, 2_500, 10_000);
+  assert.deepEqual((await redis.xrange(stream, "-", "+")).map(([id]) => id), [
+    "8000-0",
+    "9000-0",
+    "10000-0",
+  ]);
+});
+
+Deno.test("replay CLI: argument errors, help, and an unreachable Redis", async () => {
+  const cases: [string[], RegExp][] = [
+    [[], /Nothing to do/],
+    [["--status", "weird"], /--status must be one of/],
+    [["--since", "yesterday"], /--since must be an ISO-8601/],
+    [["--since", "2026-11-28", "--until", "2026-11-01"], /--since must not be after --until/],
+    [["--task", "a", "--since", "2026-11-01"], /either --task or --since/],
+    [["--bogus"], /Unknown option '--bogus'/],
+  ];
+  for (const [args, message] of cases) {
+    const result = await cli(replayMain, "USAGE", null, args);
+    assert.equal(result.code, 2, args.join(" "));
+    assert.match(result.err, message);
+    assert.match(result.err, /USAGE/);
+  }
+  const help = await cli(replayMain, "", null, ["--help"]);
+  assert.equal(help.code, 0);
+  assert.match(help.out, /--projections/);
+  const down = await cli(replayMain, "", null, ["--projections"], {
+    REDIS_URL: `redis://127.0.0.1:${freePort()}`,
+  });
+  assert.equal(down.code, 1);
+  assert.match(down.err, /Redis is unreachable/);
+  const dlqBad = await cli(dlqMain, "", null, ["redrive"]);
+  assert.equal(dlqBad.code, 2);
+  assert.match(dlqBad.err, /redrive takes dead-letter ids or --all/);
+});
+
+/** View keys and values of one generation, with the generation removed from the key names. */
+async function views(env: TestEnv, generation: number) {
+  const { redis, keys } = env.services;
+  const pattern = keys.views(generation).viewPattern;
+  const prefix = pattern.slice(0, -1);
+  const found: string[] = [];
+  let cursor = "0";
+  do {
+    const [next, batch] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1000);
+    cursor = next;
+    found.push(...batch);
+  } while (cursor !== "0");
+  const out: Record<string, unknown> = {};
+  for (const key of found.sort()) {
+    const type = await redis.type(key);
+    const name = key.slice(prefix.length);
+    if (type === "string") out[name] = await redis.get(key);
+    else if (type === "hash") out[name] = await redis.hgetall(key);
+    else out[name] = await redis.zrange(key, 0, -1, "WITHSCORES");
+  }
+  return out;
+}
+
+Deno.test("--projections rebuilds identical views while webhooks keep arriving, then swaps", async () => {
+  await using env = await testEnv("rebuild-live", { ADMIN_TOKEN: "admin-token-0123456789" });
+  const { broken, pipeline } = breakable(env);
+  const running = await runConsumers(env, { pipeline });
+  try {
+    for (let i = 0; i < 20; i++) await submit(env, { video_id: i % 5 ? `v-${i}` : `broken-${i}` });
+    await waitFor(async () =>
+      (await (await env.services.app.request("/stats")).json()).completed_tasks === 16
+    );
+    await waitFor(() => caughtUp(env.services.redis, [env.services.keys.eventStream]));
+    const before = await views(env, 0);
+    const idle = await cli(replayMain, "", env, ["--projections"]);
+    assert.equal(idle.code, 0, idle.err);
+    assert.match(idle.out, /Rebuilt views generation 1 from \d+ events/);
+    assert.deepEqual(await views(env, 1), before, "a rebuild equals the live views");
+    assert.deepEqual(await views(env, 0), {}, "the old generation is gone");
+
+    // Rebuild again while new webhooks are accepted and processed.
+    broken.on = false;
+    const arriving = (async () => {
+      for (let i = 0; i < 30; i++) await submit(env, { video_id: `late-${i}` });
+    })();
+    const admin = await env.services.app.request("/admin/replay", {
+      method: "POST",
+      headers: {
+        authorization: "Bearer admin-token-0123456789",
+        "content-type": "application/json",
+      },
+      body: JSON.stringify({ projections: true }),
+    });
+    assert.equal(admin.status, 200);
+    assert.equal((await admin.json()).projections.generation, 2);
+    await arriving;
+    await waitFor(
+      async () => (await (await env.services.app.request("/stats")).json()).completed_tasks === 46,
+      {
+        what: "late tasks projected by the workers that followed generation 2",
+      },
+    );
+    await waitFor(() => caughtUp(env.services.redis, [env.services.keys.eventStream]));
+    const live = await views(env, 2);
+    // A quiet third rebuild folds the same log to the same views: nothing was lost in the swap.
+    const quiet = await cli(replayMain, "", env, ["--projections"]);
+    assert.equal(quiet.code, 0, quiet.err);
+    assert.deepEqual(await views(env, 3), live);
+  } finally {
+    await running.stop(1_000);
+  }
+});
+
+Deno.test("admin API: disabled without a token, 401 with a wrong one, dead letters by HTTP", async () => {
+  await using closed = await testEnv("admin-off");
+  const off = await closed.services.app.request("/admin/dead-letters");
+  assert.equal(off.status, 404);
+  await off.body?.cancel();
+
+  await using env = await testEnv("admin", { ADMIN_TOKEN: "admin-token-0123456789" });
+  const call = (path: string, init: RequestInit = {}, token = "admin-token-0123456789") =>
+    env.services.app.request(path, {
+      ...init,
+      headers: { authorization: `Bearer ${token}`, "content-type": "application/json" },
+    });
+  const wrong = await call("/admin/dead-letters", {}, "admin-token-0123456788");
+  assert.equal(wrong.status, 401);
+  await wrong.body?.cancel();
+  const { broken, pipeline } = breakable(env);
+  const running = await runConsumers(env, { pipeline });
+  try {
+    const taskId = await submit(env, { video_id: "broken-http" });
+    await settled(env, taskId);
+    const list = await (await call("/admin/dead-letters")).json();
+    assert.equal(list.dead_letters.length, 1);
+    const id = list.dead_letters[0].id;
+    const one = await (await call(`/admin/dead-letters/${id}`)).json();
+    assert.equal(one.task_id, taskId);
+    const invalid = await call("/admin/dead-letters/redrive", { method: "POST", body: "{}" });
+    assert.equal(invalid.status, 422);
+    await invalid.body?.cancel();
+    broken.on = false;
+    const redriven = await (await call("/admin/dead-letters/redrive", {
+      method: "POST",
+      body: JSON.stringify({ ids: [id] }),
+    })).json();
+    assert.equal(redriven.outcomes[0].run, 2);
+    assert.equal((await settled(env, taskId, 2)).status, "completed");
+  } finally {
+    await running.stop(1_000);
+  }
+});
