@@ -16,7 +16,7 @@ export const SceneSchema = z.object({
 export type Scene = z.infer<typeof SceneSchema>;
 
 export const SceneChangeSchema = z.object({
-  scene_number: z.number().int(),
+  scene_number: z.number().int().min(1),
   changed: z.boolean(),
   summary: z.string(),
 });

@@ -10,7 +10,7 @@ import type {
 } from "openai/resources/chat/completions";
 import { z } from "zod";
 import { RetryableError, UnrecoverableError } from "../errors.ts";
-import { type Scene, SceneSchema } from "../events.ts";
+import { type Scene, SceneChangeSchema, SceneSchema } from "../events.ts";
 
 export interface OpenAIScenesOptions {
   apiKey: string;
@@ -28,17 +28,7 @@ export interface Usage {
   total_tokens: number;
 }
 
-export interface SceneChange {
-  scene_number: number;
-  changed: boolean;
-  summary: string;
-}
-
-const SceneChangeSchema = z.object({
-  scene_number: z.number().int().min(1),
-  changed: z.boolean(),
-  summary: z.string(),
-});
+export type SceneChange = z.infer<typeof SceneChangeSchema>;
 
 const FIELDS = `Each scene has: scene_number (1, 2, 3, ... in order), visual_description (what the
 camera sees, featuring the product in the image as it really looks), voiceover (the spoken line),

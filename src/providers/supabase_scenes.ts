@@ -1,20 +1,14 @@
 import { createClient } from "@supabase/supabase-js";
 import { z } from "zod";
 import { RetryableError, UnrecoverableError } from "../errors.ts";
+import { SceneSchema } from "../events.ts";
 
 /** One final scene as stored in the `scenes` table (supabase/migrations). */
-export const SceneRowSchema = z.object({
+export const SceneRowSchema = SceneSchema.extend({
   task_id: z.string().min(1),
   video_id: z.string().min(1),
   user_id: z.string().min(1),
   revision: z.number().int().min(1),
-  scene_number: z.number().int().min(1),
-  visual_description: z.string(),
-  voiceover: z.string(),
-  shot_type: z.string(),
-  sound_effects: z.string(),
-  music_direction: z.string(),
-  duration_seconds: z.number().positive(),
   image_url: z.string().min(1),
 });
 
