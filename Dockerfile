@@ -7,7 +7,7 @@ COPY deno.json deno.lock ./
 RUN deno install --frozen
 
 COPY . .
-RUN deno cache main.ts && chown -R deno:deno /app
+RUN deno cache main.ts src/cli/replay.ts src/cli/dlq.ts && chown -R deno:deno /app
 
 USER deno
 ENV PORT=8000 HOST=0.0.0.0
