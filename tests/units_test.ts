@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import * as configModule from "../src/config.ts";
 import { ConfigError, loadConfig, providerMode } from "../src/config.ts";
 import { createLogger, maskEmails } from "../src/log.ts";
 import { offlineRevision, offlineScenes } from "../src/pipeline/offline.ts";
@@ -79,4 +80,20 @@ Deno.test("backoff grows exponentially with jitter and is capped", () => {
   assert.equal(backoffMs(3, 1000, 60_000, () => 0), 2000);
   assert.equal(backoffMs(3, 1000, 60_000, () => 1), 4000);
   assert.equal(backoffMs(20, 1000, 60_000, () => 1), 60_000);
+});
+
+Deno.test(".env.example is a valid configuration that names every setting", () => {
+  const text = Deno.readTextFileSync(new URL("../.env.example", import.meta.url));
+  const env: Record<string, string> = {};
+  const named = new Set<string>();
+  for (const line of text.split("\n")) {
+    const match = line.match(/^#?\s*([A-Z][A-Z0-9_]+)=(\S*)/);
+    if (!match) continue;
+    named.add(match[1]);
+    if (!line.startsWith("#")) env[match[1]] = match[2];
+  }
+  const config = loadConfig(env);
+  assert.equal(config.PORT, 8000);
+  const { ConfigSchema } = configModule;
+  for (const key of Object.keys(ConfigSchema.shape)) assert.ok(named.has(key), key);
 });
