@@ -2,11 +2,18 @@ import type { Redis } from "ioredis";
 import { decodeEvent, encodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
 import type { Keys } from "./keys.ts";
 import { ingestScript, settleScript } from "./redis/scripts.ts";
+import { bucketParams } from "./security/rate_limit.ts";
 import type { VideoRequest } from "./webhook.ts";
 
-export interface IngestResult {
-  task_id: string;
-  duplicate: boolean;
+export type IngestResult =
+  | { task_id: string; duplicate: boolean; limited?: undefined }
+  | { limited: true; retryAfterS: number };
+
+/** Rate-limit buckets checked in the same script as the append. */
+export interface IngestLimits {
+  buckets: string[];
+  perMinute: number;
+  nowMs: number;
 }
 
 export type SettleMode = "append" | "ack" | "dead";
@@ -36,15 +43,20 @@ export class EventStore {
     readonly options: { idempotencyTtlS: number; timelineTtlS: number },
   ) {}
 
-  /** Appends a new task (atomically with its idempotency key), or finds the existing one. */
-  async ingest(request: VideoRequest, at: string): Promise<IngestResult> {
+  /**
+   * Appends a new task (atomically with its idempotency key), or finds the existing one; with
+   * `limits`, first takes a token from each bucket, all in one round trip.
+   */
+  async ingest(request: VideoRequest, at: string, limits?: IngestLimits): Promise<IngestResult> {
     const taskId = crypto.randomUUID();
     const key = request.idempotency_key;
+    const bucket = limits ? bucketParams(limits.perMinute) : null;
     const reply = await ingestScript.run(this.redis, [
       this.keys.idempotency(key ?? ""),
       this.keys.webhookStream,
       this.keys.eventStream,
       this.keys.taskTimeline(taskId),
+      ...(limits?.buckets ?? []),
     ], [
       taskId,
       this.options.idempotencyTtlS,
@@ -56,7 +68,14 @@ export class EventStore {
       request.is_revision ? "1" : "0",
       key ?? "",
       this.options.timelineTtlS,
-    ]) as [string, number];
+      bucket?.capacity ?? 0,
+      bucket?.rate ?? 0,
+      Math.floor(limits?.nowMs ?? 0),
+      bucket?.ttlMs ?? 0,
+    ]) as [string, number, number?];
+    if (reply[1] === -1) {
+      return { limited: true, retryAfterS: Math.max(1, Math.ceil((reply[2] ?? 0) / 1_000)) };
+    }
     return { task_id: reply[0], duplicate: reply[1] === 1 };
   }
 

@@ -217,3 +217,12 @@ Deno.test("the rate limit holds across two server processes", async () => {
     }
   }
 });
+
+Deno.test("duplicates of an accepted webhook do not use up the rate limit", async () => {
+  await using env = await testEnv("rate-dup", { RATE_LIMIT_PER_MINUTE: "2" });
+  const body = JSON.parse(await fixture("new-video.json"));
+  for (let i = 0; i < 5; i++) assert.equal(await statusOf(env.post(body)), 202);
+  assert.equal(await statusOf(env.post({ ...body, idempotency_key: "other" })), 202);
+  assert.equal(await statusOf(env.post({ ...body, idempotency_key: "third" })), 429);
+  assert.equal(await appended(env), 2);
+});

@@ -1,41 +1,39 @@
-import { createHash } from "node:crypto";
-import type { Redis } from "ioredis";
-
-/** A Lua script run by EVALSHA, loaded on first NOSCRIPT. */
-export class Script {
-  readonly sha: string;
-  constructor(readonly name: string, readonly source: string) {
-    this.sha = createHash("sha1").update(source).digest("hex");
-  }
-
-  async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
-    try {
-      return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
-    } catch (error) {
-      if (!String((error as Error).message).includes("NOSCRIPT")) throw error;
-      return await redis.eval(this.source, keys.length, ...keys, ...args);
-    }
-  }
-}
+import { Script } from "./script.ts";
+import { TOKEN_BUCKET_LUA } from "../security/rate_limit.ts";
 
 /**
- * Records a webhook as a new task, or finds the task an idempotency key already made.
+ * Records a webhook as a new task, or finds the task an idempotency key already made, after
+ * checking the sender's rate-limit buckets — one round trip for the whole hot path.
  * The key, the work entry, the task.queued event and the timeline index are written together,
- * so no crash can leave a key without its task or a task without its key.
+ * so no crash can leave a key without its task or a task without its key. A duplicate neither
+ * appends nor spends tokens; a limited request spends none and appends nothing.
  *
  * KEYS[1] idempotency key (ignored when ARGV[5] is "0")
- * KEYS[2] webhook stream   KEYS[3] event stream   KEYS[4] task timeline
+ * KEYS[2] webhook stream   KEYS[3] event stream   KEYS[4] task timeline   KEYS[5..] buckets
  * ARGV[1] task id   ARGV[2] idempotency ttl (s)   ARGV[3] payload JSON   ARGV[4] time (ISO)
  * ARGV[5] "1" when an idempotency key is given   ARGV[6] video id   ARGV[7] user id
  * ARGV[8] is_revision "1"/"0"   ARGV[9] idempotency key as sent   ARGV[10] timeline ttl (s)
- * Returns {task id, 1 if duplicate else 0}.
+ * ARGV[11] bucket capacity (units)   ARGV[12] refill (units/ms)   ARGV[13] now (ms)
+ * ARGV[14] bucket ttl (ms)
+ * Returns {task id, 1 if duplicate else 0}, or {"", -1, ms until allowed} when rate-limited.
  */
 export const ingestScript = new Script(
   "ingest",
-  `
+  `${TOKEN_BUCKET_LUA}
 if ARGV[5] == '1' then
   local existing = redis.call('GET', KEYS[1])
   if existing then return {existing, 1} end
+end
+if #KEYS > 4 then
+  local rate, now = tonumber(ARGV[12]), tonumber(ARGV[13])
+  local buckets, wait = {}, 0
+  for i = 5, #KEYS do
+    local tokens, at = bucket_refill(KEYS[i], tonumber(ARGV[11]), rate, now)
+    if tokens < TOKEN then wait = math.max(wait, math.ceil((TOKEN - tokens) / rate)) end
+    buckets[i] = {tokens, at}
+  end
+  if wait > 0 then return {'', -1, wait} end
+  for i = 5, #KEYS do bucket_store(KEYS[i], buckets[i][1] - TOKEN, buckets[i][2], ARGV[14]) end
 end
 local entry = redis.call('XADD', KEYS[2], '*', 'task_id', ARGV[1], 'payload', ARGV[3])
 local data = {video_id = ARGV[6], user_id = ARGV[7], is_revision = (ARGV[8] == '1'), webhook_entry = entry}
