@@ -92,6 +92,20 @@ Deno.test("content type, size and encoding are checked before parsing", async ()
   assert.equal(tooLarge.status, 413);
   assert.equal((await tooLarge.json()).max_bytes, 2048);
 
+  // Chunked, without Content-Length: counted while streaming.
+  const chunk = new TextEncoder().encode(" ".repeat(1024));
+  const streamed = await env.services.app.request("/webhook", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: new ReadableStream({
+      pull(controller) {
+        controller.enqueue(chunk);
+      },
+    }),
+  });
+  assert.equal(streamed.status, 413);
+  await streamed.body?.cancel();
+
   const invalidUtf8 = await env.services.app.request("/webhook", {
     method: "POST",
     headers: { "content-type": "application/json" },
