@@ -2,7 +2,7 @@
  * End to end: N tasks through the server, 1 or 2 worker processes and the offline providers, at
  * each provider latency; tasks/s, time to drain, peak tasks in flight, projection lag.
  */
-import { createKeys, WORKER_GROUP } from "../src/keys.ts";
+import { createKeys, SINK_GROUP, WORKER_GROUP } from "../src/keys.ts";
 import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
 import { type Child, freePort, round, sampleProcesses, until, waitHttp, waitLog } from "./procs.ts";
@@ -15,6 +15,9 @@ export interface E2eOptions {
   concurrency: number;
   enqueueConcurrency: number;
   drainTimeoutS: number;
+  /** A run with tasks offered at this rate (one worker, no provider latency); 0 skips it. */
+  pacedRate: number;
+  pacedSeconds: number;
 }
 
 export interface LagSummary {
@@ -65,6 +68,20 @@ export function parseProjectionLag(logs: string[]): LagSummary & { windows: numb
   };
 }
 
+/** XINFO GROUPS replies (flat field lists) as name, lag, pending. */
+function parseGroups(reply: unknown): { name: string; lag: number | null; pending: number }[] {
+  if (!Array.isArray(reply)) return [];
+  return reply.map((flat: unknown[]) => {
+    const info: Record<string, unknown> = {};
+    for (let i = 0; i + 1 < flat.length; i += 2) info[String(flat[i])] = flat[i + 1];
+    return {
+      name: String(info.name),
+      lag: info.lag === null || info.lag === undefined ? null : Number(info.lag),
+      pending: Number(info.pending),
+    };
+  });
+}
+
 async function oneRun(
   ctx: BenchContext,
   options: E2eOptions,
@@ -72,8 +89,9 @@ async function oneRun(
   workerCount: number,
   template: string,
   keep: boolean,
+  ratePerS?: number,
 ) {
-  const name = `e2e-l${latencyMs}-w${workerCount}`;
+  const name = `e2e-l${latencyMs}-w${workerCount}${ratePerS ? `-r${ratePerS}` : ""}`;
   const prefix = newPrefix(ctx, name);
   const keys = createKeys(prefix);
   const port = freePort();
@@ -101,28 +119,45 @@ async function oneRun(
       workers.push(worker);
       children.push(worker);
     }
-    await waitHttp(port);
+    await waitHttp(server, port);
     for (const w of workers) await waitLog(w, "Consumers started");
 
     // In flight: entries the "workers" group delivered and not yet acknowledged (XPENDING).
+    // Pipeline done: the workers and the scene sink have read and acknowledged everything (so
+    // every task.completed is in the log), whether or not the projections have caught up.
     let peakInFlight = 0;
     let done = 0;
+    let enqueued = false;
+    let pipelineDoneAt: number | null = null;
     let sampling = true;
     const sampleLoop = (async () => {
       while (sampling) {
-        const [[, pending], [, completed], [, failed]] = (await ctx.redis.pipeline()
-          .xpending(keys.webhookStream, WORKER_GROUP)
-          .hget(keys.stats, "completed_tasks")
-          .hget(keys.stats, "failed_tasks")
-          .exec()) as [unknown, unknown][];
+        const [[, pending], [, completed], [, failed], [, webhookGroups], [, eventGroups]] =
+          (await ctx.redis.pipeline()
+            .xpending(keys.webhookStream, WORKER_GROUP)
+            .hget(keys.stats, "completed_tasks")
+            .hget(keys.stats, "failed_tasks")
+            .xinfo("GROUPS", keys.webhookStream)
+            .xinfo("GROUPS", keys.eventStream)
+            .exec()) as [unknown, unknown][];
         const inFlight = Number((pending as unknown[] | null)?.[0] ?? 0);
         peakInFlight = Math.max(peakInFlight, inFlight);
         done = Number(completed ?? 0) + Number(failed ?? 0);
+        if (enqueued && pipelineDoneAt === null) {
+          const idle = (groups: unknown, name: string) => {
+            const g = parseGroups(groups).find((x) => x.name === name);
+            return g !== undefined && g.lag === 0 && g.pending === 0;
+          };
+          if (idle(webhookGroups, WORKER_GROUP) && idle(eventGroups, SINK_GROUP)) {
+            pipelineDoneAt = performance.now();
+          }
+        }
         await new Promise((r) => setTimeout(r, 100));
       }
     })().catch(() => {});
     const pids: Record<string, number> = { server: server.pid };
     workers.forEach((w, i) => (pids[`worker${i}`] = w.pid));
+    if (ctx.redisPid) pids.redis = ctx.redisPid;
     const memory = sampleProcesses(pids, 500);
 
     const t0 = performance.now();
@@ -135,7 +170,9 @@ async function oneRun(
       token: ctx.token,
       nonce: `${ctx.runPrefix}-${name}`,
       signal: ctx.signal,
+      ratePerS,
     });
+    enqueued = true;
     let drained = true;
     await until(() => done >= enqueue.accepted, "the tasks to drain", {
       timeoutMs: options.drainTimeoutS * 1000,
@@ -158,6 +195,8 @@ async function oneRun(
     const result = {
       latency_ms: latencyMs,
       workers: workerCount,
+      /** Tasks offered per second (paced run), or null when all were posted at once. */
+      offered_rate: ratePerS ?? null,
       worker_concurrency: options.concurrency,
       tasks: enqueue.accepted,
       enqueue_failed: enqueue.failed,
@@ -166,6 +205,8 @@ async function oneRun(
       drained,
       drain_s: round(drainS, 2),
       tasks_per_s: round(enqueue.accepted / drainS, 0),
+      /** Until the workers and the scene sink were idle: the pipeline without the projections. */
+      pipeline_drain_s: pipelineDoneAt === null ? null : round((pipelineDoneAt - t0) / 1000, 2),
       completed: Number(stats.completed_tasks ?? 0),
       failed: Number(stats.failed_tasks ?? 0),
       peak_in_flight: peakInFlight,
@@ -175,10 +216,19 @@ async function oneRun(
         ...workers.map((_, i) => usage[`worker${i}`].peak_rss_mb),
       ),
       worker_cpu_pct: workers.map((_, i) => usage[`worker${i}`].cpu_pct),
+      /** CPU time of all worker processes per task (pipeline, sink, callbacks, projections). */
+      worker_cpu_ms_per_task: round(
+        workers.reduce((sum, _, i) => sum + (usage[`worker${i}`].cpu_pct ?? 0), 0) * 10 *
+          (drainS / Math.max(1, enqueue.accepted)),
+        2,
+      ),
       server_cpu_pct: usage.server.cpu_pct,
+      redis_cpu_pct: usage.redis?.cpu_pct ?? null,
     };
     ctx.say(
-      `  latency ${latencyMs} ms, ${workerCount} worker(s): ${result.tasks} tasks in ${result.drain_s} s = ${result.tasks_per_s} tasks/s, peak in flight ${peakInFlight}, lag p50 ${lag.p50} / p99 ${lag.p99} ms`,
+      `  latency ${latencyMs} ms, ${workerCount} worker(s)${
+        ratePerS ? `, offered ${ratePerS}/s` : ""
+      }: ${result.tasks} tasks in ${result.drain_s} s = ${result.tasks_per_s} tasks/s (pipeline alone ${result.pipeline_drain_s} s), peak in flight ${peakInFlight}, lag p50 ${lag.p50} / p99 ${lag.p99} ms`,
     );
     return { result, prefix: keep ? prefix : null };
   } finally {
@@ -202,6 +252,13 @@ export async function e2ePhase(ctx: BenchContext, options: E2eOptions) {
       kept ??= prefix;
       runs.push(result);
     }
+  }
+  if (options.pacedRate > 0) {
+    // Below capacity: the projection lag of a steady flow rather than of a backlog.
+    const tasks = Math.round(options.pacedRate * options.pacedSeconds);
+    const paced = { ...options, tasks };
+    const { result } = await oneRun(ctx, paced, 0, 1, template, false, options.pacedRate);
+    runs.push(result);
   }
   return { runs, eventsPrefix: kept };
 }

@@ -26,6 +26,8 @@ export interface IngestPoint extends LoadResult {
   /** Entries the measured run appended to the handler's stream (≥ 2xx answers). */
   stored: number;
   server: { peak_rss_mb: number; cpu_pct: number | null };
+  /** Server CPU time per answered request: what the handler costs, whatever the machine's load. */
+  server_cpu_us_per_request: number | null;
   redis_cpu_pct: number | null;
 }
 
@@ -42,6 +44,7 @@ async function startServer(
   name: string,
   kind: "minimal" | "real",
   env: Record<string, string> = {},
+  denoArgs: string[] = [],
 ): Promise<Server> {
   const port = freePort();
   const prefix = newPrefix(ctx, `ingest-${name}`);
@@ -56,8 +59,9 @@ async function startServer(
       "serve",
       serviceEnv(ctx, prefix, { PORT: String(port), ...env }),
       logPath(ctx, name),
+      denoArgs,
     );
-  await waitHttp(port);
+  await waitHttp(child, port);
   const stream = kind === "minimal"
     ? `{${prefix}}:bench:minimal`
     : createKeys(prefix).webhookStream;
@@ -113,6 +117,9 @@ async function measure(
     ...result,
     stored,
     server: usage.server,
+    server_cpu_us_per_request: usage.server.cpu_pct === null || !result.rps
+      ? null
+      : round((usage.server.cpu_pct * 10_000) / result.rps, 0),
     redis_cpu_pct: usage.redis?.cpu_pct ?? null,
   };
   for (const [name, u] of Object.entries(usage)) {
@@ -121,7 +128,7 @@ async function measure(
     }
   }
   ctx.say(
-    `  ${server.name.padEnd(14)} c=${String(connections).padStart(4)}  ${
+    `  ${server.name.padEnd(18)} c=${String(connections).padStart(4)}  ${
       String(point.rps).padStart(6)
     } req/s  p50 ${point.p50_ms} ms  p99 ${point.p99_ms} ms  errors ${point.errors.total}  rss ${point.server.peak_rss_mb} MB`,
   );
@@ -146,8 +153,13 @@ export async function ingestPhase(ctx: BenchContext, options: IngestOptions) {
   const points: IngestPoint[] = [];
   const servers: Server[] = [];
   try {
-    servers.push(await startServer(ctx, "minimal", "minimal"));
-    servers.push(await startServer(ctx, "real", "real"));
+    // Started together (the children are stopped by the bench if one of them fails to start).
+    servers.push(
+      ...await Promise.all([
+        startServer(ctx, "minimal", "minimal"),
+        startServer(ctx, "real", "real"),
+      ]),
+    );
     for (const c of options.connections) {
       for (const server of servers) {
         points.push(await measure(ctx, server, c, options, templatePath));
@@ -157,16 +169,17 @@ export async function ingestPhase(ctx: BenchContext, options: IngestOptions) {
     for (const s of servers.splice(0)) await ctx.procs.stop(s.child);
   }
 
-  // What the checks cost, at the highest connection count: the real server with parts turned off.
+  // At the highest connection count, the real server with rate limits off (what they cost) and
+  // with V8's old space capped at 128 MB (what the heap contributes to RSS).
   const ablations: IngestPoint[] = [];
   const top = Math.max(...options.connections);
   if (options.ablations) {
-    const variants: [string, Record<string, string>][] = [
-      ["real-logwarn", { LOG_LEVEL: "warn" }],
-      ["real-logwarn-norl", { LOG_LEVEL: "warn", RATE_LIMIT_PER_MINUTE: "0" }],
+    const variants: [string, Record<string, string>, string[]][] = [
+      ["real-no-ratelimit", { RATE_LIMIT_PER_MINUTE: "0" }, []],
+      ["real-old-space-128", {}, ["--v8-flags=--max-old-space-size=128"]],
     ];
-    for (const [name, env] of variants) {
-      const server = await startServer(ctx, name, "real", env);
+    for (const [name, env, denoArgs] of variants) {
+      const server = await startServer(ctx, name, "real", env, denoArgs);
       try {
         ablations.push(await measure(ctx, server, top, options, templatePath));
       } finally {

@@ -185,6 +185,8 @@ export async function postTasks(options: {
   token: string;
   nonce: string;
   signal?: AbortSignal;
+  /** Paced: the i-th request is sent no earlier than i/ratePerS seconds after the start. */
+  ratePerS?: number;
 }): Promise<{ accepted: number; failed: number; seconds: number }> {
   const client = Deno.createHttpClient({ poolMaxIdlePerHost: options.concurrency });
   let next = 0;
@@ -193,7 +195,12 @@ export async function postTasks(options: {
   const t0 = performance.now();
   const loop = async () => {
     while (next < options.count && !options.signal?.aborted) {
-      const id = `${options.nonce}-${next++}`;
+      const i = next++;
+      const id = `${options.nonce}-${i}`;
+      if (options.ratePerS) {
+        const wait = t0 + (i * 1000) / options.ratePerS - performance.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      }
       try {
         const res = await fetch(options.url, {
           method: "POST",

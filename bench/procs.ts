@@ -45,9 +45,15 @@ export class Processes {
     return child;
   }
 
-  /** A `deno run -A main.ts <role>` child. */
-  service(name: string, role: "serve" | "worker", env: Record<string, string>, logPath: string) {
-    return this.spawn(name, [Deno.execPath(), "run", "-A", MAIN, role], env, logPath);
+  /** A `deno run -A [denoArgs] main.ts <role>` child. */
+  service(
+    name: string,
+    role: "serve" | "worker",
+    env: Record<string, string>,
+    logPath: string,
+    denoArgs: string[] = [],
+  ) {
+    return this.spawn(name, [Deno.execPath(), "run", "-A", ...denoArgs, MAIN, role], env, logPath);
   }
 
   /** Signals a child and waits for it to exit; SIGKILL after `graceMs`. Never throws. */
@@ -131,8 +137,11 @@ export function sampleProcesses(pids: Record<string, number>, intervalMs = 200) 
   };
   sample();
   const timer = setInterval(sample, intervalMs);
+  let result: Record<string, { peak_rss_mb: number; cpu_pct: number | null }> | null = null;
   return {
+    /** Stops sampling (the first call) and returns the figures (every call). */
     stop() {
+      if (result) return result;
       clearInterval(timer);
       sample();
       const seconds = (performance.now() - started) / 1000;
@@ -145,6 +154,7 @@ export function sampleProcesses(pids: Record<string, number>, intervalMs = 200) 
           cpu_pct: c0 === null || c1 === null ? null : round((100 * (c1 - c0)) / seconds, 0),
         };
       }
+      result = out;
       return out;
     },
   };
@@ -172,21 +182,29 @@ export async function until<T>(
   }
 }
 
-/** Waits for an HTTP server to answer 200 on `path`. */
-export function waitHttp(port: number, path = "/health", timeoutMs = 30_000) {
-  return until(
-    async () => {
-      try {
-        const res = await fetch(`http://127.0.0.1:${port}${path}`);
-        await res.body?.cancel();
-        return res.status === 200;
-      } catch {
-        return false;
-      }
-    },
-    `the server on port ${port}`,
-    { timeoutMs, intervalMs: 100 },
-  );
+/** Waits for a child's HTTP server to answer 200 on `path`; fails early if the child exits. */
+export async function waitHttp(child: Child, port: number, path = "/health", timeoutMs = 30_000) {
+  let exited = false;
+  child.process.status.then(() => (exited = true));
+  const tail = async () =>
+    (await Deno.readTextFile(child.logPath).catch(() => "")).trim().split("\n").slice(-5)
+      .join("\n");
+  const answers = async () => {
+    if (exited) throw new Error(`${child.name} exited before answering:\n${await tail()}`);
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}${path}`);
+      await res.body?.cancel();
+      return res.status === 200;
+    } catch {
+      return false;
+    }
+  };
+  try {
+    await until(answers, `${child.name} on port ${port}`, { timeoutMs, intervalMs: 100 });
+  } catch (error) {
+    if (exited) throw error;
+    throw new Error(`${(error as Error).message}; its log ends:\n${await tail()}`);
+  }
 }
 
 /** Waits until a child's log contains `text` (or throws if the child exits first). */

@@ -32,6 +32,7 @@ export async function redisCommandsPhase(ctx: BenchContext, requests: number) {
             logPath(ctx, `profile-${kind}-server`),
           ),
       );
+      const server = children[0];
       if (kind === "pipeline") {
         const worker = ctx.procs.service(
           "profile-worker",
@@ -42,7 +43,7 @@ export async function redisCommandsPhase(ctx: BenchContext, requests: number) {
         children.push(worker);
         await waitLog(worker, "Consumers started");
       }
-      await waitHttp(port);
+      await waitHttp(server, port);
       const stats = createKeys(prefix).stats;
       const counts = await countCommands(ctx.redis, prefix, async () => {
         const sent = await postTasks({
@@ -130,74 +131,147 @@ export function summariseProfile(profile: { nodes: ProfileNode[] }, top = 25) {
   };
 }
 
+/** Connects to a child's V8 inspector; `profile(work)` samples its CPU while `work` runs. */
+async function inspector(port: number) {
+  const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
+  const ws = new WebSocket(targets[0].webSocketDebuggerUrl);
+  await new Promise((resolve, reject) => {
+    ws.onopen = resolve;
+    ws.onerror = reject;
+  });
+  let next = 0;
+  const waiting = new Map<number, (value: Record<string, unknown>) => void>();
+  ws.onmessage = (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.id !== undefined) waiting.get(msg.id)?.(msg.result ?? {});
+  };
+  const call = (method: string, params: Record<string, unknown> = {}) =>
+    new Promise<Record<string, unknown>>((resolve) => {
+      const id = ++next;
+      waiting.set(id, resolve);
+      ws.send(JSON.stringify({ id, method, params }));
+    });
+  return {
+    async profile<T>(
+      work: () => Promise<T>,
+    ): Promise<{ result: T; profile: { nodes: ProfileNode[] } }> {
+      await call("Profiler.enable");
+      await call("Profiler.setSamplingInterval", { interval: 200 });
+      await call("Profiler.start");
+      const result = await work();
+      const { profile } = await call("Profiler.stop") as { profile: { nodes: ProfileNode[] } };
+      return { result, profile };
+    },
+    close: () => ws.close(),
+  };
+}
+
+const inspectArgs = (port: number, role: "serve" | "worker") => [
+  Deno.execPath(),
+  "run",
+  "-A",
+  `--inspect=127.0.0.1:${port}`,
+  MAIN,
+  role,
+];
+
 /** A CPU profile of the real server (every check on) while wrk runs `connections` for `durationS`. */
 export async function cpuProfilePhase(
   ctx: BenchContext,
-  options: {
-    connections: number;
-    durationS: number;
-    threads: number;
-    env?: Record<string, string>;
-  },
+  options: { connections: number; durationS: number; threads: number },
 ) {
   const prefix = newPrefix(ctx, "cpuprofile");
   const port = freePort();
   const inspect = freePort();
   const server = ctx.procs.spawn(
     "cpuprofile-server",
-    [Deno.execPath(), "run", "-A", `--inspect=127.0.0.1:${inspect}`, MAIN, "serve"],
-    serviceEnv(ctx, prefix, { PORT: String(port), ...options.env }),
+    inspectArgs(inspect, "serve"),
+    serviceEnv(ctx, prefix, { PORT: String(port) }),
     logPath(ctx, "cpuprofile-server"),
   );
   const templatePath = `${ctx.tmpDir}/body-profile.json`;
   await Deno.writeTextFile(templatePath, await bodyTemplate({ callbacks: true }));
-  let socket: WebSocket | null = null;
+  let session: Awaited<ReturnType<typeof inspector>> | null = null;
   try {
-    await waitHttp(port);
-    const targets = await (await fetch(`http://127.0.0.1:${inspect}/json/list`)).json();
-    socket = new WebSocket(targets[0].webSocketDebuggerUrl);
-    const ws = socket;
-    await new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      ws.onerror = reject;
-    });
-    let next = 0;
-    const waiting = new Map<number, (value: Record<string, unknown>) => void>();
-    ws.onmessage = (m) => {
-      const msg = JSON.parse(m.data);
-      if (msg.id !== undefined) waiting.get(msg.id)?.(msg.result ?? {});
-    };
-    const call = (method: string, params: Record<string, unknown> = {}) =>
-      new Promise<Record<string, unknown>>((resolve) => {
-        const id = ++next;
-        waiting.set(id, resolve);
-        ws.send(JSON.stringify({ id, method, params }));
-      });
-    await call("Profiler.enable");
-    await call("Profiler.setSamplingInterval", { interval: 200 });
-    await call("Profiler.start");
-    const load = await runWrk(ctx.procs, {
-      url: `http://127.0.0.1:${port}/webhook`,
-      connections: options.connections,
-      durationS: options.durationS,
-      templatePath,
-      header: ctx.tokenHeader,
-      token: ctx.token,
-      nonce: `${ctx.runPrefix}-cpuprofile`,
-      threads: options.threads,
-      timeoutS: 5,
-      logPath: logPath(ctx, "wrk-cpuprofile"),
-    });
-    const { profile } = await call("Profiler.stop") as { profile: { nodes: ProfileNode[] } };
+    await waitHttp(server, port);
+    session = await inspector(inspect);
+    const { result: load, profile } = await session.profile(() =>
+      runWrk(ctx.procs, {
+        url: `http://127.0.0.1:${port}/webhook`,
+        connections: options.connections,
+        durationS: options.durationS,
+        templatePath,
+        header: ctx.tokenHeader,
+        token: ctx.token,
+        nonce: `${ctx.runPrefix}-cpuprofile`,
+        threads: options.threads,
+        timeoutS: 5,
+        logPath: logPath(ctx, "wrk-cpuprofile"),
+      })
+    );
     await Deno.writeTextFile(`${ctx.tmpDir}/server.cpuprofile`, JSON.stringify(profile));
+    ctx.say(`  server CPU profile under ${options.connections} connections (${load.rps} req/s)`);
     return {
       connections: options.connections,
       rps_while_profiling: load.rps,
       ...summariseProfile(profile),
     };
   } finally {
-    socket?.close();
+    session?.close();
     await ctx.procs.stop(server, 5_000);
+    await deletePrefix(ctx.redis, prefix);
+  }
+}
+
+/** A CPU profile of one worker (no provider latency) draining `tasks` tasks. */
+export async function workerCpuProfilePhase(ctx: BenchContext, tasks: number, concurrency: number) {
+  const prefix = newPrefix(ctx, "cpuprofile-worker");
+  const port = freePort();
+  const inspect = freePort();
+  const children = [
+    ctx.procs.service(
+      "cpuprofile-w-server",
+      "serve",
+      serviceEnv(ctx, prefix, { PORT: String(port) }),
+      logPath(ctx, "cpuprofile-w-server"),
+    ),
+    ctx.procs.spawn(
+      "cpuprofile-worker",
+      inspectArgs(inspect, "worker"),
+      serviceEnv(ctx, prefix, { WORKER_CONCURRENCY: String(concurrency) }),
+      logPath(ctx, "cpuprofile-worker"),
+    ),
+  ];
+  let session: Awaited<ReturnType<typeof inspector>> | null = null;
+  try {
+    await waitHttp(children[0], port);
+    await waitLog(children[1], "Consumers started");
+    session = await inspector(inspect);
+    const stats = createKeys(prefix).stats;
+    const t0 = performance.now();
+    const { profile } = await session.profile(async () => {
+      await postTasks({
+        url: `http://127.0.0.1:${port}/webhook`,
+        count: tasks,
+        concurrency: 32,
+        template: await bodyTemplate({ callbacks: false }),
+        header: ctx.tokenHeader,
+        token: ctx.token,
+        nonce: `${ctx.runPrefix}-cpuprofile-worker`,
+      });
+      await until(
+        async () => Number(await ctx.redis.hget(stats, "completed_tasks")) >= tasks,
+        "the profiled tasks to complete",
+        { timeoutMs: 120_000 },
+      );
+    });
+    const seconds = (performance.now() - t0) / 1000;
+    await Deno.writeTextFile(`${ctx.tmpDir}/worker.cpuprofile`, JSON.stringify(profile));
+    ctx.say(`  worker CPU profile over ${tasks} tasks (${round(tasks / seconds, 0)} tasks/s)`);
+    return { tasks, tasks_per_s: round(tasks / seconds, 0), ...summariseProfile(profile) };
+  } finally {
+    session?.close();
+    for (const c of children) await ctx.procs.stop(c, 5_000);
     await deletePrefix(ctx.redis, prefix);
   }
 }

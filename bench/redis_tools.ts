@@ -13,11 +13,20 @@ export function connect(name = "bench"): Redis {
 }
 
 /** Deletes every key of a service prefix (`{prefix}*`, as src/keys.ts wraps it). */
-export async function deletePrefix(redis: Redis, prefix: string): Promise<number> {
+export function deletePrefix(redis: Redis, prefix: string): Promise<number> {
+  return deleteMatching(redis, `{${prefix}}*`);
+}
+
+/** Deletes every key of a bench run: all its prefixes are `<runPrefix>-<phase>`. */
+export function deleteRunKeys(redis: Redis, runPrefix: string): Promise<number> {
+  return deleteMatching(redis, `{${runPrefix}-*`);
+}
+
+async function deleteMatching(redis: Redis, pattern: string): Promise<number> {
   let cursor = "0";
   let deleted = 0;
   do {
-    const [next, found] = await redis.scan(cursor, "MATCH", `{${prefix}}*`, "COUNT", 5_000);
+    const [next, found] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 5_000);
     cursor = next;
     if (found.length) deleted += await redis.unlink(...found);
   } while (cursor !== "0");

@@ -1,7 +1,7 @@
 /**
  * Replay: how fast the projectors fold the task event log into the views. The first `events`
  * entries of an end-to-end run's event stream are copied (same ids) under a prefix of their own;
- * the projections are built once from them, then reset and rebuilt, both timed.
+ * the projections are reset and the projectors alone fold the log, timed until caught up.
  */
 import { loadConfig } from "../src/config.ts";
 import { createKeys } from "../src/keys.ts";
@@ -12,7 +12,7 @@ import { waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { createServices, startConsumers } from "../src/runtime.ts";
 import { type BenchContext, newPrefix } from "./context.ts";
-import { round, until } from "./procs.ts";
+import { round, sampleProcesses, until } from "./procs.ts";
 import { copyStream, deletePrefix, REDIS_URL } from "./redis_tools.ts";
 
 export async function replayPhase(ctx: BenchContext, sourcePrefix: string, events: number) {
@@ -62,21 +62,32 @@ export async function replayPhase(ctx: BenchContext, sourcePrefix: string, event
         await consumers.stop(1_000);
       }
     };
-    const buildS = await fold();
+    // The log is there, the views are not: reset (as a rebuild does), then fold it all, timed.
     const r0 = performance.now();
     await resetProjections(services.redis, services.keys, projections());
     const resetMs = performance.now() - r0;
-    const rebuildS = await fold();
+    const pids: Record<string, number> = { projectors: Deno.pid };
+    if (ctx.redisPid) pids.redis = ctx.redisPid;
+    const usage = sampleProcesses(pids);
+    const rebuildS = await fold().finally(() => usage.stop());
+    const cpu = usage.stop();
     const result = {
       events: copied,
-      build_s: round(buildS, 2),
-      build_events_per_s: round(copied / buildS, 0),
       reset_ms: round(resetMs, 0),
       rebuild_s: round(rebuildS, 2),
       events_per_s: round(copied / rebuildS, 0),
+      /** CPU share of the process running the projectors (this one) and of Redis, in %. */
+      projectors_cpu_pct: cpu.projectors.cpu_pct,
+      redis_cpu_pct: cpu.redis?.cpu_pct ?? null,
+      /** CPU per event (all three projections), in the projectors' process and in Redis. */
+      projectors_cpu_us_per_event: round(
+        ((cpu.projectors.cpu_pct ?? 0) * 10_000) / (copied / rebuildS),
+        1,
+      ),
+      redis_cpu_us_per_event: round(((cpu.redis?.cpu_pct ?? 0) * 10_000) / (copied / rebuildS), 1),
     };
     ctx.say(
-      `  ${copied} events: build ${result.build_s} s (${result.build_events_per_s}/s), reset ${result.reset_ms} ms, rebuild ${result.rebuild_s} s (${result.events_per_s} events/s)`,
+      `  ${copied} events rebuilt in ${result.rebuild_s} s: ${result.events_per_s} events/s (CPU: projectors ${result.projectors_cpu_pct}%, Redis ${result.redis_cpu_pct}%)`,
     );
     return result;
   } finally {

@@ -50,7 +50,8 @@ export function targets(r: BenchResult): Target[] {
     value: slow ? String(slow.peak_in_flight) : "not run",
     pass: slow ? slow.peak_in_flight >= 500 : null,
   });
-  const fastest = [...runs].sort((a, b) => b.tasks_per_s - a.tasks_per_s)[0];
+  const fastest = [...runs].filter((x) => x.offered_rate === null)
+    .sort((a, b) => b.tasks_per_s - a.tasks_per_s)[0];
   out.push({
     name: "projection lag p99 at 1,000 tasks/s",
     target: "< 50 ms",
@@ -59,6 +60,15 @@ export function targets(r: BenchResult): Target[] {
       : "not run",
     pass: fastest ? fastest.projection_lag_ms.p99 < 50 && fastest.tasks_per_s >= 1_000 : null,
   });
+  const paced = runs.find((x) => x.offered_rate !== null);
+  if (paced) {
+    out.push({
+      name: `projection lag p99 at an offered ${paced.offered_rate} tasks/s (no backlog)`,
+      target: "< 50 ms (below the target rate: for information)",
+      value: `${paced.projection_lag_ms.p99} ms`,
+      pass: null,
+    });
+  }
   out.push({
     name: "projection rebuild",
     target: "≥ 50,000 events/s",
@@ -84,7 +94,7 @@ export function table(r: BenchResult): string {
       "",
       `Ingest (${i.generator}, ${i.duration_s} s per point after ${i.warmup_s} s warm-up; real = token auth, validation, idempotency key, rate limits, LOG_LEVEL=${r.options.logLevel})`,
     );
-    const w = [6, 20, 8, 8, 8, 7, 7, 9, 9, 9, 9];
+    const w = [6, 20, 8, 8, 8, 7, 7, 9, 11, 10, 9, 9];
     lines.push(
       pad([
         "conns",
@@ -95,6 +105,7 @@ export function table(r: BenchResult): string {
         "errors",
         "RSS MB",
         "srv CPU%",
+        "srv µs/req",
         "redis CPU%",
         "rps ratio",
         "p99 ratio",
@@ -117,6 +128,7 @@ export function table(r: BenchResult): string {
         p.errors.total,
         p.server.peak_rss_mb,
         p.server.cpu_pct,
+        p.server_cpu_us_per_request,
         p.redis_cpu_pct,
         ratio?.rps_ratio ?? (abl ? Math.round((p.rps / minimal.rps) * 100) / 100 : ""),
         ratio?.p99_ratio ?? (abl ? Math.round((p.p99_ms / minimal.p99_ms) * 100) / 100 : ""),
@@ -130,33 +142,39 @@ export function table(r: BenchResult): string {
   }
   if (r.e2e) {
     lines.push("", `End to end (offline providers, WORKER_CONCURRENCY ${r.options.concurrency})`);
-    const w = [10, 8, 7, 8, 9, 9, 10, 9, 9, 11];
+    const w = [10, 8, 9, 7, 8, 9, 11, 9, 10, 9, 9, 11, 12];
     lines.push(
       pad([
         "latency ms",
         "workers",
+        "offered/s",
         "tasks",
         "drain s",
         "tasks/s",
+        "pipeline s",
         "enqueue/s",
         "in flight",
         "lag p50",
         "lag p99",
         "worker MB",
+        "CPU ms/task",
       ], w),
     );
     for (const x of r.e2e.runs) {
       lines.push(pad([
         x.latency_ms,
         x.workers,
+        x.offered_rate ?? "all",
         x.tasks,
         x.drained ? x.drain_s : `>${x.drain_s}`,
         x.tasks_per_s,
+        x.pipeline_drain_s,
         x.enqueue_rps,
         x.peak_in_flight,
         x.projection_lag_ms.p50,
         x.projection_lag_ms.p99,
         x.worker_peak_rss_mb,
+        x.worker_cpu_ms_per_task,
       ], w));
     }
   }
@@ -164,7 +182,7 @@ export function table(r: BenchResult): string {
     const x = r.replay;
     lines.push(
       "",
-      `Replay: ${x.events} events rebuilt in ${x.rebuild_s} s = ${x.events_per_s} events/s (first build ${x.build_events_per_s}/s, reset ${x.reset_ms} ms)`,
+      `Replay: ${x.events} events rebuilt in ${x.rebuild_s} s = ${x.events_per_s} events/s (three projectors in one process; CPU per event ${x.projectors_cpu_us_per_event} µs there + ${x.redis_cpu_us_per_event} µs in Redis)`,
     );
   }
   if (r.profile?.redis_commands) {
@@ -180,6 +198,13 @@ export function table(r: BenchResult): string {
         f("per_request_minimal")
       }; per task end to end ${f("per_task")}`,
     );
+  }
+  for (
+    const [label, cpu] of [["server", r.profile?.cpu], ["worker", r.profile?.worker_cpu]] as const
+  ) {
+    if (!cpu) continue;
+    const top = cpu.areas.slice(0, 10).map((a) => `${a.name} ${a.pct}%`).join(", ");
+    lines.push(`CPU profile of the ${label} (self time by area): ${top}`);
   }
   lines.push("", "Targets:");
   for (const t of r.targets) {

@@ -13,10 +13,10 @@ import { e2ePhase } from "./e2e.ts";
 import { ingestPhase } from "./ingest.ts";
 import { hasWrk } from "./load.ts";
 import { Processes } from "./procs.ts";
-import { cpuProfilePhase, redisCommandsPhase } from "./profile.ts";
+import { cpuProfilePhase, redisCommandsPhase, workerCpuProfilePhase } from "./profile.ts";
 import { replayPhase } from "./replay.ts";
 import { table, type Target, targets, writeResult } from "./report.ts";
-import { connect, deletePrefix, redisVersion } from "./redis_tools.ts";
+import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tools.ts";
 
 export interface BenchOptions {
   phases: ("ingest" | "e2e" | "replay" | "profile")[];
@@ -33,10 +33,14 @@ export interface BenchOptions {
   concurrency: number;
   enqueueConcurrency: number;
   drainTimeoutS: number;
+  pacedRate: number;
+  pacedSeconds: number;
   replayEvents: number;
   profileRequests: number;
   cpuProfile: boolean;
   logLevel: "debug" | "info" | "warn" | "error";
+  /** Use wrk when installed (false: the fetch loop in this process). */
+  wrk: boolean;
   /** Where the JSON goes; null writes nothing. */
   outDir: string | null;
   keepLogs: boolean;
@@ -58,10 +62,13 @@ export const DEFAULTS: BenchOptions = {
   concurrency: 1000,
   enqueueConcurrency: 64,
   drainTimeoutS: 300,
+  pacedRate: 300,
+  pacedSeconds: 10,
   replayEvents: 100_000,
   profileRequests: 200,
   cpuProfile: true,
   logLevel: "info",
+  wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
   keepLogs: false,
   quiet: false,
@@ -71,6 +78,8 @@ type Awaited2<T> = T extends Promise<infer U> ? U : T;
 
 export interface BenchResult {
   version: 1;
+  /** Every Redis key of the run was under `{<run_prefix>-…}` (all deleted at the end). */
+  run_prefix: string;
   started_at: string;
   finished_at: string;
   elapsed_s: number;
@@ -90,9 +99,12 @@ export interface BenchResult {
   profile: {
     redis_commands?: Record<string, unknown>;
     cpu?: Awaited2<ReturnType<typeof cpuProfilePhase>>;
+    worker_cpu?: Awaited2<ReturnType<typeof workerCpuProfilePhase>>;
   } | null;
   targets: Target[];
   notes: string[];
+  /** Phases that failed (the bench exits 1 when there is any). */
+  errors: string[];
 }
 
 async function machine(redis: Redis) {
@@ -143,6 +155,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
   };
   const result: BenchResult = {
     version: 1,
+    run_prefix: ctx.runPrefix,
     started_at: started.toISOString(),
     finished_at: "",
     elapsed_s: 0,
@@ -154,49 +167,80 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
     profile: null,
     targets: [],
     notes: [],
+    errors: [],
   };
   try {
     ctx.redisPid = (await redisVersion(redis)).pid;
-    const useWrk = await hasWrk();
-    if (!useWrk) {
+    const useWrk = options.wrk && await hasWrk();
+    if (options.wrk && !useWrk) {
       const note =
         "wrk not found: install it with `apt-get install wrk`; falling back to a fetch load loop in the bench process (numbers not comparable with wrk runs)";
       console.error(note);
       result.notes.push(note);
     }
     say(`Bench ${ctx.runPrefix} (logs in ${tmpDir})`);
+    // A failing phase is recorded in `errors` and the others still run; Ctrl-C stops them all.
+    const phase = async (name: string, work: () => Promise<void>) => {
+      say(name);
+      try {
+        await work();
+      } catch (error) {
+        if (abort.signal.aborted) throw error;
+        const message = `${name}: ${(error as Error).message}`;
+        console.error(`Phase failed: ${message}`);
+        result.errors.push(message);
+        await procs.stopAll();
+      }
+    };
     if (options.phases.includes("ingest")) {
-      say("Ingest");
-      result.ingest = await ingestPhase(ctx, { ...options, useWrk });
+      await phase("Ingest", async () => {
+        result.ingest = await ingestPhase(ctx, { ...options, useWrk });
+      });
     }
     let eventsPrefix: string | null = null;
     if (options.phases.includes("e2e")) {
-      say("End to end");
-      const e2e = await e2ePhase(ctx, options);
-      result.e2e = { runs: e2e.runs };
-      eventsPrefix = e2e.eventsPrefix;
+      await phase("End to end", async () => {
+        const e2e = await e2ePhase(ctx, options);
+        result.e2e = { runs: e2e.runs };
+        eventsPrefix = e2e.eventsPrefix;
+      });
     }
     if (options.phases.includes("replay")) {
-      say("Replay");
-      if (eventsPrefix) result.replay = await replayPhase(ctx, eventsPrefix, options.replayEvents);
-      else result.notes.push("replay skipped: it replays the events of the end-to-end phase");
+      await phase("Replay", async () => {
+        if (eventsPrefix) {
+          result.replay = await replayPhase(ctx, eventsPrefix, options.replayEvents);
+        } else result.notes.push("replay skipped: it replays the events of the end-to-end phase");
+      });
     }
     if (options.phases.includes("profile")) {
-      say("Profile");
-      result.profile = {
-        redis_commands: await redisCommandsPhase(ctx, options.profileRequests),
-      };
+      result.profile = {};
+      const profile = result.profile;
+      await phase("Profile: Redis commands", async () => {
+        profile.redis_commands = await redisCommandsPhase(ctx, options.profileRequests);
+      });
       if (options.cpuProfile && useWrk) {
-        result.profile.cpu = await cpuProfilePhase(ctx, {
-          connections: Math.max(...options.connections),
-          durationS: options.durationS,
-          threads: options.threads,
+        await phase("Profile: server CPU", async () => {
+          profile.cpu = await cpuProfilePhase(ctx, {
+            connections: Math.max(...options.connections),
+            durationS: options.durationS,
+            threads: options.threads,
+          });
+        });
+      }
+      if (options.cpuProfile) {
+        await phase("Profile: worker CPU", async () => {
+          profile.worker_cpu = await workerCpuProfilePhase(
+            ctx,
+            Math.min(options.tasks, 5_000),
+            options.concurrency,
+          );
         });
       }
     }
   } finally {
     await procs.stopAll();
     for (const prefix of ctx.prefixes) await deletePrefix(redis, prefix).catch(() => {});
+    await deleteRunKeys(redis, ctx.runPrefix).catch(() => {});
     redis.disconnect();
     if (!options.keepLogs) await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
     Deno.removeSignalListener("SIGINT", onSignal);
@@ -215,15 +259,18 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
   --threads N              wrk threads (default 2)
-  --no-ablations           skip the real server with LOG_LEVEL=warn / rate limits off
+  --no-ablations           skip the real server with rate limits off / old space capped
   --no-memory              skip the memory run (server + worker under the top connection count)
   --tasks N                end-to-end tasks per run (default 20000)       env BENCH_TASKS
   --latencies LIST         OFFLINE_LATENCY_MS values (default 0,500)
   --workers LIST           worker process counts (default 1,2)
   --concurrency N          WORKER_CONCURRENCY (default 1000)
+  --paced-rate N           an extra run offering N tasks/s for --paced-seconds (default 300, 10;
+                           0 skips it): projection lag without a backlog
   --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
   --profile-requests N     requests/tasks under MONITOR (default 200)
   --no-cpu-profile         skip the V8 CPU profile of the server
+  --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
   --keep-logs              keep the children's logs (the path is printed)
@@ -249,9 +296,12 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       workers: { type: "string" },
       concurrency: { type: "string" },
       "replay-events": { type: "string" },
+      "paced-rate": { type: "string" },
+      "paced-seconds": { type: "string" },
       "profile-requests": { type: "string" },
       "no-cpu-profile": { type: "boolean" },
       "log-level": { type: "string" },
+      "no-wrk": { type: "boolean" },
       out: { type: "string" },
       "no-write": { type: "boolean" },
       "keep-logs": { type: "boolean" },
@@ -262,7 +312,14 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
     Deno.exit(0);
   }
   const o: Partial<BenchOptions> = values.quick
-    ? { durationS: 3, warmupS: 1, tasks: 2_000, replayEvents: 20_000, drainTimeoutS: 120 }
+    ? {
+      durationS: 3,
+      warmupS: 1,
+      tasks: 2_000,
+      replayEvents: 20_000,
+      drainTimeoutS: 120,
+      pacedSeconds: 5,
+    }
     : {};
   const num = (flag: string | undefined, name: string) => {
     const raw = flag ?? env[name];
@@ -285,9 +342,12 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("latenciesMs", values.latencies ? list(values.latencies) : undefined);
   set("workers", values.workers ? list(values.workers) : undefined);
   set("concurrency", num(values.concurrency, "BENCH_CONCURRENCY"));
+  set("pacedRate", num(values["paced-rate"], "BENCH_PACED_RATE"));
+  set("pacedSeconds", num(values["paced-seconds"], "BENCH_PACED_SECONDS"));
   set("replayEvents", num(values["replay-events"], "BENCH_REPLAY_EVENTS"));
   set("profileRequests", num(values["profile-requests"], "BENCH_PROFILE_REQUESTS"));
   if (values["no-cpu-profile"]) o.cpuProfile = false;
+  if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;
   if (values["no-write"]) o.outDir = null;
@@ -296,10 +356,20 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
 }
 
 if (import.meta.main) {
-  const result = await runBench(parseOptions(Deno.args));
+  let result: BenchResult;
+  try {
+    result = await runBench(parseOptions(Deno.args));
+  } catch (error) {
+    console.error(`Bench failed: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
   console.log(`\n${table(result)}`);
   if (result.options.outDir) {
     const path = await writeResult(result, result.options.outDir);
     console.log(`\nWrote ${path} and latest.json (${result.elapsed_s} s)`);
+  }
+  if (result.errors.length) {
+    console.error(`\n${result.errors.length} phase(s) failed:\n  ${result.errors.join("\n  ")}`);
+    Deno.exit(1);
   }
 }

@@ -6,7 +6,7 @@ import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { checkUrlSyntax } from "../security/outbound.ts";
-import { rememberWebhookId, tokensEqual, verifyWebhook } from "../security/signature.ts";
+import { rememberWebhookId, tokenMatcher, verifyWebhook } from "../security/signature.ts";
 import { fieldErrors, unwrapEnvelope, type VideoRequest, VideoRequestSchema } from "../webhook.ts";
 import { parseJson, readJsonText } from "./body.ts";
 
@@ -51,11 +51,17 @@ const REPLAY_WINDOW_S = 600;
  * Checks a request's signature or token. With both configured either one suffices, so signing
  * senders and n8n's Header Auth can share the endpoint. Returns the verified webhook-id, if any.
  */
-async function authenticate(auth: WebhookAuth, headers: Headers, body: string, nowS: number) {
+async function authenticate(
+  auth: WebhookAuth,
+  tokenMatches: ((sent: string) => boolean) | null,
+  headers: Headers,
+  body: string,
+  nowS: number,
+) {
   if (authMode(auth) === "none") return { webhookId: null };
-  if (auth.token) {
+  if (tokenMatches) {
     const sent = headers.get(auth.tokenHeader);
-    if (sent !== null && tokensEqual(sent, auth.token)) return { webhookId: null };
+    if (sent !== null && tokenMatches(sent)) return { webhookId: null };
   }
   if (auth.secrets.length && headers.has("webhook-signature")) {
     const verdict = await verifyWebhook(auth.secrets, headers, body, nowS);
@@ -101,11 +107,13 @@ function policyErrors(request: VideoRequest, deps: WebhookRouteDeps) {
  */
 export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
   const { store, redis, keys, log, limits } = deps;
+  const tokenMatches = deps.auth.token ? tokenMatcher(deps.auth.token) : null;
   app.post("/webhook", async (c) => {
     const text = await readJsonText(c.req.raw, limits.maxBodyBytes);
     const nowMs = deps.now().getTime();
     const { webhookId } = await authenticate(
       deps.auth,
+      tokenMatches,
       c.req.raw.headers,
       text,
       Math.floor(nowMs / 1000),

@@ -112,6 +112,15 @@ export async function verifyWebhook(
  * Compares a presented token with the expected one in constant time. Both are hashed first, so
  * neither the content nor the length of the expected token leaks through timing.
  */
+/**
+ * A constant-time check against one expected token, whose hash is computed once (a header token
+ * is compared on every request).
+ */
+export function tokenMatcher(expected: string): (sent: string) => boolean {
+  const want = createHash("sha256").update(expected, "utf8").digest();
+  return (sent) => timingSafeEqual(createHash("sha256").update(sent, "utf8").digest(), want);
+}
+
 export function tokensEqual(a: string, b: string): boolean {
   const hash = (text: string) => createHash("sha256").update(text, "utf8").digest();
   return timingSafeEqual(hash(a), hash(b));
