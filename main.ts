@@ -64,8 +64,26 @@ async function main(command: string | undefined): Promise<number> {
   const server = command === "worker" ? null : Deno.serve({
     port: config.PORT,
     hostname: config.HOST,
+    // Several `serve` processes may share the port (HTTP_PROCESSES), the kernel spreads connections.
+    reusePort: command === "serve" && config.HTTP_PROCESSES > 1,
     onListen: ({ hostname, port }) => log.info("Listening", { url: `http://${hostname}:${port}` }),
   }, services.app.fetch);
+  const siblings = command === "serve" && !Deno.env.get("HTTP_PROCESS_CHILD")
+    ? Array.from({ length: config.HTTP_PROCESSES - 1 }, () =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--allow-net",
+          "--allow-env",
+          "--allow-read",
+          "--allow-sys",
+          import.meta.filename!,
+          "serve",
+        ],
+        env: { HTTP_PROCESS_CHILD: "1" },
+        stdin: "null",
+      }).spawn())
+    : [];
   if (consumers) {
     log.info("Consumers started", {
       consumer: consumers.consumer,
@@ -87,7 +105,9 @@ async function main(command: string | undefined): Promise<number> {
   const signal = await stopped.promise;
   log.info("Shutting down", { signal });
   clearInterval(lagTimer);
+  for (const sibling of siblings) sibling.kill("SIGTERM");
   await server?.shutdown();
+  await Promise.all(siblings.map((sibling) => sibling.status));
   const outcome = await consumers?.stop(config.SHUTDOWN_TIMEOUT_MS);
   if (outcome) {
     log.info("Consumers stopped", {

@@ -38,6 +38,8 @@ export function serviceEnv(
     WEBHOOK_TOKEN_HEADER: ctx.tokenHeader,
     RATE_LIMIT_PER_MINUTE: "100000000",
     LOG_LEVEL: ctx.logLevel,
+    // HTTP_PROCESSES=2 deno task bench: measure the server on several processes sharing the port.
+    HTTP_PROCESSES: Deno.env.get("HTTP_PROCESSES") ?? "1",
     ...extra,
   };
 }

@@ -9,6 +9,7 @@ const bool = (fallback: boolean) =>
 /** Every setting the service reads, validated once at start. Only this module reads the environment. */
 export const ConfigSchema = z.object({
   PORT: int(0, 8000),
+  HTTP_PROCESSES: int(1, 1).pipe(z.number().max(64)),
   HOST: z.string().min(1).default("0.0.0.0"),
   REDIS_URL: z.string().regex(/^rediss?:\/\//, "must start with redis:// or rediss://").default(
     "redis://127.0.0.1:6379",
