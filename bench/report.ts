@@ -219,7 +219,9 @@ export async function writeResult(r: BenchResult, dir: string): Promise<string> 
   await Deno.mkdir(dir, { recursive: true });
   const stamp = r.started_at.replace(/[:.]/g, "-");
   const path = `${dir}/${stamp}.json`;
-  const text = JSON.stringify(r, null, 2) + "\n";
+  // Paths of this machine stay out of the committed results.
+  const root = new URL("..", import.meta.url).pathname;
+  const text = JSON.stringify(r, null, 2).replaceAll(root, "") + "\n";
   await Deno.writeTextFile(`${path}.tmp`, text);
   await Deno.rename(`${path}.tmp`, path);
   await Deno.writeTextFile(`${dir}/latest.json.tmp`, text);
