@@ -71,7 +71,8 @@ export class GroupConsumer {
           group,
           consumer,
           count: free,
-          blockMs: Math.min(1_000, Math.max(50, Math.floor(claimIdleMs / 2))),
+          // Short blocks keep a stop prompt; an idle consumer costs Redis four reads a second.
+          blockMs: Math.min(250, Math.max(50, Math.floor(claimIdleMs / 2))),
         });
         // Entries read while stopping stay pending; another consumer reclaims them.
         if (!this.#stop.signal.aborted) await this.#dispatch(entries);

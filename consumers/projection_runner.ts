@@ -20,6 +20,8 @@ export interface ProjectionRunnerOptions {
   generation?: number;
   /** How often to look for a swapped-in generation. */
   pollMs?: number;
+  /** Events per read; a rebuild reads larger batches than live projection. */
+  batchSize?: number;
 }
 
 /**
@@ -77,6 +79,7 @@ export class ProjectionRunner {
         log,
         owner: this.options.owner,
         lag: this.options.lag,
+        batchSize: this.options.batchSize,
       })
     );
     for (const p of this.#projectors) await p.start();

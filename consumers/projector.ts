@@ -105,7 +105,7 @@ export class Projector {
           group: this.projection.group,
           consumer: CONSUMER,
           count: this.options.batchSize ?? 500,
-          blockMs: id === ">" ? (this.options.blockMs ?? 1_000) : undefined,
+          blockMs: id === ">" ? (this.options.blockMs ?? 250) : undefined,
           id,
         });
         if (entries.length === 0) {

@@ -70,6 +70,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       owner: options.owner,
       viewTtlS: options.viewTtlS,
       generation,
+      batchSize: 2_000,
       blocking: (name) => {
         const connection = connectRedis(options.redisUrl, { name });
         connections.push(connection);
