@@ -1,6 +1,12 @@
 import type { Redis } from "ioredis";
 import type { EventStore } from "../src/event_store.ts";
-import { compareIds, decodeEvent, entryType, type StoredEvent } from "../src/events.ts";
+import {
+  compareIds,
+  decodeEvent,
+  entryType,
+  fieldsToRecord,
+  type StoredEvent,
+} from "../src/events.ts";
 import { CALLBACK_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { RefusedUrlError, safeFetch } from "../src/security/outbound.ts";
@@ -31,6 +37,20 @@ export interface CallbackSenderOptions {
 }
 
 const OUTCOMES = new Set(["task.completed", "task.failed"]);
+
+/**
+ * Whether an event may need a callback: a final outcome whose task has a callback_url (events
+ * that do not say are looked up). The rest are acknowledged without reading any history.
+ */
+function announces(fields: string[]): boolean {
+  if (!OUTCOMES.has(entryType(fields) ?? "")) return false;
+  try {
+    const data = JSON.parse(fieldsToRecord(fields).data ?? "{}");
+    return data.callback !== false && (data.final ?? true) !== false;
+  } catch {
+    return true;
+  }
+}
 const RETRY_STATUS = (status: number) => status === 408 || status === 429 || status >= 500;
 
 class DeliveryError extends Error {
@@ -90,7 +110,7 @@ export class CallbackSender {
       concurrency: options.concurrency,
       claimIdleMs: options.claimIdleMs,
       log: options.log,
-      ignores: (entry) => !OUTCOMES.has(entryType(entry.fields) ?? ""),
+      ignores: (entry) => !announces(entry.fields),
       handle: (entry, signal) => this.#handle(entry, signal),
     });
   }

@@ -113,7 +113,7 @@ export class GroupConsumer {
     ];
     const entries = reply[1]
       .filter(([id]) => !this.#inflight.has(id))
-      .map(([id, fields]) => ({ id, fields: fields ?? [] }));
+      .map(([id, fields]) => ({ id, fields: fields ?? [], reclaimed: true }));
     for (const entry of entries) log.warn("Reclaimed a stalled entry", { group, entry: entry.id });
     await this.#dispatch(entries);
     return entries.length;

@@ -1,13 +1,7 @@
 import type { Redis } from "ioredis";
 import type { EventStore } from "../src/event_store.ts";
 import { isRetryable, RetryableError } from "../src/errors.ts";
-import {
-  compareIds,
-  decodeEvent,
-  entryType,
-  type EventOf,
-  type StoredEvent,
-} from "../src/events.ts";
+import { compareIds, decodeEvent, entryType, type EventOf } from "../src/events.ts";
 import { SINK_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import type { SceneRow } from "../src/providers/supabase_scenes.ts";
@@ -101,8 +95,11 @@ export class SceneSink {
         events,
       });
 
-    const history = await store.timeline(taskId);
-    const after = history.filter((e) => compareIds(e.id, entry.id) > 0);
+    // On a first delivery nothing can follow the event yet: skip reading the timeline.
+    const after = entry.reclaimed
+      ? (await store.timeline(taskId)).filter((e) => compareIds(e.id, entry.id) > 0)
+      : [];
+    const callback = generated.data.callback;
     if (
       after.some((e) => e.type === "task.completed" || (e.type === "task.failed" && e.data.final))
     ) {
@@ -116,7 +113,8 @@ export class SceneSink {
       if (attempt > maxAttempts) {
         await this.#deadLetter(
           entry.id,
-          history,
+          taskId,
+          callback,
           attempt - 1,
           "Storing scenes kept being interrupted",
         );
@@ -128,7 +126,7 @@ export class SceneSink {
         const rows = sceneRows(taskId, generated);
         await sink.upsert(rows);
         signal.throwIfAborted();
-        const started = history.find((e) => e.type === "task.started")?.at ?? generated.at;
+        const started = generated.data.started_at ?? generated.at;
         await settle("ack", [
           event("step.completed", this.#iso(), {
             step: "persist",
@@ -144,6 +142,7 @@ export class SceneSink {
             video_id: generated.data.video_id,
             result: generated.data.result,
             duration_ms: Math.max(0, this.#now().getTime() - Date.parse(started)),
+            callback,
           }),
         ]);
         log.info("Task completed", { sink: sink.name });
@@ -154,7 +153,7 @@ export class SceneSink {
         const retryable = isRetryable(error);
         if (!retryable || attempt >= maxAttempts) {
           log.warn("Storing scenes failed", { attempt, retryable, error: message });
-          await this.#deadLetter(entry.id, history, attempt, message, retryable);
+          await this.#deadLetter(entry.id, taskId, callback, attempt, message, retryable);
           return;
         }
         const wait = error instanceof RetryableError && error.retryAfterMs !== undefined
@@ -176,14 +175,14 @@ export class SceneSink {
 
   async #deadLetter(
     entryId: string,
-    history: StoredEvent[],
+    taskId: string,
+    callback: boolean | undefined,
     attempts: number,
     error: string,
     retryable = false,
   ) {
     const { store, consumer } = this.options;
-    const queued = history.find((e) => e.type === "task.queued");
-    const taskId = history[0]?.task_id ?? "";
+    const queued = (await store.timeline(taskId)).find((e) => e.type === "task.queued");
     const payload = queued?.type === "task.queued"
       ? await store.payload(queued.data.webhook_entry)
       : "";
@@ -201,6 +200,7 @@ export class SceneSink {
         retryable,
         attempt: attempts,
         final: true,
+        callback,
       })],
       deadLetter: { error, attempts, payload },
     });

@@ -26,6 +26,8 @@ export interface TaskWorkerOptions {
 }
 
 interface Task {
+  /** A first delivery of a task's first run: nothing can have happened to it yet. */
+  fresh: boolean;
   entryId: string;
   taskId: string;
   request: VideoRequest;
@@ -98,6 +100,7 @@ export class TaskWorker {
       return;
     }
     const task = {
+      fresh: !entry.reclaimed && record.run === undefined,
       entryId: entry.id,
       taskId,
       request,
@@ -121,7 +124,8 @@ export class TaskWorker {
 
   async #process(task: Task, signal: AbortSignal): Promise<void> {
     const { store, pipeline, maxAttempts } = this.options;
-    const all = await store.timeline(task.taskId);
+    // A fresh task's timeline holds only task.queued: skip reading it (a round trip per task).
+    const all = task.fresh ? [] : await store.timeline(task.taskId);
     const history = currentRun(all);
     if (workerDone(history)) {
       // Its outcome is already in the log (the entry was re-added): acknowledge, repeat nothing.
@@ -130,6 +134,8 @@ export class TaskWorker {
     }
     const outputs = completedOutputs(history);
     let attempt = history.filter((e) => e.type === "task.started").length + 1;
+    const callback = Boolean(task.request.callback_url);
+    let startedAt = history.find((e) => e.type === "task.started")?.at;
 
     while (true) {
       if (attempt > maxAttempts) {
@@ -140,8 +146,10 @@ export class TaskWorker {
         );
         return;
       }
+      const at = this.#iso();
+      startedAt ??= at;
       await this.#settle(task, "append", [
-        event("task.started", this.#iso(), { attempt, worker: this.options.consumer }),
+        event("task.started", at, { attempt, worker: this.options.consumer }),
       ]);
       let step: StepName | undefined;
       try {
@@ -174,6 +182,8 @@ export class TaskWorker {
           video_id: task.request.video_id,
           user_id: task.request.user_id,
           result: buildResult(outputs, task.request.is_revision),
+          started_at: startedAt,
+          callback,
         })]);
         task.log.info("Scenes generated", { attempt });
         return;
@@ -205,12 +215,13 @@ export class TaskWorker {
   }
 
   async #deadLetter(
-    task: Pick<Task, "entryId" | "taskId" | "payload">,
+    task: Pick<Task, "entryId" | "taskId" | "payload"> & { request?: VideoRequest },
     attempt: number,
     error: string,
     step?: StepName,
     retryable = false,
   ): Promise<void> {
+    const callback = Boolean(task.request?.callback_url);
     await this.options.store.settle({
       group: WORKER_GROUP,
       consumer: this.options.consumer,
@@ -219,7 +230,14 @@ export class TaskWorker {
       mode: "dead",
       at: this.#iso(),
       events: task.taskId
-        ? [event("task.failed", this.#iso(), { error, step, retryable, attempt, final: true })]
+        ? [event("task.failed", this.#iso(), {
+          error,
+          step,
+          retryable,
+          attempt,
+          final: true,
+          callback,
+        })]
         : [],
       deadLetter: { error, attempts: attempt, payload: task.payload },
     });

@@ -73,11 +73,24 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
   ),
   base(
     "scenes.generated",
-    z.object({ video_id: z.string(), user_id: z.string(), result: TaskResultSchema }),
+    z.object({
+      video_id: z.string(),
+      user_id: z.string(),
+      result: TaskResultSchema,
+      /** When the run's first attempt started, for the task's processing time. */
+      started_at: z.string().optional(),
+      /** Whether the request has a callback_url, so the callback sender can skip the others. */
+      callback: z.boolean().optional(),
+    }),
   ),
   base(
     "task.completed",
-    z.object({ video_id: z.string(), result: TaskResultSchema, duration_ms: z.number() }),
+    z.object({
+      video_id: z.string(),
+      result: TaskResultSchema,
+      duration_ms: z.number(),
+      callback: z.boolean().optional(),
+    }),
   ),
   base(
     "task.failed",
@@ -88,6 +101,7 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
       attempt: z.number().int(),
       final: z.boolean(),
       retry_in_ms: z.number().optional(),
+      callback: z.boolean().optional(),
     }),
   ),
   base(

@@ -3,6 +3,8 @@ import type { Redis } from "ioredis";
 export interface StreamEntry {
   id: string;
   fields: string[];
+  /** True when taken over from another consumer (XAUTOCLAIM): work on it may have begun. */
+  reclaimed?: boolean;
 }
 
 /** Creates a consumer group (and the stream) unless it exists; new groups start at `start`. */
