@@ -5,6 +5,7 @@ import {
   decodeEvent,
   entryType,
   fieldsToRecord,
+  requestEntryId,
   type StoredEvent,
 } from "../src/events.ts";
 import { CALLBACK_GROUP } from "../src/keys.ts";
@@ -109,10 +110,16 @@ export class CallbackSender {
       consumer: options.consumer,
       concurrency: options.concurrency,
       claimIdleMs: options.claimIdleMs,
+      // Added to an event stream with history, it must not act on outcomes handled before it.
+      startAt: "$",
       log: options.log,
       ignores: (entry) => !announces(entry.fields),
       handle: (entry, signal) => this.#handle(entry, signal),
     });
+  }
+
+  prepare(): Promise<void> {
+    return this.consumer.prepare();
   }
 
   start(): Promise<void> {
@@ -144,10 +151,8 @@ export class CallbackSender {
     }
 
     const history = await store.timeline(taskId);
-    const queued = history.find((e) => e.type === "task.queued");
-    const raw = queued?.type === "task.queued"
-      ? await store.payload(queued.data.webhook_entry)
-      : "";
+    const requestEntry = requestEntryId(history);
+    const raw = requestEntry ? await store.payload(requestEntry) : "";
     const request = raw ? VideoRequestSchema.safeParse(JSON.parse(raw)) : null;
     if (!request?.success || !request.data.callback_url) {
       await settle("ack", []);

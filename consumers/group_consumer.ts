@@ -15,6 +15,11 @@ export interface GroupConsumerOptions {
   concurrency: number;
   claimIdleMs: number;
   log: Logger;
+  /**
+   * Where a new group starts: "0" (every entry, for work that may predate the consumers) or "$"
+   * (only what comes after, for downstream groups added to a stream with history).
+   */
+  startAt?: "0" | "$";
   /** Entries this consumer does nothing with; they are acknowledged in bulk without a handler. */
   ignores?: (entry: StreamEntry) => boolean;
   /**
@@ -40,6 +45,8 @@ export class GroupConsumer {
   readonly #stop = new AbortController();
   #slotFreed: (() => void) | null = null;
   #loop: Promise<void> | null = null;
+  /** Where the next XAUTOCLAIM scan resumes, so a busy consumer still reaches the whole list. */
+  #claimCursor = "0-0";
 
   constructor(readonly options: GroupConsumerOptions) {}
 
@@ -47,8 +54,18 @@ export class GroupConsumer {
     return this.#inflight.size;
   }
 
+  /** Creates the group if needed; separate from start() so every group exists before any runs. */
+  async prepare(): Promise<void> {
+    await ensureGroup(
+      this.options.redis,
+      this.options.stream,
+      this.options.group,
+      this.options.startAt ?? "0",
+    );
+  }
+
   async start(): Promise<void> {
-    await ensureGroup(this.options.redis, this.options.stream, this.options.group);
+    await this.prepare();
     this.#loop = this.#run();
   }
 
@@ -103,7 +120,7 @@ export class GroupConsumer {
       group,
       consumer,
       claimIdleMs,
-      "0-0",
+      this.#claimCursor,
       "COUNT",
       count,
     ) as [
@@ -111,6 +128,7 @@ export class GroupConsumer {
       [string, string[] | null][],
       string[],
     ];
+    this.#claimCursor = reply[0];
     const entries = reply[1]
       .filter(([id]) => !this.#inflight.has(id))
       .map(([id, fields]) => ({ id, fields: fields ?? [], reclaimed: true }));

@@ -97,7 +97,9 @@ export class Projector {
     }, Math.floor(this.leaseMs / 3));
     try {
       let checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
-      // First what a previous lease holder read but did not apply, then new events.
+      // Pending entries first (what a previous lease holder read but did not apply), then new ones.
+      // Pending is re-checked after every batch: a former holder's read still in flight when the
+      // lease moved can leave an older entry pending behind the ones read here.
       let id = "0";
       while (leading && !signal.aborted) {
         const entries = await readGroup(blocking, {
@@ -113,6 +115,7 @@ export class Projector {
           continue;
         }
         checkpoint = await this.#apply(entries, checkpoint);
+        id = "0";
       }
       if (!leading) throw new LeaseLost();
     } finally {

@@ -1,7 +1,7 @@
 import type { Redis } from "ioredis";
-import type { EventStore } from "../src/event_store.ts";
+import { ClaimLostError, type EventStore } from "../src/event_store.ts";
 import { isRetryable, RetryableError } from "../src/errors.ts";
-import { compareIds, decodeEvent, entryType, type EventOf } from "../src/events.ts";
+import { compareIds, decodeEvent, entryType, type EventOf, requestEntryId } from "../src/events.ts";
 import { SINK_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import type { SceneRow } from "../src/providers/supabase_scenes.ts";
@@ -63,10 +63,16 @@ export class SceneSink {
       consumer: options.consumer,
       concurrency: options.concurrency,
       claimIdleMs: options.claimIdleMs,
+      // Added to an event stream with history, it must not act on outcomes handled before it.
+      startAt: "$",
       log: options.log,
       ignores: (entry) => entryType(entry.fields) !== "scenes.generated",
       handle: (entry, signal) => this.#handle(entry, signal),
     });
+  }
+
+  prepare(): Promise<void> {
+    return this.consumer.prepare();
   }
 
   start(): Promise<void> {
@@ -148,7 +154,7 @@ export class SceneSink {
         log.info("Task completed", { sink: sink.name });
         return;
       } catch (error) {
-        if (signal.aborted) throw error;
+        if (signal.aborted || error instanceof ClaimLostError) throw error;
         const message = error instanceof Error ? error.message : String(error);
         const retryable = isRetryable(error);
         if (!retryable || attempt >= maxAttempts) {
@@ -182,10 +188,8 @@ export class SceneSink {
     retryable = false,
   ) {
     const { store, consumer } = this.options;
-    const queued = (await store.timeline(taskId)).find((e) => e.type === "task.queued");
-    const payload = queued?.type === "task.queued"
-      ? await store.payload(queued.data.webhook_entry)
-      : "";
+    const requestEntry = requestEntryId(await store.timeline(taskId));
+    const payload = requestEntry ? await store.payload(requestEntry) : "";
     await store.settle({
       stream: store.keys.eventStream,
       group: SINK_GROUP,

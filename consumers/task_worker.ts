@@ -71,6 +71,10 @@ export class TaskWorker {
     });
   }
 
+  prepare(): Promise<void> {
+    return this.consumer.prepare();
+  }
+
   start(): Promise<void> {
     return this.consumer.start();
   }

@@ -58,6 +58,8 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
       reason: z.string(),
       source: z.enum(["replay", "redrive"]),
       dead_letter_entry: z.string().optional(),
+      /** The work entry of this run, holding the request. */
+      webhook_entry: z.string().optional(),
     }),
   ),
   base("task.started", z.object({ attempt: z.number().int(), worker: z.string() })),
@@ -189,4 +191,15 @@ export function currentRun(history: StoredEvent[]): StoredEvent[] {
 export function runNumber(history: StoredEvent[]): number {
   const last = currentRun(history)[0];
   return last?.type === "task.reprocess_requested" ? last.data.run : 1;
+}
+
+/** The work entry holding the request of the task's latest run (its payload may be newer than
+ * the original entry, which retention trims first). */
+export function requestEntryId(history: StoredEvent[]): string | null {
+  let entry: string | null = null;
+  for (const e of history) {
+    if (e.type === "task.queued") entry = e.data.webhook_entry;
+    if (e.type === "task.reprocess_requested" && e.data.webhook_entry) entry = e.data.webhook_entry;
+  }
+  return entry;
 }

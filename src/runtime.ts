@@ -174,6 +174,7 @@ export async function startConsumers(
     retryMaxMs: config.RETRY_MAX_MS,
   };
   const groups: {
+    prepare(): Promise<void>;
     start(): Promise<void>;
     stop(ms: number): Promise<{ finished: number; abandoned: number }>;
   }[] = [];
@@ -220,6 +221,9 @@ export async function startConsumers(
     viewTtlS: config.VIEW_RETENTION_S,
     lag: projectionLag,
   });
+  // Every group exists before any consumer runs: a downstream group starting at "$" then sees
+  // every event the worker appends.
+  for (const g of groups) await g.prepare();
   for (const g of groups) await g.start();
   await projections?.start();
   const stopRetention = startRetention({

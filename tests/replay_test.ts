@@ -106,6 +106,11 @@ Deno.test("reprocessing a failed task after its fault is fixed completes it as r
     assert.equal(real.code, 0, real.err);
     const rerun = await settled(env, failed, 2);
     assert.equal(rerun.status, "completed");
+    // Its run-1 dead letter is now stale: redriving it must not run the finished task again.
+    const stale = await cli(dlqMain, "", env, ["redrive", "--all"]);
+    assert.equal(stale.code, 0, stale.err);
+    assert.match(stale.out, /stale: the task ran again after this dead letter/);
+    assert.equal((await view(env, failed)).run, 2);
     assert.equal(rerun.run, 2);
     assert.equal(rerun.attempts, 1);
     const events = await env.services.store.timeline(failed);
@@ -115,7 +120,9 @@ Deno.test("reprocessing a failed task after its fault is fixed completes it as r
       requested_by: "maya",
       reason: "scene writer fixed",
       source: "replay",
+      webhook_entry: (request?.data as { webhook_entry: string }).webhook_entry,
     });
+    assert.match((request?.data as { webhook_entry: string }).webhook_entry, /^\d+-\d+$/);
     // Reprocessing the completed task again stores over its own revision: no new revision.
     const again = await cli(replayMain, "", env, ["--task", failed]);
     assert.equal(again.code, 0, again.err);

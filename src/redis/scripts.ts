@@ -178,9 +178,10 @@ if ARGV[6] ~= '' and redis.call('XDEL', KEYS[4], ARGV[6]) == 0 then return -1 en
 local run = current + 1
 redis.call('SET', KEYS[5], run)
 redis.call('EXPIRE', KEYS[5], ARGV[7])
-redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[1], 'payload', ARGV[2], 'run', run)
+local entry = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[1], 'payload', ARGV[2], 'run', run)
 local data = cjson.decode(ARGV[5])
 data.run = run
+data.webhook_entry = entry
 local ev = redis.call('XADD', KEYS[2], '*', 'type', 'task.reprocess_requested', 'task_id', ARGV[1], 'at', ARGV[3], 'data', cjson.encode(data))
 redis.call('RPUSH', KEYS[3], ev)
 redis.call('EXPIRE', KEYS[3], ARGV[7])

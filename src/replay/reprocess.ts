@@ -1,5 +1,5 @@
 import type { EventStore } from "../event_store.ts";
-import { runNumber, type StoredEvent } from "../events.ts";
+import { requestEntryId, runNumber, type StoredEvent } from "../events.ts";
 import { foldTaskView, type TaskStatus } from "../projections/task_view.ts";
 import { reprocessScript } from "../redis/scripts.ts";
 import { fieldsToRecord } from "../events.ts";
@@ -79,6 +79,7 @@ async function reprocessOne(
   status: StatusFilter | undefined,
   requester: Requester & { dryRun: boolean; now: Date },
   deadLetterEntry = "",
+  deadLetterPayload = "",
 ): Promise<Outcome> {
   const history = await store.timeline(taskId);
   if (!history.length) return { task_id: taskId, status: "unknown", skipped: "unknown task" };
@@ -88,10 +89,13 @@ async function reprocessOne(
   if (view.status === "queued" || view.status === "processing") {
     return { ...base, skipped: `still ${view.status}` };
   }
-  const queued = history.find((e) => e.type === "task.queued");
-  const payload = queued?.type === "task.queued"
-    ? await store.payload(queued.data.webhook_entry)
-    : "";
+  if (deadLetterEntry && view.dead_letter_entry !== deadLetterEntry) {
+    // The task ran again after this dead letter; redriving it would repeat a finished task.
+    return { ...base, skipped: "stale: the task ran again after this dead letter" };
+  }
+  const entry = requestEntryId(history);
+  // A dead letter keeps its request, so it can be redriven after the stream was trimmed.
+  const payload = (entry ? await store.payload(entry) : "") || deadLetterPayload;
   if (!payload) return { ...base, skipped: "its request is older than the stream retention" };
   const run = runNumber(history);
   if (requester.dryRun) return { ...base, run: run + 1 };
@@ -184,7 +188,14 @@ export async function redrive(
         skipped: letter.group ? "malformed entry without a task" : "no such dead letter",
       });
     } else {
-      const outcome = await reprocessOne(store, letter.task_id, undefined, requester, letter.id);
+      const outcome = await reprocessOne(
+        store,
+        letter.task_id,
+        undefined,
+        requester,
+        letter.id,
+        letter.payload,
+      );
       outcomes.push({ dead_letter: letter.id, ...outcome });
     }
     requester.onProgress?.(i + 1, letters.length);
