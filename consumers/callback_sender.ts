@@ -97,6 +97,7 @@ function retryAfterMs(header: string | null): number | undefined {
  * the task; it never changes the task's own status.
  */
 export class CallbackSender {
+  /** Its consumer-group loop: prepare, start and stop go through it. */
   readonly consumer: GroupConsumer;
   readonly #now: () => Date;
 
@@ -116,18 +117,6 @@ export class CallbackSender {
       ignores: (entry) => !announces(entry.fields),
       handle: (entry, signal) => this.#handle(entry, signal),
     });
-  }
-
-  prepare(): Promise<void> {
-    return this.consumer.prepare();
-  }
-
-  start(): Promise<void> {
-    return this.consumer.start();
-  }
-
-  stop(timeoutMs: number) {
-    return this.consumer.stop(timeoutMs);
   }
 
   async #handle(entry: StreamEntry, signal: AbortSignal): Promise<void> {

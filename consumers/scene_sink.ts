@@ -1,12 +1,12 @@
 import type { Redis } from "ioredis";
 import { ClaimLostError, type EventStore } from "../src/event_store.ts";
-import { isRetryable, RetryableError } from "../src/errors.ts";
+import { isRetryable } from "../src/errors.ts";
 import { compareIds, decodeEvent, entryType, type EventOf, requestEntryId } from "../src/events.ts";
 import { SINK_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import type { SceneRow } from "../src/providers/supabase_scenes.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
-import { backoffMs, sleep } from "../src/sleep.ts";
+import { retryDelayMs, sleep } from "../src/sleep.ts";
 import { GroupConsumer } from "./group_consumer.ts";
 import { type Event, event } from "./task_worker.ts";
 
@@ -50,6 +50,7 @@ export function sceneRows(taskId: string, generated: EventOf<"scenes.generated">
  * fails the task and dead-letters it.
  */
 export class SceneSink {
+  /** Its consumer-group loop: prepare, start and stop go through it. */
   readonly consumer: GroupConsumer;
   readonly #now: () => Date;
 
@@ -69,18 +70,6 @@ export class SceneSink {
       ignores: (entry) => entryType(entry.fields) !== "scenes.generated",
       handle: (entry, signal) => this.#handle(entry, signal),
     });
-  }
-
-  prepare(): Promise<void> {
-    return this.consumer.prepare();
-  }
-
-  start(): Promise<void> {
-    return this.consumer.start();
-  }
-
-  stop(timeoutMs: number) {
-    return this.consumer.stop(timeoutMs);
   }
 
   async #handle(entry: StreamEntry, signal: AbortSignal): Promise<void> {
@@ -162,9 +151,12 @@ export class SceneSink {
           await this.#deadLetter(entry.id, taskId, callback, attempt, message, retryable);
           return;
         }
-        const wait = error instanceof RetryableError && error.retryAfterMs !== undefined
-          ? error.retryAfterMs
-          : backoffMs(attempt, this.options.retryBaseMs, this.options.retryMaxMs);
+        const wait = retryDelayMs(
+          error,
+          attempt,
+          this.options.retryBaseMs,
+          this.options.retryMaxMs,
+        );
         await settle("append", [event("task.failed", this.#iso(), {
           error: message,
           step: "persist",

@@ -1,12 +1,18 @@
 import type { Redis } from "ioredis";
 import { ClaimLostError, type EventStore } from "../src/event_store.ts";
-import { isRetryable, RetryableError } from "../src/errors.ts";
-import { currentRun, type StepName, type StoredEvent, type TaskEvent } from "../src/events.ts";
+import { isRetryable } from "../src/errors.ts";
+import {
+  currentRun,
+  fieldsToRecord,
+  type StepName,
+  type StoredEvent,
+  type TaskEvent,
+} from "../src/events.ts";
 import { WORKER_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { buildResult, type Pipeline, type StepContext } from "../src/pipeline/pipeline.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
-import { backoffMs, sleep } from "../src/sleep.ts";
+import { retryDelayMs, sleep } from "../src/sleep.ts";
 import { type VideoRequest, VideoRequestSchema } from "../src/webhook.ts";
 import { GroupConsumer } from "./group_consumer.ts";
 
@@ -53,6 +59,7 @@ export function workerDone(history: StoredEvent[]): boolean {
  * reusing the recorded outputs.
  */
 export class TaskWorker {
+  /** Its consumer-group loop: prepare, start and stop go through it. */
   readonly consumer: GroupConsumer;
   readonly #now: () => Date;
 
@@ -71,24 +78,9 @@ export class TaskWorker {
     });
   }
 
-  prepare(): Promise<void> {
-    return this.consumer.prepare();
-  }
-
-  start(): Promise<void> {
-    return this.consumer.start();
-  }
-
-  stop(timeoutMs: number) {
-    return this.consumer.stop(timeoutMs);
-  }
-
   async #handle(entry: StreamEntry, signal: AbortSignal): Promise<void> {
     const { log } = this.options;
-    const record: Record<string, string | undefined> = {};
-    for (let i = 0; i + 1 < entry.fields.length; i += 2) {
-      record[entry.fields[i]] = entry.fields[i + 1];
-    }
+    const record: Record<string, string | undefined> = fieldsToRecord(entry.fields);
     const taskId = record.task_id ?? "";
     let request: VideoRequest;
     try {
@@ -200,9 +192,12 @@ export class TaskWorker {
           await this.#deadLetter(task, attempt, message, step, retryable);
           return;
         }
-        const wait = error instanceof RetryableError && error.retryAfterMs !== undefined
-          ? error.retryAfterMs
-          : backoffMs(attempt, this.options.retryBaseMs, this.options.retryMaxMs);
+        const wait = retryDelayMs(
+          error,
+          attempt,
+          this.options.retryBaseMs,
+          this.options.retryMaxMs,
+        );
         task.log.info("Task will retry", { attempt, step, error: message, retry_in_ms: wait });
         await this.#settle(task, "append", [event("task.failed", this.#iso(), {
           error: message,

@@ -1,5 +1,6 @@
 import { hostname } from "node:os";
 import { CallbackSender } from "../consumers/callback_sender.ts";
+import type { GroupConsumer } from "../consumers/group_consumer.ts";
 import { ProjectionRunner } from "../consumers/projection_runner.ts";
 import { SceneSink, type SceneStore } from "../consumers/scene_sink.ts";
 import { TaskWorker } from "../consumers/task_worker.ts";
@@ -173,20 +174,16 @@ export async function startConsumers(
     retryBaseMs: config.RETRY_BASE_MS,
     retryMaxMs: config.RETRY_MAX_MS,
   };
-  const groups: {
-    prepare(): Promise<void>;
-    start(): Promise<void>;
-    stop(ms: number): Promise<{ finished: number; abandoned: number }>;
-  }[] = [];
-  let worker: TaskWorker | null = null;
+  const groups: GroupConsumer[] = [];
   if (options.worker !== false) {
-    worker = new TaskWorker({
-      ...common,
-      blocking: blocking("worker"),
-      pipeline: options.pipeline ?? createPipeline(config, services),
-      maxAttempts: config.MAX_ATTEMPTS,
-    });
-    groups.push(worker);
+    groups.push(
+      new TaskWorker({
+        ...common,
+        blocking: blocking("worker"),
+        pipeline: options.pipeline ?? createPipeline(config, services),
+        maxAttempts: config.MAX_ATTEMPTS,
+      }).consumer,
+    );
   }
   if (options.sink !== false) {
     groups.push(
@@ -195,7 +192,7 @@ export async function startConsumers(
         blocking: blocking("scene-sink"),
         sink: options.sceneStore ?? sceneStore(services),
         maxAttempts: config.MAX_ATTEMPTS,
-      }),
+      }).consumer,
     );
   }
   if (options.callbacks !== false) {
@@ -208,7 +205,7 @@ export async function startConsumers(
         timeoutMs: config.CALLBACK_TIMEOUT_MS,
         allowPrivate: config.ALLOW_PRIVATE_CALLBACKS,
         resolve: options.resolve,
-      }),
+      }).consumer,
     );
   }
   const projectionLag = new Samples();
@@ -236,7 +233,6 @@ export async function startConsumers(
   });
   return {
     consumer,
-    worker,
     projections,
     /** Append-to-view delay of the events this process projected. */
     projectionLag,
