@@ -24,6 +24,12 @@ async function main(command: string | undefined): Promise<number> {
     }
     throw error;
   }
+  // Listen for signals before anything starts: a SIGTERM that arrives while the consumers are
+  // starting (they may already run a task) must still mean a graceful stop, not the default exit.
+  const stopped = Promise.withResolvers<string>();
+  for (const signal of ["SIGTERM", "SIGINT"] as const) {
+    Deno.addSignalListener(signal, () => stopped.resolve(signal));
+  }
   const log = createLogger(config.LOG_LEVEL, { service: "video-pipeline", role: command });
   const services = createServices(config, log);
   const level = services.mode === "offline" ? "warn" : "info";
@@ -98,10 +104,6 @@ async function main(command: string | undefined): Promise<number> {
     consumers?.projectionLag.reset();
   }, 10_000);
 
-  const stopped = Promise.withResolvers<string>();
-  for (const signal of ["SIGTERM", "SIGINT"] as const) {
-    Deno.addSignalListener(signal, () => stopped.resolve(signal));
-  }
   const signal = await stopped.promise;
   log.info("Shutting down", { signal });
   clearInterval(lagTimer);
