@@ -5,6 +5,7 @@ import { replayMain } from "../src/cli/replay.ts";
 import { runCli } from "../src/cli/_common.ts";
 import { UnrecoverableError } from "../src/errors.ts";
 import type { TaskView } from "../src/projections/task_view.ts";
+import { rebuildProjections } from "../src/replay/rebuild.ts";
 import { redrive } from "../src/replay/reprocess.ts";
 import { trimStream } from "../src/replay/retention.ts";
 import { createPipeline } from "../src/runtime.ts";
@@ -299,6 +300,18 @@ Deno.test("--projections rebuilds identical views while webhooks keep arriving, 
     const quiet = await cli(replayMain, "", env, ["--projections"]);
     assert.equal(quiet.code, 0, quiet.err);
     assert.deepEqual(await views(env, 3), live);
+    // The bulk fold in reads of 3 entries: batch boundaries change nothing.
+    const small = await rebuildProjections({
+      redis: env.services.redis,
+      redisUrl: env.config.REDIS_URL,
+      keys: env.services.keys,
+      log: env.log,
+      viewTtlS: env.config.VIEW_RETENTION_S,
+      owner: "test",
+      bulkBatch: 3,
+    });
+    assert.equal(small.generation, 4);
+    assert.deepEqual(await views(env, 4), live);
   } finally {
     await running.stop(1_000);
   }

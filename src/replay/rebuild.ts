@@ -2,11 +2,12 @@ import type { Redis } from "ioredis";
 import { ProjectionRunner } from "../../consumers/projection_runner.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import { createProjections } from "../projections/projections.ts";
+import { decodeEvent, type StoredEvent } from "../events.ts";
+import { createProjections, type Projection } from "../projections/projections.ts";
 import { deleteMatching, resetProjections } from "../projections/rebuild.ts";
 import { viewGeneration } from "../queries.ts";
 import { closeRedis, connectRedis } from "../redis/client.ts";
-import { groupInfo } from "../redis/streams.ts";
+import { ensureGroup, groupInfo } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 
 export interface RebuildOptions {
@@ -19,6 +20,8 @@ export interface RebuildOptions {
   /** Called while catching up: events applied so far and the stream length. */
   onProgress?: (applied: number, total: number) => void;
   signal?: AbortSignal;
+  /** Entries per read of the bulk fold (default 5,000). */
+  bulkBatch?: number;
 }
 
 export interface RebuildResult {
@@ -27,6 +30,52 @@ export interface RebuildResult {
   events: number;
   seconds: number;
   events_per_second: number;
+}
+
+/**
+ * Folds the log, from its first entry to the last one there when it starts, straight into the
+ * views of `projections`: one reader, each event decoded once for all of them, the writes of a
+ * batch sent as one pipeline. Nobody reads these views before the swap and the next rebuild
+ * deletes what an interrupted one left, so this needs neither leases nor per-batch checkpoints
+ * (the consumer groups, which do, continue after it). Returns the last id folded ("0-0" for an
+ * empty log).
+ */
+async function foldLog(
+  redis: Redis,
+  keys: Keys,
+  projections: Projection[],
+  log: Logger,
+  { onProgress, signal, bulkBatch = 5_000 }: RebuildOptions,
+): Promise<{ last: string; events: number }> {
+  const [newest] = await redis.xrevrange(keys.eventStream, "+", "-", "COUNT", 1);
+  const total = await redis.xlen(keys.eventStream);
+  let last = "0-0";
+  let read = 0;
+  if (!newest) return { last, events: 0 };
+  let start = "-";
+  while (true) {
+    signal?.throwIfAborted();
+    const entries = await redis.xrange(keys.eventStream, start, newest[0], "COUNT", bulkBatch);
+    if (entries.length === 0) break;
+    const events: StoredEvent[] = [];
+    for (const [id, fields] of entries) {
+      try {
+        events.push(decodeEvent(id, fields));
+      } catch (error) {
+        log.error("Skipping a malformed event", { entry: id, error: String(error) });
+      }
+    }
+    const plans = await Promise.all(projections.map((p) => p.plan(events)));
+    const pipeline = redis.pipeline();
+    for (const [command, ...args] of plans.flat()) pipeline.call(String(command), ...args);
+    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    last = entries[entries.length - 1][0];
+    read += entries.length;
+    onProgress?.(read, total);
+    if (entries.length < bulkBatch) break;
+    start = `(${last}`;
+  }
+  return { last, events: read };
 }
 
 /** Events the group has not yet applied: its lag plus what is read but not acknowledged. */
@@ -43,9 +92,10 @@ async function behind(redis: Redis, stream: string, groups: string[]) {
 
 /**
  * Rebuilds every view from the task event stream without downtime: the next generation of views
- * is folded from the first event in the background while the live views keep answering; once it
- * has caught up (events arriving meanwhile included) readers are switched to it with one SET,
- * running workers' projectors follow it, and the old generation is deleted.
+ * is bulk-folded from the first event while the live views keep answering, then its consumer
+ * groups take over from where the bulk fold stopped; once they have caught up (events arriving
+ * meanwhile included) readers are switched to it with one SET, running workers' projectors follow
+ * it, and the old generation is deleted.
  */
 export async function rebuildProjections(options: RebuildOptions): Promise<RebuildResult> {
   const { redis, keys, log } = options;
@@ -77,8 +127,18 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
         return connection;
       },
     });
-    await runner.start();
+    // The groups exist (at the start of the log) while the bulk fold reads, so retention keeps
+    // what is still to be folded; then they move to where the bulk fold stopped.
     const groups = next.map((p) => p.group);
+    for (const group of groups) await ensureGroup(redis, keys.eventStream, group);
+    const bulk = await foldLog(redis, keys, next, log, options);
+    for (const group of groups) {
+      await redis.xgroup("SETID", keys.eventStream, group, bulk.last);
+      await redis.set(keys.checkpoint(group), bulk.last);
+    }
+    // The consumer groups take over from there: what arrived during the bulk fold, and what
+    // keeps arriving until the swap.
+    await runner.start();
     let total = 0;
     try {
       while (true) {
