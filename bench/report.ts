@@ -50,22 +50,26 @@ export function targets(r: BenchResult): Target[] {
     value: slow ? String(slow.peak_in_flight) : "not run",
     pass: slow ? slow.peak_in_flight >= 500 : null,
   });
+  // The target is the lag at a steady 1,000 tasks/s: the paced run, when it offered that much and
+  // the pipeline kept up. With a backlog, events queue behind the work itself (for information).
+  const paced = runs.find((x) => x.offered_rate !== null);
+  const steady = paced && paced.offered_rate! >= 1_000 && paced.tasks_per_s >= 0.95 * 1_000;
+  out.push({
+    name: "projection lag p99 at 1,000 tasks/s (steady, paced run)",
+    target: "< 50 ms",
+    value: paced
+      ? `${paced.projection_lag_ms.p99} ms (p50 ${paced.projection_lag_ms.p50} ms) at ${paced.tasks_per_s} tasks/s offered ${paced.offered_rate}/s`
+      : "not run",
+    pass: paced ? Boolean(steady) && paced.projection_lag_ms.p99 < 50 : null,
+  });
   const fastest = [...runs].filter((x) => x.offered_rate === null)
     .sort((a, b) => b.tasks_per_s - a.tasks_per_s)[0];
-  out.push({
-    name: "projection lag p99 at 1,000 tasks/s",
-    target: "< 50 ms",
-    value: fastest
-      ? `${fastest.projection_lag_ms.p99} ms at ${fastest.tasks_per_s} tasks/s (${fastest.workers} worker(s), ${fastest.latency_ms} ms)`
-      : "not run",
-    pass: fastest ? fastest.projection_lag_ms.p99 < 50 && fastest.tasks_per_s >= 1_000 : null,
-  });
-  const paced = runs.find((x) => x.offered_rate !== null);
-  if (paced) {
+  if (fastest) {
     out.push({
-      name: `projection lag p99 at an offered ${paced.offered_rate} tasks/s (no backlog)`,
-      target: "< 50 ms (below the target rate: for information)",
-      value: `${paced.projection_lag_ms.p99} ms`,
+      name: "projection lag p99 with every task posted at once (backlog)",
+      target: "for information: events wait behind the backlog",
+      value:
+        `${fastest.projection_lag_ms.p99} ms at ${fastest.tasks_per_s} tasks/s (${fastest.workers} worker(s), ${fastest.latency_ms} ms)`,
       pass: null,
     });
   }

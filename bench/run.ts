@@ -62,7 +62,7 @@ export const DEFAULTS: BenchOptions = {
   concurrency: 1000,
   enqueueConcurrency: 64,
   drainTimeoutS: 300,
-  pacedRate: 300,
+  pacedRate: 1_000,
   pacedSeconds: 10,
   replayEvents: 100_000,
   profileRequests: 200,
@@ -265,7 +265,7 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --latencies LIST         OFFLINE_LATENCY_MS values (default 0,500)
   --workers LIST           worker process counts (default 1,2)
   --concurrency N          WORKER_CONCURRENCY (default 1000)
-  --paced-rate N           an extra run offering N tasks/s for --paced-seconds (default 300, 10;
+  --paced-rate N           an extra run offering N tasks/s for --paced-seconds (default 1000, 10;
                            0 skips it): projection lag without a backlog
   --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
   --profile-requests N     requests/tasks under MONITOR (default 200)
