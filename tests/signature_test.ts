@@ -4,6 +4,7 @@ import { Buffer } from "node:buffer";
 import {
   rememberWebhookId,
   signWebhook,
+  tokenMatcher,
   tokensEqual,
   verifyWebhook,
   webhookHeaders,
@@ -174,5 +175,23 @@ Deno.test("rememberWebhookId is true only the first time, and expires", async ()
   } finally {
     await redis.del(key);
     await closeRedis(redis);
+  }
+});
+
+Deno.test("the header token matcher accepts exactly the expected token", () => {
+  const matches = tokenMatcher("s3cret-tøken-0123456789");
+  assert.equal(matches("s3cret-tøken-0123456789"), true);
+  for (
+    const wrong of [
+      "",
+      "s3cret-tøken-012345678",
+      "s3cret-tøken-01234567890",
+      "s3cret-tøken-0123456788",
+      "S3cret-tøken-0123456789",
+      "s3cret-token-0123456789",
+      "s3cret-tøken-0123456789\u0000",
+    ]
+  ) {
+    assert.equal(matches(wrong), false, JSON.stringify(wrong));
   }
 });
