@@ -4,12 +4,13 @@ import type { Logger } from "../src/log.ts";
 import type { Samples } from "../src/metrics.ts";
 import { createProjections } from "../src/projections/projections.ts";
 import { viewGeneration } from "../src/queries.ts";
+import { closeRedis } from "../src/redis/client.ts";
 import { sleep } from "../src/sleep.ts";
 import { Projector } from "./projector.ts";
 
 export interface ProjectionRunnerOptions {
   redis: Redis;
-  /** Opens a dedicated connection for a projector's blocking reads. */
+  /** Opens a dedicated connection for a projector's blocking reads; the runner closes it. */
   blocking: (name: string) => Redis;
   keys: Keys;
   log: Logger;
@@ -61,7 +62,7 @@ export class ProjectionRunner {
     const { redis, keys, log } = this.options;
     const target = this.options.generation ?? await viewGeneration(redis, keys);
     if (target === this.#generation) return;
-    await Promise.all(this.#projectors.map((p) => p.stop()));
+    await this.#stopProjectors();
     if (this.#generation >= 0) {
       log.info("Following a rebuilt view generation", { generation: target });
     }
@@ -88,6 +89,15 @@ export class ProjectionRunner {
   async stop(): Promise<void> {
     this.#stop.abort();
     await this.#loop;
-    await Promise.all(this.#projectors.map((p) => p.stop()));
+    await this.#stopProjectors();
+  }
+
+  /** Stops the projectors and closes the blocking connections they were given. */
+  async #stopProjectors(): Promise<void> {
+    await Promise.all(this.#projectors.map(async (p) => {
+      await p.stop();
+      await closeRedis(p.options.blocking);
+    }));
+    this.#projectors = [];
   }
 }

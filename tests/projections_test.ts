@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import type { Redis } from "ioredis";
+import { ProjectionRunner } from "../consumers/projection_runner.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent } from "../src/events.ts";
 import { PROJECTION_GROUPS } from "../src/keys.ts";
@@ -7,6 +8,7 @@ import { createProjections } from "../src/projections/projections.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
 import { evolveStats } from "../src/projections/stats.ts";
 import type { TaskStatus } from "../src/projections/task_view.ts";
+import { connectRedis } from "../src/redis/client.ts";
 import { createPipeline } from "../src/runtime.ts";
 import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
@@ -174,4 +176,37 @@ Deno.test("a projector without the lease writes nothing", async () => {
   } finally {
     await consumers.stop(1_000);
   }
+});
+
+Deno.test("following a rebuilt generation closes the old projectors' connections", async () => {
+  await using env = await testEnv("follow-close");
+  const opened: Redis[] = [];
+  const runner = new ProjectionRunner({
+    redis: env.services.redis,
+    keys: env.services.keys,
+    log: env.log,
+    owner: "test",
+    viewTtlS: 60,
+    pollMs: 50,
+    blocking: (name) => {
+      const connection = connectRedis(env.config.REDIS_URL, { name });
+      opened.push(connection);
+      return connection;
+    },
+  });
+  await runner.start();
+  try {
+    assert.equal(opened.length, 3);
+    await env.services.redis.set(env.services.keys.viewGeneration, 1);
+    await waitFor(() => runner.generation === 1 && opened.length === 6, {
+      what: "the runner to follow generation 1",
+    });
+    await waitFor(() => opened.slice(0, 3).every((c) => c.status === "end"), {
+      what: "generation 0's connections to close",
+    });
+    assert.ok(opened.slice(3).every((c) => c.status !== "end"));
+  } finally {
+    await runner.stop();
+  }
+  await waitFor(() => opened.every((c) => c.status === "end"), { what: "stop to close the rest" });
 });
