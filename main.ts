@@ -1,7 +1,7 @@
 import { ConfigError, loadConfig } from "./src/config.ts";
 import { authMode } from "./src/http/webhook_route.ts";
 import { createLogger } from "./src/log.ts";
-import { waitReady } from "./src/redis/client.ts";
+import { aofEnabled, waitReady } from "./src/redis/client.ts";
 import { createServices, startConsumers } from "./src/runtime.ts";
 
 const USAGE = `Usage: deno run main.ts <serve|worker|dev>
@@ -51,11 +51,17 @@ async function main(command: string | undefined): Promise<number> {
       });
     } else log.info("Webhook authentication on", { webhook_auth: auth });
   }
-  await waitReady(services.redis, 10_000).catch((error) =>
+  const ready = await waitReady(services.redis, 10_000).then(() => true, (error) => {
     log.warn("Redis is not reachable yet; requests answer 503 until it is", {
       error: String(error),
-    })
-  );
+    });
+    return false;
+  });
+  if (ready && await aofEnabled(services.redis).catch(() => null) === false) {
+    log.warn("Redis runs without AOF: an acknowledged webhook is lost if Redis restarts", {
+      detail: "set appendonly yes (appendfsync everysec or always) on the Redis server",
+    });
+  }
 
   let consumers = null;
   if (command !== "serve") {

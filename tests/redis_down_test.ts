@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { fixture, freePort, testEnv, waitFor } from "./_helpers.ts";
 
 /** A private redis-server on a free port; the shared one is never touched. */
-async function startRedis(port: number) {
+async function startRedis(port: number, aof?: { dir: string }) {
+  const persistence = aof ? ["--appendonly", "yes", "--dir", aof.dir] : ["--appendonly", "no"];
   const child = new Deno.Command("redis-server", {
-    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", ...persistence],
     stdout: "null",
     stderr: "null",
   }).spawn();
@@ -59,5 +60,52 @@ Deno.test("with Redis down, webhooks get 503 with Retry-After within 2 s, and re
   } finally {
     redis.kill("SIGKILL");
     await redis.status;
+  }
+});
+
+Deno.test("health and the start-up log say whether Redis keeps an append-only file", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "vp-aof-" });
+  const [plainPort, aofPort] = [freePort(), freePort()];
+  const plain = await startRedis(plainPort);
+  const durable = await startRedis(aofPort, { dir });
+  try {
+    for (const [port, aof] of [[plainPort, false], [aofPort, true]] as const) {
+      await using env = await testEnv("aof", { REDIS_URL: `redis://127.0.0.1:${port}` });
+      const health = await (await env.services.app.request("/health")).json();
+      assert.equal(health.redis.aof, aof, `port ${port}`);
+    }
+    const worker = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname, "worker"],
+      env: { REDIS_URL: `redis://127.0.0.1:${plainPort}`, KEY_PREFIX: "aof", LOG_LEVEL: "warn" },
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    // Never hang on a worker that keeps running without the line.
+    const timer = setTimeout(() => worker.kill("SIGKILL"), 20_000);
+    let log = "";
+    const reader = worker.stderr.pipeThrough(new TextDecoderStream()).getReader();
+    try {
+      while (!log.includes("without AOF")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        log += value;
+      }
+    } finally {
+      clearTimeout(timer);
+      try {
+        worker.kill("SIGTERM");
+      } catch {
+        // Already exited: the assertion below says why.
+      }
+      await reader.cancel();
+      await worker.status;
+    }
+    assert.match(log, /"level":"warn","msg":"Redis runs without AOF/);
+  } finally {
+    for (const child of [plain, durable]) {
+      child.kill("SIGTERM");
+      await child.status;
+    }
+    await Deno.remove(dir, { recursive: true });
   }
 });

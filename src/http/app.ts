@@ -8,6 +8,7 @@ import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { foldTaskView } from "../projections/task_view.ts";
+import { aofEnabled } from "../redis/client.ts";
 import { consumerGroups, readStats, readTaskView, readVideoView } from "../queries.ts";
 import { docsRoutes } from "./docs.ts";
 import { type AdminDeps, adminRoutes } from "./admin.ts";
@@ -112,9 +113,10 @@ export function createApp(deps: AppDeps) {
     try {
       await redis.ping();
       const latency = Math.round((performance.now() - t0) * 100) / 100;
+      const aof = await aofEnabled(redis).catch(() => null);
       return c.json({
         status: "ok" as const,
-        redis: { ok: true, latency_ms: latency },
+        redis: { ok: true, latency_ms: latency, aof },
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
@@ -124,7 +126,7 @@ export function createApp(deps: AppDeps) {
       c.header("retry-after", "1");
       return c.json({
         status: "unavailable" as const,
-        redis: { ok: false, latency_ms: null },
+        redis: { ok: false, latency_ms: null, aof: null },
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,

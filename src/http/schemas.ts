@@ -107,7 +107,14 @@ export const StatsSchema = z.object({
 
 export const HealthSchema = z.object({
   status: z.enum(["ok", "unavailable"]),
-  redis: z.object({ ok: z.boolean(), latency_ms: z.number().nullable() }),
+  redis: z.object({
+    ok: z.boolean(),
+    latency_ms: z.number().nullable(),
+    aof: z.boolean().nullable().describe(
+      "Whether Redis writes an append-only file; false means acknowledged webhooks since the " +
+        "last snapshot are lost if Redis restarts; null when unknown",
+    ),
+  }),
   provider_mode: z.enum(["live", "offline"]),
   webhook_auth: z.enum(["none", "signature", "token", "signature or token"]).describe(
     '"none" means POST /webhook is unauthenticated',

@@ -53,3 +53,14 @@ export async function closeRedis(redis: Redis): Promise<void> {
     redis.disconnect();
   }
 }
+
+/**
+ * Whether Redis appends every write to its AOF, from INFO persistence: without it, webhooks
+ * acknowledged since the last RDB snapshot are lost when Redis restarts. Null when the server does
+ * not say (some managed services hide INFO sections).
+ */
+export async function aofEnabled(redis: Redis): Promise<boolean | null> {
+  const info = await redis.info("persistence");
+  const match = /^aof_enabled:(\d)/m.exec(info);
+  return match ? match[1] === "1" : null;
+}
