@@ -144,17 +144,20 @@ export class TaskWorker {
       }
       const at = this.#iso();
       startedAt ??= at;
-      await this.#settle(task, "append", [
-        event("task.started", at, { attempt, worker: this.options.consumer }),
-      ]);
+      // Events wait for the next settle when nothing runs in between: task.started goes with the
+      // first step.started, each step.completed with the next step.started (or the outcome), so
+      // a task takes one fenced script per step instead of two.
+      let carry: Event[] = [event("task.started", at, { attempt, worker: this.options.consumer })];
       let step: StepName | undefined;
       try {
         for (const s of pipeline) {
           if (outputs[s.name]) continue;
           step = s.name;
           await this.#settle(task, "append", [
+            ...carry,
             event("step.started", this.#iso(), { step: s.name, attempt }),
           ]);
+          carry = [];
           const t0 = performance.now();
           const context: StepContext = {
             taskId: task.taskId,
@@ -167,20 +170,23 @@ export class TaskWorker {
           const output = await s.run(context);
           signal.throwIfAborted();
           outputs[s.name] = output;
-          await this.#settle(task, "append", [event("step.completed", this.#iso(), {
+          carry = [event("step.completed", this.#iso(), {
             step: s.name,
             attempt,
             duration_ms: Math.round((performance.now() - t0) * 100) / 100,
             output,
-          })]);
+          })];
         }
-        await this.#settle(task, "ack", [event("scenes.generated", this.#iso(), {
-          video_id: task.request.video_id,
-          user_id: task.request.user_id,
-          result: buildResult(outputs, task.request.is_revision),
-          started_at: startedAt,
-          callback,
-        })]);
+        await this.#settle(task, "ack", [
+          ...carry,
+          event("scenes.generated", this.#iso(), {
+            video_id: task.request.video_id,
+            user_id: task.request.user_id,
+            result: buildResult(outputs, task.request.is_revision),
+            started_at: startedAt,
+            callback,
+          }),
+        ]);
         task.log.info("Scenes generated", { attempt });
         return;
       } catch (error) {
