@@ -1,10 +1,16 @@
 import { z } from "zod";
+import { secretProblem } from "./security/signature.ts";
 
 const int = (min: number, fallback: number) => z.coerce.number().int().min(min).default(fallback);
 const bool = (fallback: boolean) =>
   z.enum(["true", "false"]).default(String(fallback) as "true" | "false").transform((v) =>
     v === "true"
   );
+
+function checkSecret(secret: string, ctx: z.RefinementCtx) {
+  const problem = secretProblem(secret);
+  if (problem) ctx.addIssue({ code: "custom", message: problem });
+}
 
 /** Every setting the service reads, validated once at start. Only this module reads the environment. */
 export const ConfigSchema = z.object({
@@ -47,11 +53,18 @@ export const ConfigSchema = z.object({
   SUPABASE_URL: z.url().optional(),
   SUPABASE_SERVICE_ROLE_KEY: z.string().optional(),
   SUPABASE_SCHEMA: z.string().min(1).default("public"),
-  CALLBACK_SECRET: z.string().optional(),
+  CALLBACK_SECRET: z.string().superRefine(checkSecret).optional(),
   CALLBACK_MAX_ATTEMPTS: int(1, 5),
   CALLBACK_TIMEOUT_MS: int(1, 15_000),
   ALLOW_PRIVATE_CALLBACKS: bool(false),
-  WEBHOOK_SECRET: z.string().optional().transform((v) => v?.split(/[\s,]+/).filter(Boolean) ?? []),
+  // Several secrets, space- or comma-separated, while rotating.
+  WEBHOOK_SECRET: z.string().optional()
+    .transform((v) => v?.split(/[\s,]+/).filter(Boolean))
+    .superRefine((secrets, ctx) => {
+      if (secrets?.length === 0) ctx.addIssue({ code: "custom", message: "names no secret" });
+      for (const secret of secrets ?? []) checkSecret(secret, ctx);
+    })
+    .transform((secrets) => secrets ?? []),
   WEBHOOK_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   WEBHOOK_TOKEN_HEADER: z.string().regex(/^[A-Za-z0-9-]+$/).default("x-webhook-token").transform((
     v,

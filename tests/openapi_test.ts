@@ -45,6 +45,11 @@ Deno.test("the docs page and its assets are served locally", async () => {
     assert.equal(asset.status, 200, src[1]);
     assert.ok((await asset.arrayBuffer()).byteLength > 20, src[1]);
   }
+  for (const name of ["constructor", "toString", "nope.js"]) {
+    const missing = await env.services.app.request(`/docs/assets/${name}`);
+    assert.equal(missing.status, 404, name);
+    await missing.body?.cancel();
+  }
 });
 
 Deno.test("health reports Redis latency, provider mode and consumer groups", async () => {

@@ -332,6 +332,9 @@ Deno.test("admin API: disabled without a token, 401 with a wrong one, dead lette
   const wrong = await call("/admin/dead-letters", {}, "admin-token-0123456788");
   assert.equal(wrong.status, 401);
   await wrong.body?.cancel();
+  const badCursor = await call("/admin/dead-letters?after=zzz");
+  assert.equal(badCursor.status, 400);
+  assert.match((await badCursor.json()).detail, /"after"/);
   const { broken, pipeline } = breakable(env);
   const running = await runConsumers(env, { pipeline });
   try {

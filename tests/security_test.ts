@@ -218,6 +218,20 @@ Deno.test("the rate limit holds across two server processes", async () => {
   }
 });
 
+Deno.test("behind a proxy, the address bucket uses the address the proxy appended", async () => {
+  await using env = await testEnv("rate-proxy", {
+    RATE_LIMIT_PER_MINUTE: "1",
+    TRUST_PROXY: "true",
+  });
+  const base = JSON.parse(await fixture("minimal.json"));
+  // The client controls every entry but the last, which its proxy appended.
+  const from = (spoofed: string, user: string) =>
+    env.post({ ...base, user_id: user }, { "x-forwarded-for": `${spoofed}, 198.51.100.7` });
+  assert.equal(await statusOf(from("203.0.113.1", "u-1")), 202);
+  assert.equal(await statusOf(from("203.0.113.2", "u-2")), 429);
+  assert.equal(await appended(env), 1);
+});
+
 Deno.test("duplicates of an accepted webhook do not use up the rate limit", async () => {
   await using env = await testEnv("rate-dup", { RATE_LIMIT_PER_MINUTE: "2" });
   const body = JSON.parse(await fixture("new-video.json"));

@@ -39,6 +39,29 @@ Deno.test("an offline revision changes only the scenes the prompt names", async 
   assert.notDeepEqual(revision.scenes[2], scenes[2]);
 });
 
+Deno.test("signing secrets are checked at start, and never echoed", () => {
+  const bad: [string, string][] = [
+    ["WEBHOOK_SECRET", "whsec_not*base64!"],
+    ["WEBHOOK_SECRET", ","],
+    ["WEBHOOK_SECRET", "short-secret"],
+    ["WEBHOOK_SECRET", `whsec_${btoa("sixteen-bytes-ok")} whsec_${btoa("too-short")}`],
+    ["CALLBACK_SECRET", `whsec_${btoa("too-short")}`],
+  ];
+  for (const [name, value] of bad) {
+    assert.throws(() => loadConfig({ [name]: value }), (error: Error) => {
+      assert.ok(error instanceof ConfigError);
+      assert.match(error.message, new RegExp(name));
+      for (const part of value.split(/[\s,]+/).filter(Boolean)) {
+        assert.ok(!error.message.includes(part), "the secret stays out of the message");
+      }
+      return true;
+    }, `${name}=${value}`);
+  }
+  const two = `whsec_${btoa("sixteen-bytes-ok")}, a-plain-secret-of-16+`;
+  assert.equal(loadConfig({ WEBHOOK_SECRET: two }).WEBHOOK_SECRET.length, 2);
+  assert.deepEqual(loadConfig({}).WEBHOOK_SECRET, []);
+});
+
 Deno.test("a bad setting stops start-up with a message naming the variable", () => {
   assert.throws(() => loadConfig({ WORKER_CONCURRENCY: "lots" }), (error: Error) => {
     assert.ok(error instanceof ConfigError);

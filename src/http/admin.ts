@@ -105,6 +105,9 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
   app.get("/admin/dead-letters", async (c) => {
     const count = Math.min(1_000, Math.max(1, Number(c.req.query("count") ?? 100) || 100));
     const after = c.req.query("after");
+    if (after !== undefined && !/^\d+-\d+$/.test(after)) {
+      throw new ProblemError(400, "Invalid request", '"after" must be a dead-letter id (ms-seq)');
+    }
     const letters = await fromRedis(() => listDeadLetters(store, count, after ? `(${after}` : "-"));
     return c.json({ dead_letters: letters });
   });

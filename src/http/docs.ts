@@ -36,8 +36,8 @@ export function docsRoutes(): Hono {
   );
   app.get("/docs/assets/:name", async (c) => {
     const name = c.req.param("name");
+    if (!Object.hasOwn(ASSETS, name)) return c.notFound();
     const type = ASSETS[name];
-    if (!type) return c.notFound();
     let bytes = cache.get(name);
     if (!bytes) {
       bytes = await Deno.readFile(`${root}/${name}`);

@@ -45,7 +45,8 @@ export function authMode(auth: WebhookAuth): "none" | "signature" | "token" | "s
   return auth.token ? "token" : "none";
 }
 
-const REPLAY_WINDOW_S = 600;
+/** How long a webhook-id is remembered: past the ±5 minute timestamp tolerance on both sides. */
+const REPLAY_WINDOW_S = 2 * 300 + 60;
 
 /**
  * Checks a request's signature or token. With both configured either one suffices, so signing
@@ -77,7 +78,8 @@ function unauthorized(detail: string) {
 
 function clientAddress(c: Context, trustProxy: boolean): string {
   if (trustProxy) {
-    const forwarded = c.req.header("x-forwarded-for")?.split(",")[0]?.trim();
+    // The proxy appends the address it saw; what is left of it came from the client.
+    const forwarded = c.req.header("x-forwarded-for")?.split(",").at(-1)?.trim();
     if (forwarded) return forwarded;
   }
   const info = c.env as Deno.ServeHandlerInfo<Deno.NetAddr> | undefined;
@@ -159,8 +161,9 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       outcome = { error };
     }
     if ("error" in outcome || outcome.limited) {
-      // Not stored: let the sender's retry of this webhook-id through.
-      if (webhookId) await redis.del(keys.webhookId(webhookId)).catch(() => {});
+      // Not stored: let the sender's retry of this webhook-id through (not awaited: with Redis
+      // down it would hold the 503 back).
+      if (webhookId) redis.del(keys.webhookId(webhookId)).catch(() => {});
       if ("error" in outcome) throw new UnavailableError(outcome.error);
       c.header("retry-after", String(outcome.retryAfterS));
       throw new ProblemError(429, "Too many requests", "Rate limit reached; retry later", {

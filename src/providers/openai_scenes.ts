@@ -169,9 +169,12 @@ export function createOpenAIScenes(options: OpenAIScenesOptions) {
   };
 }
 
+/** Most scenes a video gets, however many the prompt lists (SCENE_COUNT has the same cap). */
+const MAX_SCENES = 20;
+
 /** How many "Scene N:" lines the prompt has: a breakdown whose count and order are kept. */
 function scriptedSceneCount(prompt: string): number {
-  return prompt.match(/^\s*Scene\s+\d+\s*[:.\-–]/gim)?.length ?? 0;
+  return Math.min(MAX_SCENES, prompt.match(/^\s*Scene\s+\d+\s*[:.\-–]/gim)?.length ?? 0);
 }
 
 /** Exactly `count` scenes numbered 1..count; minItems/maxItems also tell the model the count. */

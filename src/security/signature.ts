@@ -10,6 +10,16 @@ import type { Redis } from "ioredis";
 const _SECRET_PREFIX = "whsec_";
 const _BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
 
+/** Why a signing secret cannot be used (checked at start, so no request ever fails on it). */
+export function secretProblem(secret: string): string | null {
+  if (!secret.startsWith(_SECRET_PREFIX)) {
+    return secret.length >= 16 ? null : "must be at least 16 characters (or whsec_<base64>)";
+  }
+  const encoded = secret.slice(_SECRET_PREFIX.length);
+  if (!_BASE64.test(encoded)) return 'must be base64 after "whsec_"';
+  return Buffer.from(encoded, "base64").length >= 16 ? null : "must decode to at least 16 bytes";
+}
+
 /** A "whsec_" secret carries base64 key bytes; any other secret is used as UTF-8 text. */
 function _keyBytes(secret: string): Uint8Array<ArrayBuffer> {
   if (!secret.startsWith(_SECRET_PREFIX)) return new TextEncoder().encode(secret);
