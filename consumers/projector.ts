@@ -97,9 +97,10 @@ export class Projector {
     }, Math.floor(this.leaseMs / 3));
     try {
       let checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
-      // Pending entries first (what a previous lease holder read but did not apply), then new ones.
-      // Pending is re-checked after every batch: a former holder's read still in flight when the
-      // lease moved can leave an older entry pending behind the ones read here.
+      // Only what the pending list returns is applied, oldest first: a read with ">" just moves
+      // new entries into it. A former holder's read that lands late (resent after a reconnect)
+      // makes entries pending that are older than the ones read here; applying a ">" batch
+      // directly would move the checkpoint past them, and they would be acked unapplied.
       let id = "0";
       while (leading && !signal.aborted) {
         const entries = await readGroup(blocking, {
@@ -110,12 +111,15 @@ export class Projector {
           blockMs: id === ">" ? (this.options.blockMs ?? 250) : undefined,
           id,
         });
+        if (id === ">") {
+          id = "0";
+          continue;
+        }
         if (entries.length === 0) {
           id = ">";
           continue;
         }
         checkpoint = await this.#apply(entries, checkpoint);
-        id = "0";
       }
       if (!leading) throw new LeaseLost();
     } finally {

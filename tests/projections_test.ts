@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import type { Redis } from "ioredis";
 import { ProjectionRunner } from "../consumers/projection_runner.ts";
+import { Projector } from "../consumers/projector.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent } from "../src/events.ts";
 import { PROJECTION_GROUPS } from "../src/keys.ts";
@@ -8,7 +9,7 @@ import { createProjections } from "../src/projections/projections.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
 import { evolveStats } from "../src/projections/stats.ts";
 import type { TaskStatus } from "../src/projections/task_view.ts";
-import { connectRedis } from "../src/redis/client.ts";
+import { closeRedis, connectRedis } from "../src/redis/client.ts";
 import { createPipeline } from "../src/runtime.ts";
 import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
@@ -209,4 +210,65 @@ Deno.test("following a rebuilt generation closes the old projectors' connections
     await runner.stop();
   }
   await waitFor(() => opened.every((c) => c.status === "end"), { what: "stop to close the rest" });
+});
+
+Deno.test("a former holder's late read is applied in order, never acked unapplied", async () => {
+  await using env = await testEnv("late-read");
+  const { redis, keys } = env.services;
+  const [projection] = createProjections({ redis, keys, viewTtlS: 60 });
+  assert.equal(projection.name, "task-view");
+  const base = JSON.parse(await fixture("minimal.json"));
+  const ids: string[] = [];
+  for (const video of ["x", "y"]) {
+    ids.push((await (await env.post({ ...base, video_id: video })).json()).task_id);
+  }
+  const blocking = connectRedis(env.config.REDIS_URL);
+  let injected = false;
+  // Between this holder's pending read and its first ">" read, the former holder's read (resent
+  // after a reconnect) lands and takes the oldest entry.
+  const late = new Proxy(blocking, {
+    get(target, prop) {
+      if (prop === "xreadgroup") {
+        return async (...args: (string | number)[]) => {
+          if (args.at(-1) === ">" && !injected) {
+            injected = true;
+            await redis.xreadgroup(
+              "GROUP",
+              projection.group,
+              "projector",
+              "COUNT",
+              1,
+              "STREAMS",
+              keys.eventStream,
+              ">",
+            );
+          }
+          // deno-lint-ignore no-explicit-any
+          return (target as any).xreadgroup(...args);
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  const projector = new Projector(projection, {
+    redis,
+    blocking: late,
+    keys,
+    log: env.log,
+    owner: "b",
+  });
+  await projector.start();
+  try {
+    for (const id of ids) {
+      await waitFor(async () => await redis.exists(keys.taskView(id)), {
+        what: `the view of ${id}`,
+        timeoutMs: 5_000,
+      });
+    }
+    assert.ok(injected);
+  } finally {
+    await projector.stop();
+    await closeRedis(blocking);
+  }
 });

@@ -16,6 +16,10 @@ export function connectRedis(url: string, options: RedisOptions = {}): Redis {
     commandTimeout: options.commandTimeoutMs,
     maxRetriesPerRequest: 1,
     enableAutoPipelining: true,
+    // A command in flight when the connection drops fails instead of being sent again after the
+    // reconnect: its caller has already moved on (a 503 answered, a read given up), and a late
+    // ingest or append would then happen behind its back.
+    autoResendUnfulfilledCommands: false,
     retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
     lazyConnect: false,
   });
