@@ -52,7 +52,7 @@ export class EventStore {
     const key = request.idempotency_key;
     const bucket = limits ? bucketParams(limits.perMinute) : null;
     const reply = await ingestScript.run(this.redis, [
-      this.keys.idempotency(key ?? ""),
+      this.keys.idempotency(request.user_id, key ?? ""),
       this.keys.webhookStream,
       this.keys.eventStream,
       this.keys.taskTimeline(taskId),

@@ -15,13 +15,16 @@ export function createKeys(prefix: string) {
     webhookStream: `${p}:stream:webhooks`,
     eventStream: `${p}:stream:events`,
     deadLetterStream: `${p}:stream:dead`,
-    idempotency: (key: string) => `${p}:idem:${key}`,
+    /** An idempotency key, scoped to its user (the length keeps "a:b"+"c" apart from "a"+"b:c"). */
+    idempotency: (userId: string, key: string) => `${p}:idem:${userId.length}:${userId}:${key}`,
     /** Ids of a task's events in the event stream, in order: the task's timeline index. */
     taskTimeline: (taskId: string) => `${p}:timeline:${taskId}`,
     /** A task's current run number (absent means 1), for reprocess compare-and-set. */
     taskRun: (taskId: string) => `${p}:run:${taskId}`,
     /** The generation of views readers use; a projection rebuild builds the next and swaps. */
     viewGeneration: `${p}:view-generation`,
+    /** The last revision number handed out for a video, so two tasks never get the same one. */
+    videoRevision: (videoId: string) => `${p}:video-revision:${videoId}`,
     views: (generation: number) => viewKeys(p, generation),
     /** Taken by the process that trims the streams this round. */
     retentionLease: `${p}:retention-lease`,

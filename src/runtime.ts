@@ -18,6 +18,7 @@ import { Samples } from "./metrics.ts";
 import { rebuildProjections } from "./replay/rebuild.ts";
 import { startRetention } from "./replay/retention.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
+import { claimRevisionScript } from "./redis/scripts.ts";
 
 /** A consumer name unique to this process. */
 export function consumerName(): string {
@@ -93,7 +94,7 @@ function cached<T>(check: () => Promise<T>, ms: number): () => Promise<T> {
 }
 
 /** Latest stored scenes of a video: from Supabase when it is the sink, else the Redis view. */
-export function videoHistory(services: Services): VideoHistory {
+export function videoHistory(services: Services, revisionTtlS: number): VideoHistory {
   const { supabase, redis, keys } = services;
   return {
     async latest(videoId) {
@@ -116,12 +117,17 @@ export function videoHistory(services: Services): VideoHistory {
       const view = await readVideoView(redis, keys, videoId);
       return view ? { revision: view.revision, scenes: view.scenes } : null;
     },
+    async claimRevision(videoId, latest) {
+      return Number(
+        await claimRevisionScript.run(redis, [keys.videoRevision(videoId)], [latest, revisionTtlS]),
+      );
+    },
   };
 }
 
 /** The generation steps for the configured mode. */
 export function createPipeline(config: Config, services: Services): Pipeline {
-  const history = videoHistory(services);
+  const history = videoHistory(services, config.VIEW_RETENTION_S);
   if (services.mode === "live") return livePipeline(config, history);
   return offlinePipeline({
     latencyMs: config.OFFLINE_LATENCY_MS,

@@ -56,7 +56,10 @@ Deno.test("a long task keeps its claim fresh, so a second worker never runs it t
   const slow = offlinePipeline({
     latencyMs: 250,
     sceneCount: 5,
-    history: { latest: () => Promise.resolve(null) },
+    history: {
+      latest: () => Promise.resolve(null),
+      claimRevision: (_, n) => Promise.resolve(n + 1),
+    },
   });
   const a = await runConsumers(env, { pipeline: slow });
   const b = await runConsumers(env, { pipeline: slow });

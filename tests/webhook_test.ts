@@ -152,9 +152,25 @@ Deno.test("50 concurrent duplicates of one idempotency key make one task", async
   assert.equal(await env.services.redis.xlen(env.services.keys.webhookStream), 1);
   assert.equal(await env.services.redis.xlen(env.services.keys.eventStream), 1);
   const ttl = await env.services.redis.ttl(
-    env.services.keys.idempotency("vid_01JD8Q3ZK5M2A7-create-1"),
+    env.services.keys.idempotency(JSON.parse(body).user_id, "vid_01JD8Q3ZK5M2A7-create-1"),
   );
   assert.ok(ttl > 86_000 && ttl <= 86_400, `ttl ${ttl}`);
+});
+
+Deno.test("an idempotency key belongs to its user: another user's same key is a new task", async () => {
+  await using env = await testEnv("idem-user");
+  const body = JSON.parse(await fixture("new-video.json"));
+  const first = await (await env.post(body)).json();
+  const other = await (await env.post({ ...body, user_id: "someone-else" })).json();
+  assert.equal(other.duplicate, false);
+  assert.notEqual(other.task_id, first.task_id);
+  // The length prefix keeps ("a:b", "c") and ("a", "b:c") apart.
+  const a = await (await env.post({ ...body, user_id: "a:b", idempotency_key: "c" })).json();
+  const b = await (await env.post({ ...body, user_id: "a", idempotency_key: "b:c" })).json();
+  assert.equal(b.duplicate, false);
+  assert.notEqual(a.task_id, b.task_id);
+  const again = await (await env.post(body)).json();
+  assert.deepEqual([again.task_id, again.duplicate], [first.task_id, true]);
 });
 
 Deno.test("requests without an idempotency key are always new tasks", async () => {

@@ -108,6 +108,25 @@ Deno.test("a revision builds on the latest scenes and becomes revision 2", async
   }
 });
 
+Deno.test("two revisions of one video at once get distinct revision numbers", async () => {
+  await using env = await testEnv("revision-race", { OFFLINE_LATENCY_MS: "150" });
+  const consumers = await runConsumers(env);
+  try {
+    await settledView(env, await submit(env, "new-video.json"));
+    // Both read the latest stored revision (1) before either is stored.
+    const ids = await Promise.all(
+      ["a", "b"].map((key) => submit(env, "revision.json", { idempotency_key: `race-${key}` })),
+    );
+    const views = await Promise.all(ids.map((id) => settledView(env, id)));
+    const revisions = views.map((v) => v.result?.video_revision).sort();
+    assert.deepEqual(revisions, [2, 3]);
+    const video = await readVideoView(env.services.redis, env.services.keys, "vid_01JD8Q3ZK5M2A7");
+    assert.equal(video?.revision, 3);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
 Deno.test("retryable failures back off and retry until the step succeeds", async () => {
   await using env = await testEnv("retry", { MAX_ATTEMPTS: "5", RETRY_BASE_MS: "40" });
   let calls = 0;
@@ -225,7 +244,10 @@ Deno.test("graceful stop lets in-flight tasks finish, then leaves the rest pendi
   const slow = offlinePipeline({
     latencyMs: 400,
     sceneCount: 5,
-    history: { latest: () => Promise.resolve(null) },
+    history: {
+      latest: () => Promise.resolve(null),
+      claimRevision: (_, n) => Promise.resolve(n + 1),
+    },
   });
   const second = await runConsumers(env, { pipeline: slow });
   const slowTask = await submit(env, "minimal.json", { video_id: "slow" });

@@ -54,13 +54,12 @@ export function livePipeline(config: Config, history: VideoHistory): Pipeline {
         const { request, outputs, signal } = context;
         const imageUrl = String(outputs.reframe?.image_url ?? request.image_url);
         const latest = await history.latest(request.video_id);
-        const video_revision = nextRevision(context, latest);
         if (!request.is_revision) {
           const written = await writer.generate({ prompt: request.prompt, imageUrl, signal });
           const output: ScenesOutput = {
             scenes: written.scenes,
             provider: `openai:${written.model}`,
-            video_revision,
+            video_revision: await nextRevision(context, history, latest),
             usage: written.usage,
           };
           return output;
@@ -77,7 +76,7 @@ export function livePipeline(config: Config, history: VideoHistory): Pipeline {
         const output: ScenesOutput = {
           scenes: revised.scenes,
           provider: `openai:${revised.model}`,
-          video_revision,
+          video_revision: await nextRevision(context, history, latest),
           changes: revised.changes,
           usage: revised.usage,
         };

@@ -141,12 +141,12 @@ export function offlinePipeline(options: OfflineOptions): Pipeline {
       const { request, signal } = context;
       await delay(options.latencyMs, signal);
       const latest = await options.history.latest(request.video_id);
-      const video_revision = nextRevision(context, latest);
+      const video_revision = () => nextRevision(context, options.history, latest);
       if (!request.is_revision) {
         const output: ScenesOutput = {
           scenes: offlineScenes(request.prompt, options.sceneCount),
           provider: "offline",
-          video_revision,
+          video_revision: await video_revision(),
         };
         return output;
       }
@@ -157,7 +157,7 @@ export function offlinePipeline(options: OfflineOptions): Pipeline {
       const output: ScenesOutput = {
         scenes: revision.scenes,
         provider: "offline",
-        video_revision,
+        video_revision: await video_revision(),
         changes: latest.scenes.map((scene) => ({
           scene_number: scene.scene_number,
           changed: revision.changed.includes(scene.scene_number),

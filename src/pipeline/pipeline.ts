@@ -27,6 +27,8 @@ export type Pipeline = readonly Step[];
 /** Where the latest stored scenes of a video are read from (Supabase, or the Redis view). */
 export interface VideoHistory {
   latest(videoId: string): Promise<{ revision: number; scenes: Scene[] } | null>;
+  /** A revision number no other task of the video has: above `latest` and any handed out. */
+  claimRevision(videoId: string, latest: number): Promise<number>;
 }
 
 export interface ReframeOutput {
@@ -45,9 +47,17 @@ export interface ScenesOutput {
   [detail: string]: unknown;
 }
 
-/** The revision new scenes are stored as: the task's own from an earlier run, else the next one. */
-export function nextRevision(context: StepContext, latest: { revision: number } | null): number {
-  return context.storedRevision ?? (latest?.revision ?? 0) + 1;
+/**
+ * The revision new scenes are stored as: the task's own from an earlier run, else a new one
+ * claimed from the history. Call it once the scenes are written, so a failed attempt claims none.
+ */
+export async function nextRevision(
+  context: StepContext,
+  history: VideoHistory,
+  latest: { revision: number } | null,
+): Promise<number> {
+  return context.storedRevision ??
+    await history.claimRevision(context.request.video_id, latest?.revision ?? 0);
 }
 
 /** The task's result from its recorded step outputs. */

@@ -134,6 +134,20 @@ return 1
 );
 
 /**
+ * Hands out a video's next revision number: one more than both the last one handed out and the
+ * latest stored, so concurrent tasks of one video never share a revision.
+ * KEYS[1] the video's revision counter   ARGV[1] latest stored revision (0 for none)   ARGV[2] ttl (s)
+ */
+export const claimRevisionScript = new Script(
+  "claim-revision",
+  `
+local next = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), tonumber(ARGV[1])) + 1
+redis.call('SET', KEYS[1], next, 'EX', ARGV[2])
+return next
+`,
+);
+
+/**
  * Renews a lease only for its owner. KEYS[1] lease   ARGV[1] owner   ARGV[2] ttl (ms)
  * Returns 1 when renewed, 0 when someone else holds it or it expired.
  */
