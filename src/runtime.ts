@@ -66,8 +66,9 @@ export function createServices(config: Config, log: Logger) {
     streamRetentionMs: config.STREAM_RETENTION_S * 1000,
     admin: {
       token: config.ADMIN_TOKEN,
-      rebuild: () =>
+      rebuild: ({ force }) =>
         rebuildProjections({
+          force,
           redis,
           redisUrl: config.REDIS_URL,
           keys,

@@ -5,7 +5,8 @@ import { replayMain } from "../src/cli/replay.ts";
 import { runCli } from "../src/cli/_common.ts";
 import { UnrecoverableError } from "../src/errors.ts";
 import type { TaskView } from "../src/projections/task_view.ts";
-import { rebuildProjections } from "../src/replay/rebuild.ts";
+import { rebuildProjections, RebuildRefused } from "../src/replay/rebuild.ts";
+import { groupInfo } from "../src/redis/streams.ts";
 import { redrive } from "../src/replay/reprocess.ts";
 import { trimStream } from "../src/replay/retention.ts";
 import { createPipeline } from "../src/runtime.ts";
@@ -358,4 +359,59 @@ Deno.test("admin API: disabled without a token, 401 with a wrong one, dead lette
   } finally {
     await running.stop(1_000);
   }
+});
+
+Deno.test("a rebuild over a trimmed log is refused unless forced", async () => {
+  await using env = await testEnv("rebuild-trimmed", { ADMIN_TOKEN: "admin-token-0123456789" });
+  const { redis, keys } = env.services;
+  for (let i = 0; i < 3; i++) await submit(env, { video_id: `t-${i}` });
+  await redis.xtrim(keys.eventStream, "MAXLEN", 2);
+  const refused = await cli(replayMain, "", env, ["--projections"]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.err, /Retention has trimmed the event log \(2 of 3 events remain\)/);
+  const admin = (force: boolean) =>
+    env.services.app.request("/admin/replay", {
+      method: "POST",
+      headers: {
+        authorization: "Bearer admin-token-0123456789",
+        "content-type": "application/json",
+      },
+      body: JSON.stringify({ projections: true, force }),
+    });
+  const conflict = await admin(false);
+  assert.equal(conflict.status, 409);
+  assert.match((await conflict.json()).detail, /--force/);
+  assert.equal(await redis.get(keys.viewGeneration), null, "nothing was swapped");
+  const forced = await cli(replayMain, "", env, ["--projections", "--force"]);
+  assert.equal(forced.code, 0, forced.err);
+  assert.match(forced.out, /Rebuilt views generation 1 from 2 events/);
+});
+
+Deno.test("an interrupted rebuild drops its half-built generation and its lock", async () => {
+  await using env = await testEnv("rebuild-abort");
+  const { redis, keys } = env.services;
+  for (let i = 0; i < 3; i++) await submit(env, { video_id: `a-${i}` });
+  const options = {
+    redis,
+    redisUrl: env.config.REDIS_URL,
+    keys,
+    log: env.log,
+    viewTtlS: 60,
+    owner: "test",
+  };
+  await assert.rejects(
+    rebuildProjections({ ...options, signal: AbortSignal.abort(new Error("stop")) }),
+    /stop/,
+  );
+  const groups = (await groupInfo(redis, keys.eventStream)).map((g) => g.name);
+  assert.deepEqual(groups.filter((name) => name.includes("@")), [], groups.join(", "));
+  assert.equal(await redis.exists(keys.rebuildLock), 0);
+  assert.deepEqual(await redis.keys(keys.views(1).viewPattern), []);
+  assert.equal(await redis.get(keys.viewGeneration), null);
+  // A lock held by someone else is left alone, and refuses this rebuild.
+  await redis.set(keys.rebuildLock, "other", "PX", 60_000);
+  await assert.rejects(rebuildProjections(options), RebuildRefused);
+  assert.equal(await redis.get(keys.rebuildLock), "other");
+  await redis.del(keys.rebuildLock);
+  assert.equal((await rebuildProjections(options)).generation, 1);
 });

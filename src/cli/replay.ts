@@ -17,6 +17,8 @@ Rebuild views or reprocess tasks from the event log (Redis settings from the env
   --status STATUS        only tasks that are failed, dead_lettered or completed
   --reason TEXT          why, recorded in each task's timeline (default "manual replay")
   --by NAME              who asks, recorded too (default $USER)
+  --force                with --projections: rebuild even though retention has trimmed the
+                         log (views of tasks whose events are gone are lost)
   --dry-run              list what would be done and change nothing
   -h, --help             this text
 
@@ -39,6 +41,7 @@ export function parseReplayArgs(args: string[]) {
         reason: { type: "string" },
         by: { type: "string" },
         "dry-run": { type: "boolean" },
+        force: { type: "boolean" },
         help: { type: "boolean", short: "h" },
       },
       allowPositionals: false,
@@ -71,6 +74,7 @@ export function parseReplayArgs(args: string[]) {
     reason: parsed.reason ?? "manual replay",
     by: parsed.by ?? Deno.env.get("USER") ?? "operator",
     dryRun: Boolean(parsed["dry-run"]),
+    force: Boolean(parsed.force),
   };
 }
 
@@ -94,6 +98,10 @@ export async function replayMain(
         out.line(`Would rebuild every view from ${events} events (dry run: nothing changed)`);
       } else {
         out.line("Rebuilding projections...");
+        // Ctrl-C stops the rebuild cleanly: the half-built generation is dropped.
+        const abort = new AbortController();
+        const interrupt = () => abort.abort(new Error("Rebuild interrupted"));
+        Deno.addSignalListener("SIGINT", interrupt);
         const result = await rebuildProjections({
           redis: services.redis,
           redisUrl: config.REDIS_URL,
@@ -102,7 +110,9 @@ export async function replayMain(
           viewTtlS: config.VIEW_RETENTION_S,
           owner: `replay-${consumerName()}`,
           onProgress: out.progress,
-        });
+          signal: abort.signal,
+          force: options.force,
+        }).finally(() => Deno.removeSignalListener("SIGINT", interrupt));
         out.end();
         out.line(
           `Rebuilt views generation ${result.generation} from ${result.events} events in ${result.seconds} s (${result.events_per_second} events/s)`,

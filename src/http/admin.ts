@@ -3,7 +3,7 @@ import type { MiddlewareHandler } from "hono";
 import { z } from "zod";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
-import type { RebuildResult } from "../replay/rebuild.ts";
+import { RebuildRefused, type RebuildResult } from "../replay/rebuild.ts";
 import { getDeadLetter, listDeadLetters, redrive, reprocessTasks } from "../replay/reprocess.ts";
 import { tokensEqual } from "../security/signature.ts";
 import { fieldErrors } from "../webhook.ts";
@@ -20,6 +20,9 @@ export const ReplayRequestSchema = z.object({
   reason: z.string().min(1).max(500).default("admin replay"),
   requested_by: z.string().min(1).max(200).default("admin-api"),
   dry_run: z.boolean().default(false),
+  force: z.boolean().default(false).describe(
+    "With projections: rebuild even though retention has trimmed the log",
+  ),
 });
 
 export const RedriveRequestSchema = z.object({
@@ -37,7 +40,7 @@ export interface AdminDeps {
   /** ADMIN_TOKEN; without it every /admin route answers 404. */
   token?: string;
   store: EventStore;
-  rebuild: () => Promise<RebuildResult>;
+  rebuild: (options: { force: boolean }) => Promise<RebuildResult>;
   now: () => Date;
 }
 
@@ -81,7 +84,12 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
     if (request.projections) {
       projections = request.dry_run
         ? { would_rebuild_events: await fromRedis(() => store.redis.xlen(store.keys.eventStream)) }
-        : await deps.rebuild();
+        : await deps.rebuild({ force: request.force }).catch((error) => {
+          if (error instanceof RebuildRefused) {
+            throw new ProblemError(409, "Rebuild refused", error.message);
+          }
+          throw error;
+        });
     }
     const selects = request.tasks?.length || request.since || request.until || request.status;
     const tasks = selects

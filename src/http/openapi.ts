@@ -119,6 +119,7 @@ export function describeRoutes(app: OpenAPIHono): void {
         z.object({ dry_run: z.boolean(), projections: z.unknown(), tasks: z.array(Outcome) }),
         "What was (or, in a dry run, would be) done",
       ),
+      409: problem("Rebuild refused: another runs, or the log was trimmed and force is not set"),
       422: problem("Invalid request"),
       ...adminErrors,
     },

@@ -7,6 +7,7 @@ import { createProjections, type Projection } from "../projections/projections.t
 import { deleteMatching, resetProjections } from "../projections/rebuild.ts";
 import { viewGeneration } from "../queries.ts";
 import { closeRedis, connectRedis } from "../redis/client.ts";
+import { releaseLeaseScript, renewLeaseScript } from "../redis/scripts.ts";
 import { ensureGroup, groupInfo } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 
@@ -22,6 +23,19 @@ export interface RebuildOptions {
   signal?: AbortSignal;
   /** Entries per read of the bulk fold (default 5,000). */
   bulkBatch?: number;
+  /** Rebuild even though retention has trimmed the log (views of older tasks are then lost). */
+  force?: boolean;
+}
+
+/** A rebuild that was not started: another one runs, or the log was trimmed and not forced. */
+export class RebuildRefused extends Error {}
+
+/** How many entries were ever added to the stream and how many remain (0, 0 without a stream). */
+async function streamCounts(redis: Redis, stream: string) {
+  const info = await redis.call("XINFO", "STREAM", stream).catch(() => null) as unknown[] | null;
+  if (!info) return { added: 0, length: 0 };
+  const field = (name: string) => Number(info[info.indexOf(name) + 1] ?? 0);
+  return { added: field("entries-added"), length: field("length") };
 }
 
 export interface RebuildResult {
@@ -78,6 +92,9 @@ async function foldLog(
   return { last, events: read };
 }
 
+/** How long the rebuild lock lasts unless renewed (it is, every third of it, while running). */
+const LOCK_MS = 60_000;
+
 /** Events the group has not yet applied: its lag plus what is read but not acknowledged. */
 async function behind(redis: Redis, stream: string, groups: string[]) {
   const info = await groupInfo(redis, stream);
@@ -98,17 +115,33 @@ async function behind(redis: Redis, stream: string, groups: string[]) {
  * it, and the old generation is deleted.
  */
 export async function rebuildProjections(options: RebuildOptions): Promise<RebuildResult> {
-  const { redis, keys, log } = options;
-  const lock = keys.rebuildLock;
-  if (!await redis.set(lock, options.owner, "EX", 3_600, "NX")) {
-    throw new Error("Another projection rebuild is running");
+  const { redis, keys, log, owner } = options;
+  if (!options.force) {
+    const { added, length } = await streamCounts(redis, keys.eventStream);
+    if (added > length) {
+      throw new RebuildRefused(
+        `Retention has trimmed the event log (${length} of ${added} events remain): rebuilt ` +
+          "views would lose the tasks and videos whose events are gone, and statistics would " +
+          "count only what remains. Rebuild anyway with --force (admin API: force: true).",
+      );
+    }
   }
+  const lock = keys.rebuildLock;
+  if (!await redis.set(lock, owner, "PX", LOCK_MS, "NX")) {
+    throw new RebuildRefused("Another projection rebuild is running");
+  }
+  const renew = setInterval(() => {
+    renewLeaseScript.run(redis, [lock], [owner, LOCK_MS]).catch(() => {});
+  }, LOCK_MS / 3);
   const connections: Redis[] = [];
   const t0 = performance.now();
+  let next: Projection[] = [];
+  let generation = -1;
+  let swapped = false;
   try {
     const from = await viewGeneration(redis, keys);
-    const generation = from + 1;
-    const next = createProjections({ redis, keys, viewTtlS: options.viewTtlS, generation });
+    generation = from + 1;
+    next = createProjections({ redis, keys, viewTtlS: options.viewTtlS, generation });
     // Leftovers of an interrupted rebuild of this generation.
     await deleteMatching(redis, keys.views(generation).viewPattern);
     await resetProjections(redis, keys, next);
@@ -152,6 +185,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       // Caught up: switch readers in one step. Projectors of the old generation are fenced off
       // from here on; running workers pick up the new generation from its checkpoints.
       await redis.set(keys.viewGeneration, generation);
+      swapped = true;
     } finally {
       await runner.stop();
     }
@@ -168,7 +202,20 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       events_per_second: Math.round(total / Math.max(seconds, 0.001)),
     };
   } finally {
+    clearInterval(renew);
     await Promise.all(connections.map(closeRedis));
-    await redis.del(lock);
+    if (!swapped && generation > 0) {
+      // Failed or aborted before the swap: drop the half-built generation, whose groups would
+      // otherwise hold retention back for good.
+      await resetProjections(redis, keys, next)
+        .then(() => deleteMatching(redis, keys.views(generation).viewPattern))
+        .catch((error) =>
+          log.warn("Could not clean up an unfinished rebuild", {
+            generation,
+            error: String(error),
+          })
+        );
+    }
+    await releaseLeaseScript.run(redis, [lock], [owner]).catch(() => {});
   }
 }
