@@ -2,7 +2,6 @@ import type { Redis } from "ioredis";
 import type { EventStore } from "../src/event_store.ts";
 import {
   compareIds,
-  decodeEvent,
   entryType,
   fieldsToRecord,
   requestEntryId,
@@ -15,7 +14,7 @@ import { signWebhook } from "../src/security/signature.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
 import { backoffMs, sleep } from "../src/sleep.ts";
 import { VideoRequestSchema } from "../src/webhook.ts";
-import { GroupConsumer } from "./group_consumer.ts";
+import { decodeOrSkip, GroupConsumer } from "./group_consumer.ts";
 import { type Event, event } from "./task_worker.ts";
 
 export interface CallbackSenderOptions {
@@ -121,7 +120,7 @@ export class CallbackSender {
 
   async #handle(entry: StreamEntry, signal: AbortSignal): Promise<void> {
     const { store, consumer, maxAttempts } = this.options;
-    const outcome = decodeEvent(entry.id, entry.fields);
+    const outcome = decodeOrSkip(entry);
     const taskId = outcome.task_id;
     const settle = (mode: "append" | "ack", events: Event[]) =>
       store.settle({

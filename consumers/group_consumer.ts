@@ -1,9 +1,22 @@
 import type { Redis } from "ioredis";
 import { ClaimLostError } from "../src/event_store.ts";
+import { decodeEvent, type StoredEvent } from "../src/events.ts";
 import type { Logger } from "../src/log.ts";
 import { heartbeatScript } from "../src/redis/scripts.ts";
 import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
 import { sleep } from "../src/sleep.ts";
+
+/** Thrown by a handler for an entry it can never handle (it does not decode): skipped and acked. */
+export class MalformedEntry extends Error {}
+
+/** Decodes an event entry, or throws MalformedEntry. */
+export function decodeOrSkip(entry: StreamEntry): StoredEvent {
+  try {
+    return decodeEvent(entry.id, entry.fields);
+  } catch (error) {
+    throw new MalformedEntry(`Event ${entry.id} does not decode: ${String(error).slice(0, 300)}`);
+  }
+}
 
 export interface GroupConsumerOptions {
   redis: Redis;
@@ -133,7 +146,8 @@ export class GroupConsumer {
       .filter(([id]) => !this.#inflight.has(id))
       .map(([id, fields]) => ({ id, fields: fields ?? [], reclaimed: true }));
     for (const entry of entries) log.warn("Reclaimed a stalled entry", { group, entry: entry.id });
-    await this.#dispatch(entries);
+    // Claimed while stopping: they stay pending for another consumer.
+    if (!this.#stop.signal.aborted) await this.#dispatch(entries);
     return entries.length;
   }
 
@@ -141,8 +155,17 @@ export class GroupConsumer {
     const abort = new AbortController();
     const heartbeat = this.#keepClaimFresh(entry.id, abort);
     const done = this.options.handle(entry, abort.signal)
-      .catch((error) => {
-        if (abort.signal.aborted || error instanceof ClaimLostError) {
+      .catch(async (error) => {
+        if (error instanceof MalformedEntry) {
+          // It can never be handled: acknowledged (and logged) so it does not come back forever.
+          this.options.log.error("Skipping a malformed entry", {
+            group: this.options.group,
+            entry: entry.id,
+            error: error.message,
+          });
+          await this.options.redis.xack(this.options.stream, this.options.group, entry.id)
+            .catch(() => {});
+        } else if (abort.signal.aborted || error instanceof ClaimLostError) {
           this.options.log.warn("Entry left pending for another consumer", {
             group: this.options.group,
             entry: entry.id,

@@ -66,24 +66,35 @@ export class ProjectionRunner {
     if (this.#generation >= 0) {
       log.info("Following a rebuilt view generation", { generation: target });
     }
+    // Not following any generation until all three run: a failure here is retried on the next
+    // check instead of leaving a projection stopped for good.
+    this.#generation = -1;
+    try {
+      for (
+        const projection of createProjections({
+          redis,
+          keys,
+          viewTtlS: this.options.viewTtlS,
+          generation: target,
+        })
+      ) {
+        const projector = new Projector(projection, {
+          redis,
+          blocking: this.options.blocking(`projector-${projection.group}`),
+          keys,
+          log,
+          owner: this.options.owner,
+          lag: this.options.lag,
+          batchSize: this.options.batchSize,
+        });
+        this.#projectors.push(projector);
+        await projector.start();
+      }
+    } catch (error) {
+      await this.#stopProjectors();
+      throw error;
+    }
     this.#generation = target;
-    this.#projectors = createProjections({
-      redis,
-      keys,
-      viewTtlS: this.options.viewTtlS,
-      generation: target,
-    }).map((projection) =>
-      new Projector(projection, {
-        redis,
-        blocking: this.options.blocking(`projector-${projection.group}`),
-        keys,
-        log,
-        owner: this.options.owner,
-        lag: this.options.lag,
-        batchSize: this.options.batchSize,
-      })
-    );
-    for (const p of this.#projectors) await p.start();
   }
 
   async stop(): Promise<void> {

@@ -8,6 +8,12 @@ import { projectScript, releaseLeaseScript, renewLeaseScript } from "../src/redi
 import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
 import { sleep } from "../src/sleep.ts";
 
+/** Destroys a projection's consumer group with its checkpoint and lease. */
+async function dropGroup(redis: Redis, keys: Keys, group: string) {
+  await redis.del(keys.checkpoint(group), keys.lease(group));
+  await redis.xgroup("DESTROY", keys.eventStream, group);
+}
+
 /** The one consumer name every process uses for a projection group: only the lease holder reads. */
 const CONSUMER = "projector";
 
@@ -74,6 +80,9 @@ export class Projector {
         if (signal.aborted) break;
         if (error instanceof Superseded) {
           log.info("Projection superseded by a rebuild", { projection: this.projection.group });
+          // Its group may have been recreated after the rebuild dropped it (a process that
+          // started during the swap): drop it again, so it holds no entries back from retention.
+          await dropGroup(redis, keys, this.projection.group).catch(() => {});
           break;
         }
         if (!(error instanceof LeaseLost)) {

@@ -1,13 +1,13 @@
 import type { Redis } from "ioredis";
 import { ClaimLostError, type EventStore } from "../src/event_store.ts";
 import { isRetryable } from "../src/errors.ts";
-import { compareIds, decodeEvent, entryType, type EventOf, requestEntryId } from "../src/events.ts";
+import { compareIds, entryType, type EventOf, requestEntryId } from "../src/events.ts";
 import { SINK_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import type { SceneRow } from "../src/providers/supabase_scenes.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
 import { retryDelayMs, sleep } from "../src/sleep.ts";
-import { GroupConsumer } from "./group_consumer.ts";
+import { decodeOrSkip, GroupConsumer } from "./group_consumer.ts";
 import { type Event, event } from "./task_worker.ts";
 
 /** Where final scenes are stored. "redis-view" stores nothing: the video-scenes projection serves them. */
@@ -74,7 +74,7 @@ export class SceneSink {
 
   async #handle(entry: StreamEntry, signal: AbortSignal): Promise<void> {
     const { store, sink, maxAttempts, consumer } = this.options;
-    const generated = decodeEvent(entry.id, entry.fields);
+    const generated = decodeOrSkip(entry);
     if (generated.type !== "scenes.generated") return;
     const taskId = generated.task_id;
     const log = this.options.log.child({ task_id: taskId });

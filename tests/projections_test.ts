@@ -272,3 +272,40 @@ Deno.test("a former holder's late read is applied in order, never acked unapplie
     await closeRedis(blocking);
   }
 });
+
+Deno.test("a runner whose switch to a new generation fails retries it on the next check", async () => {
+  await using env = await testEnv("follow-retry");
+  const opened: Redis[] = [];
+  let failOnce = true;
+  const runner = new ProjectionRunner({
+    redis: env.services.redis,
+    keys: env.services.keys,
+    log: env.log,
+    owner: "test",
+    viewTtlS: 60,
+    pollMs: 50,
+    blocking: (name) => {
+      if (name.endsWith("@1") && failOnce) {
+        failOnce = false;
+        throw new Error("no connection this time");
+      }
+      const connection = connectRedis(env.config.REDIS_URL, { name });
+      opened.push(connection);
+      return connection;
+    },
+  });
+  await runner.start();
+  try {
+    await env.services.redis.set(env.services.keys.viewGeneration, 1);
+    await waitFor(() => !failOnce && runner.generation === 1, {
+      what: "the runner to follow generation 1 after a failed try",
+    });
+    // Three projectors of generation 1 run, nothing of the failed try is left open.
+    await waitFor(() => opened.filter((c) => c.status !== "end").length === 3, {
+      what: "exactly three open projector connections",
+    });
+    assert.equal(opened.filter((c) => c.options.connectionName?.endsWith("@1")).length, 3);
+  } finally {
+    await runner.stop();
+  }
+});

@@ -4,6 +4,7 @@ import type { StepName } from "../src/events.ts";
 import { offlinePipeline } from "../src/pipeline/offline.ts";
 import type { Pipeline, Step } from "../src/pipeline/pipeline.ts";
 import { readTaskView, readVideoView } from "../src/queries.ts";
+import { groupInfo } from "../src/redis/streams.ts";
 import { createPipeline } from "../src/runtime.ts";
 import {
   caughtUp,
@@ -222,6 +223,29 @@ Deno.test("malformed work entries are dead-lettered and the worker keeps running
     assert.match(dead[1].error, /not JSON/);
     const badShape = await env.services.app.request("/task/t-bad-shape");
     assert.equal((await badShape.json()).status, "failed");
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("malformed outcome events are skipped by the scene sink and the callback sender", async () => {
+  await using env = await testEnv("poison-events");
+  const { redis, keys } = env.services;
+  const consumers = await runConsumers(env);
+  try {
+    const bad = (type: string, data: string) =>
+      redis.xadd(keys.eventStream, "*", "type", type, "task_id", "t-bad", "at", "x", "data", data);
+    await bad("scenes.generated", "{nope");
+    await bad("task.completed", '{"video_id":1}');
+    const view = await settledView(env, await submit(env));
+    assert.equal(view.status, "completed");
+    await waitFor(async () => {
+      const groups = await groupInfo(redis, keys.eventStream);
+      return ["scene-sink", "callbacks"].every((name) => {
+        const g = groups.find((i) => i.name === name);
+        return g?.pending === 0 && g.lag === 0;
+      });
+    }, { what: "both groups to acknowledge everything" });
   } finally {
     await consumers.stop(1_000);
   }
