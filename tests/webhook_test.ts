@@ -78,6 +78,22 @@ Deno.test("every bad fixture is rejected as problem+json naming each bad field, 
   assert.equal(await env.services.redis.exists(env.services.keys.eventStream), 0);
 });
 
+Deno.test("one 422 names schema and policy failures together", async () => {
+  await using env = await testEnv("reject-all", { PROMPT_MAX_CHARS: "10" });
+  const body = {
+    ...JSON.parse(await fixture("minimal.json")),
+    prompt: "a prompt longer than ten characters",
+    video_id: "",
+    image_url: "http://127.0.0.1/product.png",
+    callback_url: "http://[::1]/hook",
+  };
+  const res = await env.post(body);
+  assert.equal(res.status, 422);
+  const fields = (await res.json()).errors.map((e: { field: string }) => e.field).sort();
+  assert.deepEqual(fields, ["callback_url", "image_url", "prompt", "video_id"]);
+  assert.equal(await env.services.redis.exists(env.services.keys.webhookStream), 0);
+});
+
 Deno.test("content type, size and encoding are checked before parsing", async () => {
   await using env = await testEnv("limits", { MAX_BODY_BYTES: "2048" });
   const minimal = await fixture("minimal.json");

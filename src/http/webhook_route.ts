@@ -86,10 +86,13 @@ function clientAddress(c: Context, trustProxy: boolean): string {
   return info?.remoteAddr?.hostname ?? "unknown";
 }
 
-/** Field-level checks beyond the schema: configurable prompt length and outbound URL safety. */
-function policyErrors(request: VideoRequest, deps: WebhookRouteDeps) {
+/**
+ * Field-level checks beyond the schema: configurable prompt length and outbound URL safety. They
+ * run on the raw fields too when the schema failed, so one 422 names every bad field.
+ */
+function policyErrors(request: Record<string, unknown>, deps: WebhookRouteDeps) {
   const errors: { field: string; message: string }[] = [];
-  if (request.prompt.length > deps.limits.promptMaxChars) {
+  if (typeof request.prompt === "string" && request.prompt.length > deps.limits.promptMaxChars) {
     errors.push({
       field: "prompt",
       message: `must be at most ${deps.limits.promptMaxChars} characters`,
@@ -97,7 +100,9 @@ function policyErrors(request: VideoRequest, deps: WebhookRouteDeps) {
   }
   for (const field of ["image_url", "callback_url"] as const) {
     const url = request[field];
-    const problem = url ? checkUrlSyntax(url, deps.allowPrivateUrls) : null;
+    const problem = typeof url === "string" && url
+      ? checkUrlSyntax(url.trim(), deps.allowPrivateUrls)
+      : null;
     if (problem) errors.push({ field, message: `refused: ${problem}` });
   }
   return errors;
@@ -126,8 +131,13 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
         errors: [{ field: "(body)", message: "must be a JSON object" }],
       });
     }
-    const parsed = VideoRequestSchema.safeParse(unwrapEnvelope(raw as Record<string, unknown>));
+    const fields = unwrapEnvelope(raw as Record<string, unknown>);
+    const parsed = VideoRequestSchema.safeParse(fields);
     const errors = parsed.success ? policyErrors(parsed.data, deps) : fieldErrors(parsed.error);
+    if (!parsed.success) {
+      const named = new Set(errors.map((e) => e.field));
+      errors.push(...policyErrors(fields, deps).filter((e) => !named.has(e.field)));
+    }
     if (!parsed.success || errors.length) {
       throw new ProblemError(
         422,
