@@ -230,6 +230,7 @@ export class CallbackSender {
         resolve: this.options.resolve,
         timeoutMs: this.options.timeoutMs,
         signal,
+        strictRedirects: true,
       });
     } catch (error) {
       if (signal.aborted) throw error;

@@ -335,6 +335,42 @@ Deno.test("redirects are followed like fetch: 303 turns into GET, 307 keeps the 
   assert.equal(second.seen[1].host, `second.test:${second.port}`);
 });
 
+Deno.test("strict redirects: only 307/308 within the same origin are followed", async () => {
+  await using second = recordingServer((req) => new Response(`second saw ${req.method}`));
+  await using first = recordingServer((req) => {
+    const params = new URL(req.url).searchParams;
+    if (params.get("done")) {
+      return new Response(`first saw ${req.method} ${req.body ? "body" : ""}`);
+    }
+    const host = params.get("host")!;
+    const port = host === "first.test" ? first.port : second.port;
+    return new Response(null, {
+      status: Number(params.get("status")),
+      headers: { location: `http://${host}:${port}/?done=1` },
+    });
+  });
+  const { resolve } = stubResolver({ "first.test": ["127.0.0.1"], "second.test": ["127.0.0.1"] });
+  const options = {
+    ...base,
+    resolve,
+    check: allowHosts("first.test", "second.test"),
+    strictRedirects: true,
+  };
+  const from = (status: number, host: string) =>
+    safeFetch(`http://first.test:${first.port}/?status=${status}&host=${host}`, post, options);
+  for (const status of [307, 308]) {
+    assert.equal(await (await from(status, "first.test")).text(), "first saw POST body");
+  }
+  for (const status of [301, 302, 303]) {
+    await assertRefused(
+      from(status, "first.test"),
+      new RegExp(`redirect ${status} .* not followed`),
+    );
+  }
+  await assertRefused(from(307, "second.test"), /redirect 307 to http:\/\/second\.test/);
+  assert.equal(second.seen.length, 0, "another origin never receives the signed request");
+});
+
 Deno.test("more than maxRedirects redirects are refused", async () => {
   await using server = recordingServer((req) =>
     new Response(null, { status: 307, headers: { location: req.url } })

@@ -31,6 +31,13 @@ export interface OutboundOptions {
   resolve?: (host: string) => Promise<string[]>;
   /** Redirects followed, each hop checked like the first; default 3. */
   maxRedirects?: number;
+  /**
+   * Follow only 307/308 within the same origin (method, body and headers kept) and refuse any
+   * other redirect, instead of following like fetch. For signed deliveries: a 301/302/303 would
+   * turn the POST into a bodiless GET whose 2xx says nothing about delivery, and another origin
+   * should not receive the signed message.
+   */
+  strictRedirects?: boolean;
   /** Deadline for the whole exchange, redirects and response body included. */
   timeoutMs: number;
   signal?: AbortSignal;
@@ -321,6 +328,13 @@ export async function safeFetch(
         throw new RefusedUrlError(url, `redirect to an invalid URL "${location}"`, { cause });
       }
       const status = res.statusCode!;
+      if (options.strictRedirects && (status < 307 || next.origin !== current.origin)) {
+        throw new RefusedUrlError(
+          url,
+          `redirect ${status} to ${next.origin}${next.pathname} not followed (only 307/308 ` +
+            "within the same origin are)",
+        );
+      }
       if (
         (status === 303 && method !== "HEAD") ||
         ((status === 301 || status === 302) && method === "POST")
