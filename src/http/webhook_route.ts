@@ -7,7 +7,7 @@ import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { checkUrlSyntax } from "../security/outbound.ts";
 import { rememberWebhookId, tokenMatcher, verifyWebhook } from "../security/signature.ts";
-import { fieldErrors, unwrapEnvelope, type VideoRequest, VideoRequestSchema } from "../webhook.ts";
+import { fieldErrors, unwrapEnvelope, VideoRequestSchema } from "../webhook.ts";
 import { parseJson, readJsonText } from "./body.ts";
 
 export interface WebhookAuth {
