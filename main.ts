@@ -66,7 +66,13 @@ async function main(command: string | undefined): Promise<number> {
   let consumers = null;
   if (command !== "serve") {
     try {
-      consumers = await startConsumers(config, services, log);
+      const runs = (name: (typeof config.CONSUMERS)[number]) => config.CONSUMERS.includes(name);
+      consumers = await startConsumers(config, services, log, {
+        worker: runs("tasks"),
+        sink: runs("scenes"),
+        callbacks: runs("callbacks"),
+        projections: runs("projections"),
+      });
     } catch (error) {
       log.error("Consumers could not start", { error: String(error) });
       await services.close();
@@ -99,6 +105,7 @@ async function main(command: string | undefined): Promise<number> {
   if (consumers) {
     log.info("Consumers started", {
       consumer: consumers.consumer,
+      consumers: config.CONSUMERS,
       concurrency: config.WORKER_CONCURRENCY,
     });
   }

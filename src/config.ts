@@ -24,6 +24,11 @@ export const ConfigSchema = z.object({
     "vp",
   ),
   WORKER_CONCURRENCY: int(1, 50),
+  // Which consumers a `worker` (or `dev`) process runs; split them over processes to keep the
+  // projections' lag independent of a task backlog.
+  CONSUMERS: z.string().default("tasks,scenes,callbacks,projections").transform((v) =>
+    v.split(",").map((s) => s.trim()).filter(Boolean)
+  ).pipe(z.array(z.enum(["tasks", "scenes", "callbacks", "projections"])).min(1)),
   CLAIM_IDLE_MS: int(50, 60_000),
   MAX_ATTEMPTS: int(1, 5),
   RETRY_BASE_MS: int(0, 1_000),

@@ -76,6 +76,35 @@ Deno.test("a long task keeps its claim fresh, so a second worker never runs it t
   }
 });
 
+Deno.test("a worker started with CONSUMERS=projections runs only the projections", async () => {
+  await using env = await testEnv("consumers-split");
+  const child = spawnWorker(env, { CONSUMERS: "projections", LOG_LEVEL: "info" });
+  const { redis, keys } = env.services;
+  const taskId = await submit(env);
+  try {
+    await waitFor(async () => await redis.exists(keys.taskView(taskId)), {
+      timeoutMs: 20_000,
+      what: "the projector process to project the queued task",
+    });
+    const groups = async (stream: string) =>
+      (await redis.xinfo("GROUPS", stream) as unknown[][]).map((g) => String(g[1]));
+    assert.deepEqual((await groups(keys.eventStream)).sort(), [
+      "stats",
+      "task-view",
+      "video-scenes",
+    ]);
+    assert.deepEqual(await groups(keys.webhookStream), [], "no task worker");
+    const view = await (await env.services.app.request(`/task/${taskId}`)).json();
+    assert.equal(view.status, "queued");
+  } finally {
+    child.kill("SIGTERM");
+    const status = await child.status;
+    const log = await new Response(child.stderr).text();
+    assert.equal(status.code, 0, log);
+    assert.match(log, /"msg":"Consumers started".*"consumers":\["projections"\]/);
+  }
+});
+
 Deno.test("SIGTERM finishes the in-flight task, acks it and exits 0", async () => {
   await using env = await testEnv("sigterm");
   const child = spawnWorker(env, {

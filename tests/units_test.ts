@@ -62,6 +62,15 @@ Deno.test("signing secrets are checked at start, and never echoed", () => {
   assert.deepEqual(loadConfig({}).WEBHOOK_SECRET, []);
 });
 
+Deno.test("CONSUMERS lists what a worker process runs", () => {
+  assert.deepEqual(loadConfig({}).CONSUMERS, ["tasks", "scenes", "callbacks", "projections"]);
+  assert.deepEqual(loadConfig({ CONSUMERS: " projections " }).CONSUMERS, ["projections"]);
+  assert.deepEqual(loadConfig({ CONSUMERS: "tasks,scenes" }).CONSUMERS, ["tasks", "scenes"]);
+  for (const bad of [",", "tasks,bogus"]) {
+    assert.throws(() => loadConfig({ CONSUMERS: bad }), /CONSUMERS/, JSON.stringify(bad));
+  }
+});
+
 Deno.test("a bad setting stops start-up with a message naming the variable", () => {
   assert.throws(() => loadConfig({ WORKER_CONCURRENCY: "lots" }), (error: Error) => {
     assert.ok(error instanceof ConfigError);
