@@ -15,6 +15,8 @@ export interface E2eOptions {
   concurrency: number;
   enqueueConcurrency: number;
   drainTimeoutS: number;
+  /** One more backlog run (0 ms, one worker) with the projections in their own process. */
+  splitProjections: boolean;
   /** A run with tasks offered at this rate (one worker, no provider latency); 0 skips it. */
   pacedRate: number;
   pacedSeconds: number;
@@ -90,8 +92,11 @@ async function oneRun(
   template: string,
   keep: boolean,
   ratePerS?: number,
+  split = false,
 ) {
-  const name = `e2e-l${latencyMs}-w${workerCount}${ratePerS ? `-r${ratePerS}` : ""}`;
+  const name = `e2e-l${latencyMs}-w${workerCount}${ratePerS ? `-r${ratePerS}` : ""}${
+    split ? "-split" : ""
+  }`;
   const prefix = newPrefix(ctx, name);
   const keys = createKeys(prefix);
   const port = freePort();
@@ -104,8 +109,17 @@ async function oneRun(
       logPath(ctx, `${name}-server`),
     );
     children.push(server);
+    // With `split`, the projections run in one more process of their own (CONSUMERS); it counts
+    // among the workers for CPU, memory and lag.
     const workers: Child[] = [];
-    for (let i = 0; i < workerCount; i++) {
+    const consumers = [
+      ...Array.from(
+        { length: workerCount },
+        () => split ? "tasks,scenes,callbacks" : "tasks,scenes,callbacks,projections",
+      ),
+      ...(split ? ["projections"] : []),
+    ];
+    for (const [i, list] of consumers.entries()) {
       const worker = ctx.procs.service(
         `${name}-worker${i}`,
         "worker",
@@ -113,6 +127,7 @@ async function oneRun(
           OFFLINE_LATENCY_MS: String(latencyMs),
           WORKER_CONCURRENCY: String(options.concurrency),
           SHUTDOWN_TIMEOUT_MS: "15000",
+          CONSUMERS: list,
         }),
         logPath(ctx, `${name}-worker${i}`),
       );
@@ -195,6 +210,8 @@ async function oneRun(
     const result = {
       latency_ms: latencyMs,
       workers: workerCount,
+      /** Whether the projections ran in a process of their own (CONSUMERS=projections). */
+      split_projections: split,
       /** Tasks offered per second (paced run), or null when all were posted at once. */
       offered_rate: ratePerS ?? null,
       worker_concurrency: options.concurrency,
@@ -226,7 +243,7 @@ async function oneRun(
       redis_cpu_pct: usage.redis?.cpu_pct ?? null,
     };
     ctx.say(
-      `  latency ${latencyMs} ms, ${workerCount} worker(s)${
+      `  latency ${latencyMs} ms, ${workerCount} worker(s)${split ? " + a projector process" : ""}${
         ratePerS ? `, offered ${ratePerS}/s` : ""
       }: ${result.tasks} tasks in ${result.drain_s} s = ${result.tasks_per_s} tasks/s (pipeline alone ${result.pipeline_drain_s} s), peak in flight ${peakInFlight}, lag p50 ${lag.p50} / p99 ${lag.p99} ms`,
     );
@@ -252,6 +269,11 @@ export async function e2ePhase(ctx: BenchContext, options: E2eOptions) {
       kept ??= prefix;
       runs.push(result);
     }
+  }
+  if (options.splitProjections) {
+    // The same backlog with the projections in a process of their own.
+    const { result } = await oneRun(ctx, options, 0, 1, template, false, undefined, true);
+    runs.push(result);
   }
   if (options.pacedRate > 0) {
     // Below capacity: the projection lag of a steady flow rather than of a backlog.

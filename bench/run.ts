@@ -33,6 +33,7 @@ export interface BenchOptions {
   concurrency: number;
   enqueueConcurrency: number;
   drainTimeoutS: number;
+  splitProjections: boolean;
   pacedRate: number;
   pacedSeconds: number;
   replayEvents: number;
@@ -62,6 +63,7 @@ export const DEFAULTS: BenchOptions = {
   concurrency: 1000,
   enqueueConcurrency: 64,
   drainTimeoutS: 300,
+  splitProjections: true,
   pacedRate: 1_000,
   pacedSeconds: 10,
   replayEvents: 100_000,
@@ -265,6 +267,7 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --latencies LIST         OFFLINE_LATENCY_MS values (default 0,500)
   --workers LIST           worker process counts (default 1,2)
   --concurrency N          WORKER_CONCURRENCY (default 1000)
+  --no-split               skip the backlog run with the projections in a process of their own
   --paced-rate N           an extra run offering N tasks/s for --paced-seconds (default 1000, 10;
                            0 skips it): projection lag without a backlog
   --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
@@ -291,6 +294,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       threads: { type: "string" },
       "no-ablations": { type: "boolean" },
       "no-memory": { type: "boolean" },
+      "no-split": { type: "boolean" },
       tasks: { type: "string" },
       latencies: { type: "string" },
       workers: { type: "string" },
@@ -338,6 +342,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("threads", num(values.threads, "BENCH_THREADS"));
   if (values["no-ablations"]) o.ablations = false;
   if (values["no-memory"]) o.memory = false;
+  if (values["no-split"]) o.splitProjections = false;
   set("tasks", num(values.tasks, "BENCH_TASKS"));
   set("latenciesMs", values.latencies ? list(values.latencies) : undefined);
   set("workers", values.workers ? list(values.workers) : undefined);

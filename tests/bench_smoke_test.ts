@@ -67,6 +67,10 @@ Deno.test("bench: a small run measures every phase, writes its JSON and leaves n
     positive(ingest.memory?.server_peak_rss_mb, "memory: server RSS");
     positive(ingest.memory?.worker_peak_rss_mb, "memory: worker RSS");
 
+    const split = saved.e2e!.runs.find((x) => x.split_projections);
+    assert.ok(split, "a run with the projections in their own process");
+    assert.equal(split.completed, 200);
+    positive(split.projection_lag_ms.count, "lag samples from the projector process");
     const [run] = saved.e2e!.runs;
     assert.equal(run.drained, true);
     assert.equal(run.tasks, 200);
