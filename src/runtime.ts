@@ -19,6 +19,7 @@ import { rebuildProjections } from "./replay/rebuild.ts";
 import { startRetention } from "./replay/retention.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
 import { claimRevisionScript } from "./redis/scripts.ts";
+import { ensureGroup } from "./redis/streams.ts";
 
 /** A consumer name unique to this process. */
 export function consumerName(): string {
@@ -225,8 +226,13 @@ export async function startConsumers(
     viewTtlS: config.VIEW_RETENTION_S,
     lag: projectionLag,
   });
-  // Every group exists before any consumer runs: a downstream group starting at "$" then sees
-  // every event the worker appends.
+  // Every group exists before any consumer runs, also the groups of consumers this process does
+  // not run (CONSUMERS): a downstream group starting at "$" then sees every event a worker
+  // appends, whichever process starts first.
+  await ensureGroup(services.redis, services.keys.webhookStream, WORKER_GROUP);
+  for (const group of [SINK_GROUP, CALLBACK_GROUP]) {
+    await ensureGroup(services.redis, services.keys.eventStream, group, "$");
+  }
   for (const g of groups) await g.prepare();
   for (const g of groups) await g.start();
   await projections?.start();

@@ -88,12 +88,17 @@ Deno.test("a worker started with CONSUMERS=projections runs only the projections
     });
     const groups = async (stream: string) =>
       (await redis.xinfo("GROUPS", stream) as unknown[][]).map((g) => String(g[1]));
+    // Every process creates every group (so none misses events), but runs only its own consumers.
     assert.deepEqual((await groups(keys.eventStream)).sort(), [
+      "callbacks",
+      "scene-sink",
       "stats",
       "task-view",
       "video-scenes",
     ]);
-    assert.deepEqual(await groups(keys.webhookStream), [], "no task worker");
+    assert.deepEqual(await groups(keys.webhookStream), ["workers"]);
+    const [workers] = await redis.xinfo("GROUPS", keys.webhookStream) as unknown[][];
+    assert.equal(workers[workers.indexOf("consumers") + 1], 0, "no task worker");
     const view = await (await env.services.app.request(`/task/${taskId}`)).json();
     assert.equal(view.status, "queued");
   } finally {

@@ -251,6 +251,24 @@ Deno.test("malformed outcome events are skipped by the scene sink and the callba
   }
 });
 
+Deno.test("a scene sink started after a tasks-only worker still stores what it generated", async () => {
+  await using env = await testEnv("split-order");
+  const tasksOnly = await runConsumers(env, { sink: false, callbacks: false, projections: false });
+  let sinkOnly;
+  try {
+    const taskId = await submit(env);
+    await waitFor(async () => (await eventTypes(env, taskId)).includes("scenes.generated"), {
+      what: "the worker to generate scenes",
+    });
+    sinkOnly = await runConsumers(env, { worker: false });
+    const view = await settledView(env, taskId);
+    assert.equal(view.status, "completed");
+  } finally {
+    await tasksOnly.stop(1_000);
+    await sinkOnly?.stop(1_000);
+  }
+});
+
 Deno.test("graceful stop lets in-flight tasks finish, then leaves the rest pending", async () => {
   await using env = await testEnv("graceful", { OFFLINE_LATENCY_MS: "60" });
   const { redis, keys } = env.services;
