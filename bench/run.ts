@@ -277,7 +277,7 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
   --keep-logs              keep the children's logs (the path is printed)
-  --quick                  a one-minute run: 3 s points, 2000 tasks, 20000 events`;
+  --quick                  a short run (about 2 minutes): 3 s points, 2000 tasks, 20000 events`;
 
 const list = (s: string) => s.split(",").map((x) => Number(x.trim())).filter(Number.isFinite);
 
