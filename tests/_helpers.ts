@@ -84,10 +84,15 @@ export async function waitFor<T>(
   throw new Error(`Timed out after ${timeoutMs} ms waiting for ${what} (last: ${last})`);
 }
 
-/** True when every group on the streams has read and acknowledged everything. */
-export async function caughtUp(redis: Redis, streams: string[]): Promise<boolean> {
+/** True when every group on the streams (or only the named ones) has read and acknowledged everything. */
+export async function caughtUp(
+  redis: Redis,
+  streams: string[],
+  only?: string[],
+): Promise<boolean> {
   for (const stream of streams) {
     for (const g of await groupInfo(redis, stream)) {
+      if (only && !only.includes(g.name)) continue;
       if (g.pending !== 0 || g.lag !== 0) return false;
     }
   }
@@ -104,11 +109,33 @@ export async function readStream(redis: Redis, key: string) {
   });
 }
 
+/**
+ * The environment for a service subprocess: only what Deno needs from the parent, so settings of
+ * the machine running the tests (REDIS_URL, FAL_KEY, CONSUMERS...) never reach the child.
+ */
+export function childEnv(): Record<string, string> {
+  const keep = ["PATH", "HOME", "DENO_DIR", "TMPDIR", "XDG_CACHE_HOME"];
+  return Object.fromEntries(
+    keep.flatMap((name) => {
+      const value = Deno.env.get(name);
+      return value === undefined ? [] : [[name, value]];
+    }),
+  );
+}
+
+const handedOut = new Set<number>();
+
+/** A port free right now and not handed out before by this process (two calls never collide). */
 export function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
+  while (true) {
+    const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (listener.addr as Deno.NetAddr).port;
+    listener.close();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
 
 /**

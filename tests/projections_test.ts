@@ -10,6 +10,7 @@ import { resetProjections } from "../src/projections/rebuild.ts";
 import { evolveStats } from "../src/projections/stats.ts";
 import type { TaskStatus } from "../src/projections/task_view.ts";
 import { closeRedis, connectRedis } from "../src/redis/client.ts";
+import { groupInfo } from "../src/redis/streams.ts";
 import { createPipeline } from "../src/runtime.ts";
 import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
@@ -169,7 +170,15 @@ Deno.test("a projector without the lease writes nothing", async () => {
     const res = await env.post(await fixture("minimal.json"));
     const { task_id } = await res.json();
     await waitFor(async () => await redis.exists(keys.taskView(task_id)), { what: "task view" });
+    // The other projections have applied everything and a stats projector with a lease would have
+    // had several read cycles (250 ms each): stats still has nothing, and its group has not read.
+    await waitFor(() => caughtUp(redis, [keys.eventStream], ["task-view", "video-scenes"]), {
+      what: "task-view and video-scenes to catch up",
+    });
+    await new Promise((resolve) => setTimeout(resolve, 600));
     assert.equal(await redis.exists(keys.stats), 0, "stats must wait for the lease");
+    const stats = (await groupInfo(redis, keys.eventStream)).find((g) => g.name === "stats");
+    assert.ok(stats && (stats.lag ?? 1) > 0, "the stats group has read nothing");
     await redis.del(keys.lease("stats"));
     await waitFor(async () => await redis.hget(keys.stats, "total_requests") === "1", {
       what: "stats after the lease frees",

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fixture, freePort, testEnv, waitFor } from "./_helpers.ts";
+import { childEnv, fixture, freePort, testEnv, waitFor } from "./_helpers.ts";
 
 /** A private redis-server on a free port; the shared one is never touched. */
 async function startRedis(port: number, aof?: { dir: string }) {
@@ -76,7 +76,13 @@ Deno.test("health and the start-up log say whether Redis keeps an append-only fi
     }
     const worker = new Deno.Command(Deno.execPath(), {
       args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname, "worker"],
-      env: { REDIS_URL: `redis://127.0.0.1:${plainPort}`, KEY_PREFIX: "aof", LOG_LEVEL: "warn" },
+      clearEnv: true,
+      env: {
+        ...childEnv(),
+        REDIS_URL: `redis://127.0.0.1:${plainPort}`,
+        KEY_PREFIX: "aof",
+        LOG_LEVEL: "warn",
+      },
       stdout: "null",
       stderr: "piped",
     }).spawn();
