@@ -193,9 +193,12 @@ export class TaskWorker {
         if (signal.aborted || error instanceof ClaimLostError) throw error;
         const message = error instanceof Error ? error.message : String(error);
         const retryable = isRetryable(error);
+        // A step.completed still waiting for its settle (the settle itself failed) goes in first,
+        // so a later attempt or another worker does not redo that step.
+        const unsaved = carry.filter((e) => e.type === "step.completed");
         if (!retryable || attempt >= maxAttempts) {
           task.log.warn("Task failed", { attempt, step, retryable, error: message });
-          await this.#deadLetter(task, attempt, message, step, retryable);
+          await this.#deadLetter(task, attempt, message, step, retryable, unsaved);
           return;
         }
         const wait = retryDelayMs(
@@ -205,14 +208,17 @@ export class TaskWorker {
           this.options.retryMaxMs,
         );
         task.log.info("Task will retry", { attempt, step, error: message, retry_in_ms: wait });
-        await this.#settle(task, "append", [event("task.failed", this.#iso(), {
-          error: message,
-          step,
-          retryable: true,
-          attempt,
-          final: false,
-          retry_in_ms: wait,
-        })]);
+        await this.#settle(task, "append", [
+          ...unsaved,
+          event("task.failed", this.#iso(), {
+            error: message,
+            step,
+            retryable: true,
+            attempt,
+            final: false,
+            retry_in_ms: wait,
+          }),
+        ]);
         await sleep(wait, signal);
         attempt++;
       }
@@ -225,6 +231,7 @@ export class TaskWorker {
     error: string,
     step?: StepName,
     retryable = false,
+    before: Event[] = [],
   ): Promise<void> {
     const callback = Boolean(task.request?.callback_url);
     await this.options.store.settle({
@@ -235,14 +242,17 @@ export class TaskWorker {
       mode: "dead",
       at: this.#iso(),
       events: task.taskId
-        ? [event("task.failed", this.#iso(), {
-          error,
-          step,
-          retryable,
-          attempt,
-          final: true,
-          callback,
-        })]
+        ? [
+          ...before,
+          event("task.failed", this.#iso(), {
+            error,
+            step,
+            retryable,
+            attempt,
+            final: true,
+            callback,
+          }),
+        ]
         : [],
       deadLetter: { error, attempts: attempt, payload: task.payload },
     });

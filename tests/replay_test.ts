@@ -415,3 +415,22 @@ Deno.test("an interrupted rebuild drops its half-built generation and its lock",
   await redis.del(keys.rebuildLock);
   assert.equal((await rebuildProjections(options)).generation, 1);
 });
+
+Deno.test("a rebuild skips malformed events, even a batch of nothing else", async () => {
+  await using env = await testEnv("rebuild-malformed");
+  const { redis, keys } = env.services;
+  const ids = [await submit(env, { video_id: "m-1" }), await submit(env, { video_id: "m-2" })];
+  await redis.xadd(keys.eventStream, "*", "type", "task.queued", "task_id", "bad", "data", "{");
+  const result = await rebuildProjections({
+    redis,
+    redisUrl: env.config.REDIS_URL,
+    keys,
+    log: env.log,
+    viewTtlS: 60,
+    owner: "test",
+    bulkBatch: 1,
+  });
+  assert.equal(result.generation, 1);
+  for (const id of ids) assert.equal(await redis.exists(keys.views(1).taskView(id)), 1);
+  assert.equal(await redis.exists(keys.views(1).taskView("bad")), 0);
+});

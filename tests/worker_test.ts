@@ -4,6 +4,8 @@ import type { StepName } from "../src/events.ts";
 import { offlinePipeline } from "../src/pipeline/offline.ts";
 import type { Pipeline, Step } from "../src/pipeline/pipeline.ts";
 import { readTaskView, readVideoView } from "../src/queries.ts";
+import { GroupConsumer } from "../consumers/group_consumer.ts";
+import { connectRedis, waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { createPipeline } from "../src/runtime.ts";
 import {
@@ -309,5 +311,49 @@ Deno.test("graceful stop lets in-flight tasks finish, then leaves the rest pendi
     assert.equal(types.filter((t) => t === "task.completed").length, 1);
   } finally {
     await third.stop(1_000);
+  }
+});
+
+Deno.test("a consumer whose blocking connection is killed mid-read keeps consuming", async () => {
+  await using env = await testEnv("conn-kill");
+  const { redis } = env.services;
+  const stream = `{${env.prefix}}:kill-test`;
+  const blocking = connectRedis(env.config.REDIS_URL, { name: "kill-test" });
+  await waitReady(blocking);
+  const handled: string[] = [];
+  const consumer = new GroupConsumer({
+    redis,
+    blocking,
+    stream,
+    group: "g",
+    consumer: "c",
+    concurrency: 2,
+    claimIdleMs: 60_000,
+    log: env.log,
+    handle: async (entry) => {
+      handled.push(entry.id);
+      await redis.xack(stream, "g", entry.id);
+    },
+  });
+  await consumer.start();
+  try {
+    const first = await redis.xadd(stream, "*", "n", "1");
+    await waitFor(() => handled.includes(first!), { what: "the first entry" });
+    // Kill the connection while it blocks in XREADGROUP; ioredis reconnects.
+    const id = await blocking.client("ID");
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    await redis.client("KILL", "ID", String(id));
+    const second = await redis.xadd(stream, "*", "n", "2");
+    await waitFor(() => handled.includes(second!), {
+      what: "the entry added after the reconnect",
+      timeoutMs: 8_000,
+    });
+  } finally {
+    // A consumer stuck behind a lost read never stops: do not hang the suite on it.
+    const stuck = new Promise((resolve) => setTimeout(resolve, 3_000, "stuck"));
+    const stopped = await Promise.race([consumer.stop(1_000), stuck]);
+    blocking.disconnect();
+    await redis.del(stream);
+    assert.notEqual(stopped, "stuck", "the consumer stops");
   }
 });

@@ -16,10 +16,12 @@ export function connectRedis(url: string, options: RedisOptions = {}): Redis {
     commandTimeout: options.commandTimeoutMs,
     maxRetriesPerRequest: 1,
     enableAutoPipelining: true,
-    // A command in flight when the connection drops fails instead of being sent again after the
-    // reconnect: its caller has already moved on (a 503 answered, a read given up), and a late
-    // ingest or append would then happen behind its back.
-    autoResendUnfulfilledCommands: false,
+    // On a connection with a command timeout, a command in flight when the connection drops fails
+    // instead of being sent again after the reconnect: its caller has already moved on (a 503
+    // answered), and a late ingest or append would happen behind its back. Blocking connections
+    // (no timeout) keep resending: ioredis would otherwise leave their lost command unsettled, and
+    // every later command queued behind it.
+    autoResendUnfulfilledCommands: options.commandTimeoutMs === undefined,
     retryStrategy: (times) => Math.min(50 * 2 ** times, 2_000),
     lazyConnect: false,
   });

@@ -79,10 +79,12 @@ async function foldLog(
         log.error("Skipping a malformed event", { entry: id, error: String(error) });
       }
     }
-    const plans = await Promise.all(projections.map((p) => p.plan(events)));
-    const pipeline = redis.pipeline();
-    for (const [command, ...args] of plans.flat()) pipeline.call(String(command), ...args);
-    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    if (events.length) {
+      const plans = await Promise.all(projections.map((p) => p.plan(events)));
+      const pipeline = redis.pipeline();
+      for (const [command, ...args] of plans.flat()) pipeline.call(String(command), ...args);
+      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    }
     last = entries[entries.length - 1][0];
     read += entries.length;
     onProgress?.(read, total);
@@ -204,6 +206,9 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
   } finally {
     clearInterval(renew);
     await Promise.all(connections.map(closeRedis));
+    // The swap may have been applied with its reply lost: then this generation is the live one.
+    swapped ||= generation > 0 &&
+      await viewGeneration(redis, keys).then((g) => g === generation, () => true);
     if (!swapped && generation > 0) {
       // Failed or aborted before the swap: drop the half-built generation, whose groups would
       // otherwise hold retention back for good.
