@@ -3,6 +3,7 @@
  * each provider latency; tasks/s, time to drain, peak tasks in flight, projection lag.
  */
 import { createKeys, SINK_GROUP, WORKER_GROUP } from "../src/keys.ts";
+import { parseGroupInfo } from "../src/redis/streams.ts";
 import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
 import { type Child, freePort, round, sampleProcesses, until, waitHttp, waitLog } from "./procs.ts";
@@ -68,20 +69,6 @@ export function parseProjectionLag(logs: string[]): LagSummary & { windows: numb
     max: Math.max(0, ...windows.map((w) => w.max)),
     windows: windows.length,
   };
-}
-
-/** XINFO GROUPS replies (flat field lists) as name, lag, pending. */
-function parseGroups(reply: unknown): { name: string; lag: number | null; pending: number }[] {
-  if (!Array.isArray(reply)) return [];
-  return reply.map((flat: unknown[]) => {
-    const info: Record<string, unknown> = {};
-    for (let i = 0; i + 1 < flat.length; i += 2) info[String(flat[i])] = flat[i + 1];
-    return {
-      name: String(info.name),
-      lag: info.lag === null || info.lag === undefined ? null : Number(info.lag),
-      pending: Number(info.pending),
-    };
-  });
 }
 
 async function oneRun(
@@ -160,7 +147,7 @@ async function oneRun(
         done = Number(completed ?? 0) + Number(failed ?? 0);
         if (enqueued && pipelineDoneAt === null) {
           const idle = (groups: unknown, name: string) => {
-            const g = parseGroups(groups).find((x) => x.name === name);
+            const g = parseGroupInfo((groups ?? []) as unknown[][]).find((x) => x.name === name);
             return g !== undefined && g.lag === 0 && g.pending === 0;
           };
           if (idle(webhookGroups, WORKER_GROUP) && idle(eventGroups, SINK_GROUP)) {

@@ -10,6 +10,19 @@ export const MAIN = new URL("../main.ts", import.meta.url).pathname;
 /** Variables passed through to children; everything else comes from the bench explicitly. */
 const PASS_ENV = ["PATH", "HOME", "DENO_DIR", "XDG_CACHE_HOME", "TMPDIR", "LANG", "NO_COLOR"];
 
+/**
+ * The environment a child inherits: only what Deno and the shell need, so settings of the machine
+ * running the bench or the tests (REDIS_URL, FAL_KEY, CONSUMERS...) never reach it.
+ */
+export function inheritedEnv(): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const key of PASS_ENV) {
+    const value = Deno.env.get(key);
+    if (value !== undefined) env[key] = value;
+  }
+  return env;
+}
+
 export interface Child {
   name: string;
   pid: number;
@@ -26,14 +39,9 @@ export class Processes {
    * appended to `logPath` by the shell's redirection (exec keeps the pid: no process in between).
    */
   spawn(name: string, command: string[], env: Record<string, string>, logPath: string): Child {
-    const base: Record<string, string> = {};
-    for (const key of PASS_ENV) {
-      const value = Deno.env.get(key);
-      if (value !== undefined) base[key] = value;
-    }
     const process = new Deno.Command("sh", {
       args: ["-c", 'exec "$@" >>"$BENCH_LOG_PATH" 2>&1', "sh", ...command],
-      env: { ...base, ...env, BENCH_LOG_PATH: logPath },
+      env: { ...inheritedEnv(), ...env, BENCH_LOG_PATH: logPath },
       clearEnv: true,
       cwd: ROOT,
       stdin: "null",

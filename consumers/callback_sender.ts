@@ -7,7 +7,7 @@ import {
   requestEntryId,
   type StoredEvent,
 } from "../src/events.ts";
-import { CALLBACK_GROUP } from "../src/keys.ts";
+import { CALLBACK_GROUP, GROUP_START } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { RefusedUrlError, safeFetch } from "../src/security/outbound.ts";
 import { signWebhook } from "../src/security/signature.ts";
@@ -96,7 +96,7 @@ function retryAfterMs(header: string | null): number | undefined {
  * the task; it never changes the task's own status.
  */
 export class CallbackSender {
-  /** Its consumer-group loop: prepare, start and stop go through it. */
+  /** Its consumer-group loop: start and stop go through it. */
   readonly consumer: GroupConsumer;
   readonly #now: () => Date;
 
@@ -110,8 +110,7 @@ export class CallbackSender {
       consumer: options.consumer,
       concurrency: options.concurrency,
       claimIdleMs: options.claimIdleMs,
-      // Added to an event stream with history, it must not act on outcomes handled before it.
-      startAt: "$",
+      startAt: GROUP_START[CALLBACK_GROUP],
       log: options.log,
       ignores: (entry) => !announces(entry.fields),
       handle: (entry, signal) => this.#handle(entry, signal),

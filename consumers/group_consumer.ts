@@ -67,18 +67,14 @@ export class GroupConsumer {
     return this.#inflight.size;
   }
 
-  /** Creates the group if needed; separate from start() so every group exists before any runs. */
-  async prepare(): Promise<void> {
+  /** Creates the group if needed (at `startAt`), then runs the loop. */
+  async start(): Promise<void> {
     await ensureGroup(
       this.options.redis,
       this.options.stream,
       this.options.group,
       this.options.startAt ?? "0",
     );
-  }
-
-  async start(): Promise<void> {
-    await this.prepare();
     this.#loop = this.#run();
   }
 

@@ -1,18 +1,13 @@
 import type { Redis } from "ioredis";
-import { compareIds, decodeEvent, type StoredEvent } from "../src/events.ts";
+import { compareIds, decodeValid } from "../src/events.ts";
 import type { Keys } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import type { Samples } from "../src/metrics.ts";
 import type { Projection } from "../src/projections/projections.ts";
+import { dropProjectionGroup } from "../src/projections/rebuild.ts";
 import { projectScript, releaseLeaseScript, renewLeaseScript } from "../src/redis/scripts.ts";
 import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
 import { sleep } from "../src/sleep.ts";
-
-/** Destroys a projection's consumer group with its checkpoint and lease. */
-async function dropGroup(redis: Redis, keys: Keys, group: string) {
-  await redis.del(keys.checkpoint(group), keys.lease(group));
-  await redis.xgroup("DESTROY", keys.eventStream, group);
-}
 
 /** The one consumer name every process uses for a projection group: only the lease holder reads. */
 const CONSUMER = "projector";
@@ -82,7 +77,7 @@ export class Projector {
           log.info("Projection superseded by a rebuild", { projection: this.projection.group });
           // Its group may have been recreated after the rebuild dropped it (a process that
           // started during the swap): drop it again, so it holds no entries back from retention.
-          await dropGroup(redis, keys, this.projection.group).catch(() => {});
+          await dropProjectionGroup(redis, keys, this.projection.group).catch(() => {});
           break;
         }
         if (!(error instanceof LeaseLost)) {
@@ -140,15 +135,10 @@ export class Projector {
   async #apply(entries: StreamEntry[], checkpoint: string): Promise<string> {
     const { redis, keys, owner, log } = this.options;
     while (true) {
-      const events: StoredEvent[] = [];
-      for (const entry of entries) {
-        if (compareIds(entry.id, checkpoint) <= 0 || entry.fields.length === 0) continue;
-        try {
-          events.push(decodeEvent(entry.id, entry.fields));
-        } catch (error) {
-          log.error("Skipping a malformed event", { entry: entry.id, error: String(error) });
-        }
-      }
+      const events = decodeValid(
+        entries.filter((e) => compareIds(e.id, checkpoint) > 0 && e.fields.length > 0),
+        log,
+      );
       const last = entries[entries.length - 1].id;
       const next = compareIds(last, checkpoint) > 0 ? last : checkpoint;
       const ops = events.length ? await this.projection.plan(events) : [];

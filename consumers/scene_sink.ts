@@ -2,7 +2,7 @@ import type { Redis } from "ioredis";
 import { ClaimLostError, type EventStore } from "../src/event_store.ts";
 import { isRetryable } from "../src/errors.ts";
 import { compareIds, entryType, type EventOf, requestEntryId } from "../src/events.ts";
-import { SINK_GROUP } from "../src/keys.ts";
+import { GROUP_START, SINK_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import type { SceneRow } from "../src/providers/supabase_scenes.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
@@ -50,7 +50,7 @@ export function sceneRows(taskId: string, generated: EventOf<"scenes.generated">
  * fails the task and dead-letters it.
  */
 export class SceneSink {
-  /** Its consumer-group loop: prepare, start and stop go through it. */
+  /** Its consumer-group loop: start and stop go through it. */
   readonly consumer: GroupConsumer;
   readonly #now: () => Date;
 
@@ -64,8 +64,7 @@ export class SceneSink {
       consumer: options.consumer,
       concurrency: options.concurrency,
       claimIdleMs: options.claimIdleMs,
-      // Added to an event stream with history, it must not act on outcomes handled before it.
-      startAt: "$",
+      startAt: GROUP_START[SINK_GROUP],
       log: options.log,
       ignores: (entry) => entryType(entry.fields) !== "scenes.generated",
       handle: (entry, signal) => this.#handle(entry, signal),

@@ -8,7 +8,7 @@ import {
   type StoredEvent,
   type TaskEvent,
 } from "../src/events.ts";
-import { WORKER_GROUP } from "../src/keys.ts";
+import { GROUP_START, WORKER_GROUP } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { buildResult, type Pipeline, type StepContext } from "../src/pipeline/pipeline.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
@@ -59,7 +59,7 @@ export function workerDone(history: StoredEvent[]): boolean {
  * reusing the recorded outputs.
  */
 export class TaskWorker {
-  /** Its consumer-group loop: prepare, start and stop go through it. */
+  /** Its consumer-group loop: start and stop go through it. */
   readonly consumer: GroupConsumer;
   readonly #now: () => Date;
 
@@ -70,6 +70,7 @@ export class TaskWorker {
       blocking: options.blocking,
       stream: options.store.keys.webhookStream,
       group: WORKER_GROUP,
+      startAt: GROUP_START[WORKER_GROUP],
       consumer: options.consumer,
       concurrency: options.concurrency,
       claimIdleMs: options.claimIdleMs,

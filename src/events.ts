@@ -1,4 +1,5 @@
 import { z } from "zod";
+import type { Logger } from "./log.ts";
 
 export const STEP_NAMES = ["reframe", "scenes", "persist", "notify"] as const;
 export const StepName = z.enum(STEP_NAMES);
@@ -169,6 +170,22 @@ export function decodeEvent(id: string, fields: string[]): StoredEvent {
   const record = fieldsToRecord(fields);
   const event = TaskEventSchema.parse({ ...record, data: JSON.parse(record.data ?? "null") });
   return { ...event, id };
+}
+
+/** Decodes stream entries, logging and skipping the ones that do not decode. */
+export function decodeValid(
+  entries: { id: string; fields: string[] }[],
+  log: Pick<Logger, "error">,
+): StoredEvent[] {
+  const events: StoredEvent[] = [];
+  for (const { id, fields } of entries) {
+    try {
+      events.push(decodeEvent(id, fields));
+    } catch (error) {
+      log.error("Skipping a malformed event", { entry: id, error: String(error) });
+    }
+  }
+  return events;
 }
 
 /** Compares Redis stream ids ("ms-seq") numerically. */

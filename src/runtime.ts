@@ -7,7 +7,7 @@ import { TaskWorker } from "../consumers/task_worker.ts";
 import { type Config, providerMode } from "./config.ts";
 import { EventStore } from "./event_store.ts";
 import { createApp } from "./http/app.ts";
-import { CALLBACK_GROUP, createKeys, SINK_GROUP, WORKER_GROUP } from "./keys.ts";
+import { CALLBACK_GROUP, createKeys, GROUP_START, SINK_GROUP, WORKER_GROUP } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { offlinePipeline } from "./pipeline/offline.ts";
 import { livePipeline } from "./pipeline/live.ts";
@@ -230,11 +230,11 @@ export async function startConsumers(
   // Every group exists before any consumer runs, also the groups of consumers this process does
   // not run (CONSUMERS): a downstream group starting at "$" then sees every event a worker
   // appends, whichever process starts first.
-  await ensureGroup(services.redis, services.keys.webhookStream, WORKER_GROUP);
-  for (const group of [SINK_GROUP, CALLBACK_GROUP]) {
-    await ensureGroup(services.redis, services.keys.eventStream, group, "$");
+  const { redis, keys } = services;
+  await ensureGroup(redis, keys.webhookStream, WORKER_GROUP, GROUP_START[WORKER_GROUP]);
+  for (const group of [SINK_GROUP, CALLBACK_GROUP] as const) {
+    await ensureGroup(redis, keys.eventStream, group, GROUP_START[group]);
   }
-  for (const g of groups) await g.prepare();
   for (const g of groups) await g.start();
   await projections?.start();
   const stopRetention = startRetention({

@@ -109,19 +109,8 @@ export async function readStream(redis: Redis, key: string) {
   });
 }
 
-/**
- * The environment for a service subprocess: only what Deno needs from the parent, so settings of
- * the machine running the tests (REDIS_URL, FAL_KEY, CONSUMERS...) never reach the child.
- */
-export function childEnv(): Record<string, string> {
-  const keep = ["PATH", "HOME", "DENO_DIR", "TMPDIR", "XDG_CACHE_HOME"];
-  return Object.fromEntries(
-    keep.flatMap((name) => {
-      const value = Deno.env.get(name);
-      return value === undefined ? [] : [[name, value]];
-    }),
-  );
-}
+/** The environment for a service subprocess: the bench's (only what Deno needs). */
+export { inheritedEnv as childEnv } from "../bench/procs.ts";
 
 const handedOut = new Set<number>();
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { offlinePipeline } from "../src/pipeline/offline.ts";
+import { groupInfo } from "../src/redis/streams.ts";
 import { childEnv, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
@@ -91,15 +92,15 @@ Deno.test("a worker started with CONSUMERS=projections runs only the projections
       what: "the projector process to project the queued task",
     });
     const groups = async (stream: string) =>
-      (await redis.xinfo("GROUPS", stream) as unknown[][]).map((g) => String(g[1])).sort();
+      (await groupInfo(redis, stream)).map((g) => g.name).sort();
     // Every process creates every group (so none misses events), but runs only its own consumers.
     const all = "callbacks,scene-sink,stats,task-view,video-scenes";
     await waitFor(async () => (await groups(keys.eventStream)).join() === all, {
       what: `the event stream's groups to be ${all}`,
     });
     assert.deepEqual(await groups(keys.webhookStream), ["workers"]);
-    const [workers] = await redis.xinfo("GROUPS", keys.webhookStream) as unknown[][];
-    assert.equal(workers[workers.indexOf("consumers") + 1], 0, "no task worker");
+    const [workers] = await groupInfo(redis, keys.webhookStream);
+    assert.equal(workers.consumers, 0, "no task worker");
     const view = await (await env.services.app.request(`/task/${taskId}`)).json();
     assert.equal(view.status, "queued");
     passed = true;

@@ -64,6 +64,27 @@ export function parseDate(flag: string, value: string | undefined): Date | undef
   return date;
 }
 
+type CliMain = (
+  args: string[],
+  env: Record<string, string | undefined>,
+  write: (text: string) => void,
+  terminal: boolean,
+) => Promise<number>;
+
+/** A CLI module's entry point: its main on this process's arguments, environment and stdout. */
+export async function runMain(usage: string, main: CliMain): Promise<never> {
+  const stdout = new TextEncoder();
+  Deno.exit(
+    await runCli(usage, () =>
+      main(
+        Deno.args,
+        Deno.env.toObject(),
+        (text) => Deno.stdout.writeSync(stdout.encode(text)),
+        Deno.stdout.isTerminal(),
+      )),
+  );
+}
+
 /** Runs a CLI main: usage errors exit 2, other errors 1, with one clear line on stderr. */
 export async function runCli(usage: string, main: () => Promise<number>): Promise<number> {
   try {

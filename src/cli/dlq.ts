@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
-import { connect, output, runCli, UsageError } from "./_common.ts";
+import { connect, output, runMain, UsageError } from "./_common.ts";
 
 export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
 
@@ -109,14 +109,4 @@ export async function dlqMain(
   }
 }
 
-if (import.meta.main) {
-  Deno.exit(
-    await runCli(DLQ_USAGE, () =>
-      dlqMain(
-        Deno.args,
-        Deno.env.toObject(),
-        (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
-        Deno.stdout.isTerminal(),
-      )),
-  );
-}
+if (import.meta.main) await runMain(DLQ_USAGE, dlqMain);

@@ -3,7 +3,7 @@ import { rebuildProjections } from "../replay/rebuild.ts";
 import { reprocessTasks, type StatusFilter } from "../replay/reprocess.ts";
 import { consumerName } from "../runtime.ts";
 import { createLogger } from "../log.ts";
-import { connect, output, parseDate, runCli, UsageError } from "./_common.ts";
+import { connect, output, parseDate, runMain, UsageError } from "./_common.ts";
 
 export const REPLAY_USAGE = `Usage: deno task replay [options]
 
@@ -150,14 +150,4 @@ export async function replayMain(
   }
 }
 
-if (import.meta.main) {
-  Deno.exit(
-    await runCli(REPLAY_USAGE, () =>
-      replayMain(
-        Deno.args,
-        Deno.env.toObject(),
-        (t) => Deno.stdout.writeSync(new TextEncoder().encode(t)),
-        Deno.stdout.isTerminal(),
-      )),
-  );
-}
+if (import.meta.main) await runMain(REPLAY_USAGE, replayMain);

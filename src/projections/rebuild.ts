@@ -10,12 +10,17 @@ import type { Projection } from "./projections.ts";
 export async function resetProjections(redis: Redis, keys: Keys, projections: Projection[]) {
   for (const projection of projections) {
     for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
-    await redis.del(keys.checkpoint(projection.group), keys.lease(projection.group));
-    try {
-      await redis.xgroup("DESTROY", keys.eventStream, projection.group);
-    } catch {
-      // No stream yet: nothing to destroy.
-    }
+    await dropProjectionGroup(redis, keys, projection.group);
+  }
+}
+
+/** Destroys a projection's consumer group with its checkpoint and lease (views stay). */
+export async function dropProjectionGroup(redis: Redis, keys: Keys, group: string) {
+  await redis.del(keys.checkpoint(group), keys.lease(group));
+  try {
+    await redis.xgroup("DESTROY", keys.eventStream, group);
+  } catch {
+    // No stream yet: nothing to destroy.
   }
 }
 

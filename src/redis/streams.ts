@@ -65,6 +65,11 @@ export async function groupInfo(redis: Redis, stream: string): Promise<GroupInfo
     if (String((error as Error).message).includes("no such key")) return [];
     throw error;
   }
+  return parseGroupInfo(reply);
+}
+
+/** An XINFO GROUPS reply (flat field lists) as objects. */
+export function parseGroupInfo(reply: unknown[][]): GroupInfo[] {
   return reply.map((flat) => {
     const info: Record<string, unknown> = {};
     for (let i = 0; i + 1 < flat.length; i += 2) info[String(flat[i])] = flat[i + 1];

@@ -2,7 +2,7 @@ import type { Redis } from "ioredis";
 import { ProjectionRunner } from "../../consumers/projection_runner.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import { decodeEvent, type StoredEvent } from "../events.ts";
+import { decodeValid } from "../events.ts";
 import { createProjections, type Projection } from "../projections/projections.ts";
 import { deleteMatching, resetProjections } from "../projections/rebuild.ts";
 import { viewGeneration } from "../queries.ts";
@@ -71,14 +71,7 @@ async function foldLog(
     signal?.throwIfAborted();
     const entries = await redis.xrange(keys.eventStream, start, newest[0], "COUNT", bulkBatch);
     if (entries.length === 0) break;
-    const events: StoredEvent[] = [];
-    for (const [id, fields] of entries) {
-      try {
-        events.push(decodeEvent(id, fields));
-      } catch (error) {
-        log.error("Skipping a malformed event", { entry: id, error: String(error) });
-      }
-    }
+    const events = decodeValid(entries.map(([id, fields]) => ({ id, fields })), log);
     if (events.length) {
       const plans = await Promise.all(projections.map((p) => p.plan(events)));
       const pipeline = redis.pipeline();
