@@ -1,8 +1,9 @@
 import { ConfigError, loadConfig } from "./src/config.ts";
-import { authMode } from "./src/http/webhook_route.ts";
+import { authMode } from "./src/http/auth.ts";
 import { createLogger } from "./src/log.ts";
 import { aofEnabled, waitReady } from "./src/redis/client.ts";
-import { createServices, startConsumers } from "./src/runtime.ts";
+import { createServices } from "./src/runtime.ts";
+import { startConsumers } from "./consumers/kinds.ts";
 
 const USAGE = `Usage: deno run main.ts <serve|worker|dev>
   serve   the HTTP API
@@ -66,13 +67,7 @@ async function main(command: string | undefined): Promise<number> {
   let consumers = null;
   if (command !== "serve") {
     try {
-      const runs = (name: (typeof config.CONSUMERS)[number]) => config.CONSUMERS.includes(name);
-      consumers = await startConsumers(config, services, log, {
-        worker: runs("tasks"),
-        sink: runs("scenes"),
-        callbacks: runs("callbacks"),
-        projections: runs("projections"),
-      });
+      consumers = await startConsumers(config, services, log);
     } catch (error) {
       log.error("Consumers could not start", { error: String(error) });
       await services.close();

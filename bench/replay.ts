@@ -7,12 +7,12 @@
 import { loadConfig } from "../src/config.ts";
 import { createKeys } from "../src/keys.ts";
 import { createLogger } from "../src/log.ts";
-import { createProjections } from "../src/projections/projections.ts";
-import { resetProjections } from "../src/projections/rebuild.ts";
-import { rebuildProjections } from "../src/replay/rebuild.ts";
+import { createProjections } from "../src/projections/registry.ts";
+import { rebuildProjections, resetProjections } from "../src/projections/rebuild.ts";
 import { waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
-import { createServices, startConsumers } from "../src/runtime.ts";
+import { createServices } from "../src/runtime.ts";
+import { startConsumers } from "../consumers/kinds.ts";
 import { type BenchContext, newPrefix } from "./context.ts";
 import { round, sampleProcesses, until } from "./procs.ts";
 import { copyStream, deletePrefix, REDIS_URL } from "./redis_tools.ts";
@@ -48,11 +48,7 @@ export async function replayPhase(ctx: BenchContext, sourcePrefix: string, event
     /** Starts only the projectors and times them until every projection group is caught up. */
     const fold = async () => {
       const t0 = performance.now();
-      const consumers = await startConsumers(config, services, log, {
-        worker: false,
-        sink: false,
-        callbacks: false,
-      });
+      const consumers = await startConsumers(config, services, log, { run: ["projections"] });
       try {
         await until(caughtUp, "the projections to catch up", {
           timeoutMs: 300_000,

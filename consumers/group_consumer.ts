@@ -189,7 +189,10 @@ export class GroupConsumer {
     const { redis, stream, group, consumer, claimIdleMs } = this.options;
     return setInterval(async () => {
       try {
-        const ok = await heartbeatScript.run(redis, [stream], [group, consumer, entryId]);
+        const ok = await heartbeatScript.run(redis, {
+          keys: { stream },
+          args: { group, consumer, entry_id: entryId },
+        });
         if (ok === 0) abort.abort(new ClaimLostError(`Entry "${entryId}" was reclaimed`));
       } catch {
         // Redis unreachable: keep going; the fenced writes decide whether the work counts.

@@ -12,6 +12,13 @@ function checkSecret(secret: string, ctx: z.RefinementCtx) {
   if (problem) ctx.addIssue({ code: "custom", message: problem });
 }
 
+/**
+ * The consumer kinds a worker process can run (CONSUMERS): the task worker, the scene sink, the
+ * callback sender and the projections. Each has its row in consumers/kinds.ts, typed by this list.
+ */
+export const CONSUMER_NAMES = ["tasks", "scenes", "callbacks", "projections"] as const;
+export type ConsumerName = (typeof CONSUMER_NAMES)[number];
+
 /** Every setting the service reads, validated once at start. Only this module reads the environment. */
 export const ConfigSchema = z.object({
   PORT: int(0, 8000),
@@ -26,9 +33,9 @@ export const ConfigSchema = z.object({
   WORKER_CONCURRENCY: int(1, 50),
   // Which consumers a `worker` (or `dev`) process runs; split them over processes to keep the
   // projections' lag independent of a task backlog.
-  CONSUMERS: z.string().default("tasks,scenes,callbacks,projections").transform((v) =>
+  CONSUMERS: z.string().default(CONSUMER_NAMES.join(",")).transform((v) =>
     v.split(",").map((s) => s.trim()).filter(Boolean)
-  ).pipe(z.array(z.enum(["tasks", "scenes", "callbacks", "projections"])).min(1)),
+  ).pipe(z.array(z.enum(CONSUMER_NAMES)).min(1)),
   CLAIM_IDLE_MS: int(50, 60_000),
   MAX_ATTEMPTS: int(1, 5),
   RETRY_BASE_MS: int(0, 1_000),

@@ -1,5 +1,5 @@
 import type { Redis } from "ioredis";
-import { decodeEvent, encodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
+import { decodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
 import type { Keys } from "./keys.ts";
 import { ingestScript, settleScript } from "./redis/scripts.ts";
 import { bucketParams } from "./security/rate_limit.ts";
@@ -51,28 +51,30 @@ export class EventStore {
     const taskId = crypto.randomUUID();
     const key = request.idempotency_key;
     const bucket = limits ? bucketParams(limits.perMinute) : null;
-    const reply = await ingestScript.run(this.redis, [
-      this.keys.idempotency(request.user_id, key ?? ""),
-      this.keys.webhookStream,
-      this.keys.eventStream,
-      this.keys.taskTimeline(taskId),
-      ...(limits?.buckets ?? []),
-    ], [
-      taskId,
-      this.options.idempotencyTtlS,
-      JSON.stringify(request),
-      at,
-      key ? "1" : "0",
-      request.video_id,
-      request.user_id,
-      request.is_revision ? "1" : "0",
-      key ?? "",
-      this.options.timelineTtlS,
-      bucket?.capacity ?? 0,
-      bucket?.rate ?? 0,
-      Math.floor(limits?.nowMs ?? 0),
-      bucket?.ttlMs ?? 0,
-    ]) as [string, number, number?];
+    const reply = await ingestScript.run(this.redis, {
+      keys: {
+        idempotency: this.keys.idempotency(request.user_id, key ?? ""),
+        webhooks: this.keys.webhookStream,
+        events: this.keys.eventStream,
+        timeline: this.keys.taskTimeline(taskId),
+      },
+      args: {
+        task_id: taskId,
+        idempotency_ttl_s: this.options.idempotencyTtlS,
+        payload: JSON.stringify(request),
+        at,
+        has_idempotency_key: key ? "1" : "0",
+        video_id: request.video_id,
+        user_id: request.user_id,
+        is_revision: request.is_revision ? "1" : "0",
+        idempotency_key: key ?? "",
+        timeline_ttl_s: this.options.timelineTtlS,
+        bucket_capacity: bucket?.capacity ?? 0,
+        bucket_rate: bucket?.rate ?? 0,
+        now_ms: Math.floor(limits?.nowMs ?? 0),
+        bucket_ttl_ms: bucket?.ttlMs ?? 0,
+      },
+    }, { keys: limits?.buckets }) as [string, number, number?];
     if (reply[1] === -1) {
       return { limited: true, retryAfterS: Math.max(1, Math.ceil((reply[2] ?? 0) / 1_000)) };
     }
@@ -81,28 +83,28 @@ export class EventStore {
 
   /** Appends a worker's events, and acks or dead-letters its entry, in one fenced script. */
   async settle(input: SettleInput): Promise<string> {
-    const events = (input.events ?? []).flatMap((e) => {
-      const [, type, , , , at, , data] = encodeEvent({ ...e, task_id: input.taskId } as TaskEvent);
-      return [type, at, data];
-    });
-    const reply = await settleScript.run(this.redis, [
-      this.keys.eventStream,
-      this.keys.taskTimeline(input.taskId),
-      input.stream ?? this.keys.webhookStream,
-      this.keys.deadLetterStream,
-    ], [
-      input.group,
-      input.consumer,
-      input.entryId,
-      this.options.timelineTtlS,
-      input.mode,
-      input.taskId,
-      input.at,
-      input.deadLetter?.error ?? "",
-      input.deadLetter?.attempts ?? 0,
-      input.deadLetter?.payload ?? "",
-      ...events,
-    ]);
+    // The fields settle.lua appends for each event, as encodeEvent writes them.
+    const events = (input.events ?? []).flatMap((e) => [e.type, e.at, JSON.stringify(e.data)]);
+    const reply = await settleScript.run(this.redis, {
+      keys: {
+        events: this.keys.eventStream,
+        timeline: this.keys.taskTimeline(input.taskId),
+        held_stream: input.stream ?? this.keys.webhookStream,
+        dead_letters: this.keys.deadLetterStream,
+      },
+      args: {
+        group: input.group,
+        consumer: input.consumer,
+        entry_id: input.entryId,
+        timeline_ttl_s: this.options.timelineTtlS,
+        mode: input.mode,
+        task_id: input.taskId,
+        at: input.at,
+        error: input.deadLetter?.error ?? "",
+        attempts: input.deadLetter?.attempts ?? 0,
+        payload: input.deadLetter?.payload ?? "",
+      },
+    }, { args: events });
     if (reply === -1) throw new ClaimLostError(`Entry "${input.entryId}" is no longer ours`);
     return String(reply);
   }

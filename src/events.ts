@@ -1,40 +1,13 @@
 import { z } from "zod";
 import type { Logger } from "./log.ts";
+import { type Scene, SceneChangeSchema, SceneSchema, type TaskResult, TaskResultSchema } from "./pipeline/scene.ts";
+import { STEP_NAMES } from "./pipeline/steps.ts";
 
-export const STEP_NAMES = ["reframe", "scenes", "persist", "notify"] as const;
+/** A step name as events carry it; the names come from the step list (src/pipeline/steps.ts). */
 export const StepName = z.enum(STEP_NAMES);
 export type StepName = z.infer<typeof StepName>;
-
-export const SceneSchema = z.object({
-  scene_number: z.number().int().min(1),
-  visual_description: z.string(),
-  voiceover: z.string(),
-  shot_type: z.string(),
-  sound_effects: z.string(),
-  music_direction: z.string(),
-  duration_seconds: z.number().positive(),
-});
-export type Scene = z.infer<typeof SceneSchema>;
-
-export const SceneChangeSchema = z.object({
-  scene_number: z.number().int().min(1),
-  changed: z.boolean(),
-  summary: z.string(),
-});
-
-export const TaskResultSchema = z.object({
-  scenes: z.array(SceneSchema),
-  image_url: z.string(),
-  reframed: z.boolean(),
-  provider: z.object({ reframe: z.string(), scenes: z.string() }),
-  /** Whether the request asked for a revision. */
-  revision: z.boolean(),
-  /** The video's revision these scenes are stored as: 1 for the first, then one more each time. */
-  video_revision: z.number().int().min(1),
-  /** For revisions: per scene, whether and how it changed. */
-  changes: z.array(SceneChangeSchema).optional(),
-});
-export type TaskResult = z.infer<typeof TaskResultSchema>;
+// Moved to src/pipeline/scene.ts; re-exported while importers move over.
+export { type Scene, SceneChangeSchema, SceneSchema, type TaskResult, TaskResultSchema };
 
 const base = <T extends string, D extends z.ZodType>(type: T, data: D) =>
   z.object({ type: z.literal(type), task_id: z.string().min(1), at: z.string(), data });
@@ -136,6 +109,17 @@ export type TaskEventType = TaskEvent["type"];
 export type EventOf<T extends TaskEventType> = Extract<TaskEvent, { type: T }>;
 /** An event as read back from the stream, with its entry id. */
 export type StoredEvent = TaskEvent & { id: string };
+/** An event before it is appended: the store adds the task id. */
+export type NewEvent = Omit<TaskEvent, "task_id">;
+
+/** The one event factory: a typed event of `type` at `at` (ISO time), without its task id. */
+export function event<T extends TaskEventType>(
+  type: T,
+  at: string,
+  data: EventOf<T>["data"],
+): NewEvent {
+  return { type, at, data } as NewEvent;
+}
 
 /** Stream entries are flat field lists: type, task_id, at, data (JSON). */
 export function encodeEvent(event: TaskEvent): string[] {

@@ -25,44 +25,63 @@ export function createKeys(prefix: string) {
     viewGeneration: `${p}:view-generation`,
     /** The last revision number handed out for a video, so two tasks never get the same one. */
     videoRevision: (videoId: string) => `${p}:video-revision:${videoId}`,
-    views: (generation: number) => viewKeys(p, generation),
+    /** A generation of views; `{vp}:view-generation` says which one readers use. */
+    views: (generation: number) => viewSpace(p, generation),
     /** Taken by the process that trims the streams this round. */
     retentionLease: `${p}:retention-lease`,
     /** Held while a projection rebuild runs, so two cannot race. */
     rebuildLock: `${p}:view-rebuild-lock`,
-    /** Generation 0's view keys. */
-    ...viewKeys(p, 0),
+    /** @deprecated Generation 0's view keys; see legacyViewKeys. */
+    ...legacyViewKeys(viewPrefix(p, 0)),
     /** A verified Standard Webhooks id, kept for replay detection. */
     webhookId: (id: string) => `${p}:webhook-id:${id}`,
     /** A token bucket: scope "address" or "user". */
     rateLimit: (scope: "address" | "user", id: string) => `${p}:rate:${scope}:${id}`,
+    /** A projection group's last applied event id (the group name carries the generation). */
     checkpoint: (projection: string) => `${p}:checkpoint:${projection}`,
+    /** Held by the one process applying a projection group's events. */
     lease: (projection: string) => `${p}:lease:${projection}`,
   };
 }
 
-/** The keys of one generation of views: `{vp}:view:…` for 0, `{vp}:view@N:…` after rebuilds. */
-function viewKeys(p: string, generation: number) {
-  const v = generation === 0 ? `${p}:view` : `${p}:view@${generation}`;
+/**
+ * One generation of views: `{vp}:view` for 0, `{vp}:view@N` after rebuilds. Each projection
+ * builds its own keys on `prefix` (src/projections/<name>/view.ts).
+ */
+function viewSpace(p: string, generation: number) {
+  const prefix = viewPrefix(p, generation);
   return {
+    prefix,
     /** Every view key of this generation. */
-    viewPattern: `${v}:*`,
+    viewPattern: `${prefix}:*`,
+    ...legacyViewKeys(prefix),
+  };
+}
+
+export type ViewSpace = ReturnType<typeof viewSpace>;
+
+const viewPrefix = (p: string, generation: number) =>
+  generation === 0 ? `${p}:view` : `${p}:view@${generation}`;
+
+/**
+ * @deprecated The projections build their keys (`taskViewKey`, `videoViewKey`, `statsKeys` on
+ * `views(n).prefix`). Kept only while tests/crash_test.ts, tests/replay_test.ts, bench/e2e.ts and
+ * bench/profile.ts still call `keys.taskView` / `keys.stats`; tests/projections_evolve_test.ts
+ * checks these agree with the projections' own keys.
+ */
+function legacyViewKeys(v: string) {
+  return {
     taskView: (taskId: string) => `${v}:task:${taskId}`,
     videoView: (videoId: string) => `${v}:video:${videoId}`,
     stats: `${v}:stats`,
-    /** task id -> status as seen by the stats projection, to move counters between states. */
     statsStatus: `${v}:stats:status`,
-    /** task id -> processing time in ms, for percentiles. */
     statsDurations: `${v}:stats:durations`,
-    /** completion time (score, ms) of each finished task, for throughput. */
     statsFinished: `${v}:stats:finished`,
   };
 }
 
-export type ViewKeys = ReturnType<typeof viewKeys>;
-
 /** A projection's consumer group (also its checkpoint and lease name) in a view generation. */
-export function projectionGroup(name: ProjectionName, generation: number): string {
+export function projectionGroup(name: string, generation: number): string {
   return generation === 0 ? name : `${name}@${generation}`;
 }
 
@@ -79,5 +98,3 @@ export const GROUP_START = {
   [SINK_GROUP]: "$",
   [CALLBACK_GROUP]: "$",
 } as const;
-export const PROJECTION_GROUPS = ["task-view", "video-scenes", "stats"] as const;
-export type ProjectionName = (typeof PROJECTION_GROUPS)[number];

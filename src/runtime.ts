@@ -1,25 +1,16 @@
 import { hostname } from "node:os";
-import { CallbackSender } from "../consumers/callback_sender.ts";
-import type { GroupConsumer } from "../consumers/group_consumer.ts";
-import { ProjectionRunner } from "../consumers/projection_runner.ts";
-import { SceneSink, type SceneStore } from "../consumers/scene_sink.ts";
-import { TaskWorker } from "../consumers/task_worker.ts";
 import { type Config, providerMode } from "./config.ts";
 import { EventStore } from "./event_store.ts";
 import { createApp } from "./http/app.ts";
-import { CALLBACK_GROUP, createKeys, GROUP_START, SINK_GROUP, WORKER_GROUP } from "./keys.ts";
+import { createKeys } from "./keys.ts";
 import type { Logger } from "./log.ts";
-import { offlinePipeline } from "./pipeline/offline.ts";
-import { livePipeline } from "./pipeline/live.ts";
-import type { Pipeline, VideoHistory } from "./pipeline/pipeline.ts";
-import { createSupabaseScenes } from "./providers/supabase_scenes.ts";
-import { readVideoView } from "./queries.ts";
-import { Samples } from "./metrics.ts";
-import { rebuildProjections } from "./replay/rebuild.ts";
-import { startRetention } from "./replay/retention.ts";
+import type { Ports, VideoHistory } from "./pipeline/step.ts";
+import { bindPipeline, type Pipeline } from "./pipeline/steps.ts";
+import { createSupabaseScenes, scenesOf } from "./providers/supabase_scenes.ts";
+import { readVideoView } from "./projections/video_scenes/projection.ts";
+import { rebuildProjections } from "./projections/rebuild.ts";
 import { closeRedis, connectRedis } from "./redis/client.ts";
 import { claimRevisionScript } from "./redis/scripts.ts";
-import { ensureGroup } from "./redis/streams.ts";
 
 /** A consumer name unique to this process. */
 export function consumerName(): string {
@@ -103,191 +94,28 @@ export function videoHistory(services: Services, revisionTtlS: number): VideoHis
     async latest(videoId) {
       if (supabase) {
         const found = await supabase.latest(videoId);
-        if (!found) return null;
-        return {
-          revision: found.revision,
-          scenes: found.rows.map((row) => ({
-            scene_number: row.scene_number,
-            visual_description: row.visual_description,
-            voiceover: row.voiceover,
-            shot_type: row.shot_type,
-            sound_effects: row.sound_effects,
-            music_direction: row.music_direction,
-            duration_seconds: row.duration_seconds,
-          })),
-        };
+        return found ? { revision: found.revision, scenes: scenesOf(found.rows) } : null;
       }
       const view = await readVideoView(redis, keys, videoId);
       return view ? { revision: view.revision, scenes: view.scenes } : null;
     },
     async claimRevision(videoId, latest) {
       return Number(
-        await claimRevisionScript.run(redis, [keys.videoRevision(videoId)], [latest, revisionTtlS]),
-      );
-    },
-  };
-}
-
-/** The generation steps for the configured mode. */
-export function createPipeline(config: Config, services: Services): Pipeline {
-  const history = videoHistory(services, config.VIEW_RETENTION_S);
-  if (services.mode === "live") return livePipeline(config, history);
-  return offlinePipeline({
-    latencyMs: config.OFFLINE_LATENCY_MS,
-    sceneCount: config.SCENE_COUNT,
-    history,
-  });
-}
-
-/** Where the scene sink stores scenes: Supabase when configured, else only the Redis view. */
-export function sceneStore(services: Services): SceneStore {
-  const { supabase } = services;
-  if (supabase) return { name: "supabase", upsert: (rows) => supabase.upsert(rows) };
-  return { name: "redis-view", upsert: () => Promise.resolve() };
-}
-
-export interface ConsumerOptions {
-  pipeline?: Pipeline;
-  sceneStore?: SceneStore;
-  /** Host resolution for callback URLs (tests map names to loopback). */
-  resolve?: (host: string) => Promise<string[]>;
-  worker?: boolean;
-  sink?: boolean;
-  callbacks?: boolean;
-  projections?: boolean;
-}
-
-/**
- * Everything a worker process runs: the task worker, the scene sink, the callback sender and the
- * three projectors, each on its own blocking connection.
- */
-export async function startConsumers(
-  config: Config,
-  services: Services,
-  log: Logger,
-  options: ConsumerOptions = {},
-) {
-  const consumer = consumerName();
-  const blockingConnections: ReturnType<typeof connectRedis>[] = [];
-  const blocking = (name: string) => {
-    const connection = connectRedis(config.REDIS_URL, { name });
-    blockingConnections.push(connection);
-    return connection;
-  };
-  const common = {
-    store: services.store,
-    log: log.child({ consumer }),
-    consumer,
-    concurrency: config.WORKER_CONCURRENCY,
-    claimIdleMs: config.CLAIM_IDLE_MS,
-    retryBaseMs: config.RETRY_BASE_MS,
-    retryMaxMs: config.RETRY_MAX_MS,
-  };
-  const groups: GroupConsumer[] = [];
-  if (options.worker !== false) {
-    groups.push(
-      new TaskWorker({
-        ...common,
-        blocking: blocking("worker"),
-        pipeline: options.pipeline ?? createPipeline(config, services),
-        maxAttempts: config.MAX_ATTEMPTS,
-      }).consumer,
-    );
-  }
-  if (options.sink !== false) {
-    groups.push(
-      new SceneSink({
-        ...common,
-        blocking: blocking("scene-sink"),
-        sink: options.sceneStore ?? sceneStore(services),
-        maxAttempts: config.MAX_ATTEMPTS,
-      }).consumer,
-    );
-  }
-  if (options.callbacks !== false) {
-    groups.push(
-      new CallbackSender({
-        ...common,
-        blocking: blocking("callbacks"),
-        secret: config.CALLBACK_SECRET,
-        maxAttempts: config.CALLBACK_MAX_ATTEMPTS,
-        timeoutMs: config.CALLBACK_TIMEOUT_MS,
-        allowPrivate: config.ALLOW_PRIVATE_CALLBACKS,
-        resolve: options.resolve,
-      }).consumer,
-    );
-  }
-  const projectionLag = new Samples();
-  const projections = options.projections === false ? null : new ProjectionRunner({
-    redis: services.redis,
-    blocking,
-    keys: services.keys,
-    log,
-    owner: consumer,
-    viewTtlS: config.VIEW_RETENTION_S,
-    lag: projectionLag,
-  });
-  // Every group exists before any consumer runs, also the groups of consumers this process does
-  // not run (CONSUMERS): a downstream group starting at "$" then sees every event a worker
-  // appends, whichever process starts first.
-  const { redis, keys } = services;
-  await ensureGroup(redis, keys.webhookStream, WORKER_GROUP, GROUP_START[WORKER_GROUP]);
-  for (const group of [SINK_GROUP, CALLBACK_GROUP] as const) {
-    await ensureGroup(redis, keys.eventStream, group, GROUP_START[group]);
-  }
-  for (const g of groups) await g.start();
-  await projections?.start();
-  const stopRetention = startRetention({
-    redis: services.redis,
-    keys: services.keys,
-    retentionMs: config.STREAM_RETENTION_S * 1000,
-    intervalMs: 60_000,
-    owner: consumer,
-    onError: (error) => log.warn("Stream trimming failed", { error: String(error) }),
-  });
-  return {
-    consumer,
-    projections,
-    /** Append-to-view delay of the events this process projected. */
-    projectionLag,
-    /** Graceful stop: in-flight work gets `timeoutMs`, then stays pending for another process. */
-    async stop(timeoutMs: number) {
-      stopRetention();
-      // In pipeline order, so what the worker finishes while stopping is still stored and
-      // announced by this process when time allows; the rest stays pending for another one.
-      const deadline = Date.now() + timeoutMs;
-      const outcomes = [];
-      for (const g of groups) outcomes.push(await g.stop(Math.max(0, deadline - Date.now())));
-      await projections?.stop();
-      await removeIdleConsumer(services, consumer);
-      await Promise.all(blockingConnections.map(closeRedis));
-      return outcomes.reduce(
-        (sum, o) => ({
-          finished: sum.finished + o.finished,
-          abandoned: sum.abandoned + o.abandoned,
+        await claimRevisionScript.run(redis, {
+          keys: { revision: keys.videoRevision(videoId) },
+          args: { latest, ttl_s: revisionTtlS },
         }),
-        { finished: 0, abandoned: 0 },
       );
     },
   };
 }
 
-/** Removes this process's consumer from its groups where it holds no pending entries. */
-async function removeIdleConsumer(services: Services, consumer: string) {
-  const { redis, keys } = services;
-  const groups: [string, string][] = [
-    [keys.webhookStream, WORKER_GROUP],
-    [keys.eventStream, SINK_GROUP],
-    [keys.eventStream, CALLBACK_GROUP],
-  ];
-  for (const [stream, group] of groups) {
-    try {
-      const pending = await redis.xpending(stream, group, "-", "+", 1, consumer);
-      if ((pending as unknown[]).length === 0) {
-        await redis.xgroup("DELCONSUMER", stream, group, consumer);
-      }
-    } catch {
-      // Best effort: a leftover consumer name only shows in /stats.
-    }
-  }
+/** What steps use besides their providers. */
+export function createPorts(config: Config, services: Services): Ports {
+  return { videos: videoHistory(services, config.VIEW_RETENTION_S) };
+}
+
+/** The worker's steps, with the providers of the configured mode. */
+export function createPipeline(config: Config, services: Services): Pipeline {
+  return bindPipeline(config, services.mode, createPorts(config, services));
 }

@@ -4,12 +4,8 @@ import { createLogger, type Logger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
 import { waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
-import {
-  type ConsumerOptions,
-  createServices,
-  type Services,
-  startConsumers,
-} from "../src/runtime.ts";
+import { createServices, type Services } from "../src/runtime.ts";
+import { type ConsumerOptions, startConsumers } from "../consumers/kinds.ts";
 
 /**
  * The shared webhook fixtures, vendored from ../shared/fixtures/webhooks/ so a clean clone is

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { offlinePipeline } from "../src/pipeline/offline.ts";
+import { bindPipeline } from "../src/pipeline/steps.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { childEnv, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
@@ -57,10 +57,8 @@ Deno.test("a long task keeps its claim fresh, so a second worker never runs it t
   // Each step outlasts CLAIM_IDLE_MS, so without the heartbeat the second worker would reclaim the
   // task; the margins (heartbeat every 333 ms, idle after 1 s) survive a busy CI machine.
   await using env = await testEnv("heartbeat", { CLAIM_IDLE_MS: "1000" });
-  const slow = offlinePipeline({
-    latencyMs: 1_200,
-    sceneCount: 5,
-    history: {
+  const slow = bindPipeline({ ...env.config, OFFLINE_LATENCY_MS: 1_200 }, "offline", {
+    videos: {
       latest: () => Promise.resolve(null),
       claimRevision: (_, n) => Promise.resolve(n + 1),
     },

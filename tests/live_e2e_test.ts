@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { TaskView } from "../src/projections/task_view.ts";
+import type { TaskView } from "../src/projections/task_view/view.ts";
 import { readStream, runConsumers, testEnv, testResolve, waitFor } from "./_helpers.ts";
 import { fixture } from "./_helpers.ts";
 import { type CallbackReceiver, startCallbackReceiver } from "./fakes/callback_receiver.ts";

@@ -1,14 +1,15 @@
 import assert from "node:assert/strict";
 import type { Redis } from "ioredis";
-import { ProjectionRunner } from "../consumers/projection_runner.ts";
-import { Projector } from "../consumers/projector.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent } from "../src/events.ts";
-import { PROJECTION_GROUPS } from "../src/keys.ts";
-import { createProjections } from "../src/projections/projections.ts";
+import { fold } from "../src/projections/definition.ts";
+import { Projector } from "../src/projections/projector.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
-import { evolveStats } from "../src/projections/stats.ts";
-import type { TaskStatus } from "../src/projections/task_view.ts";
+import { createProjections, PROJECTION_NAMES } from "../src/projections/registry.ts";
+import { ProjectionRunner } from "../src/projections/runner.ts";
+import { stats as statsProjection } from "../src/projections/stats/projection.ts";
+import { statsKeys } from "../src/projections/stats/view.ts";
+import { taskViewKey } from "../src/projections/task_view/view.ts";
 import { closeRedis, connectRedis } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { createPipeline } from "../src/runtime.ts";
@@ -90,16 +91,10 @@ Deno.test("stats equal a recount of the log; rebuilt views equal the live ones",
   assert.equal(stats.dead_lettered_tasks, 2);
   assert.equal(stats.queued_tasks + stats.processing_tasks, 0);
 
-  // Recount: fold every event of the log from scratch.
-  const counters: Record<string, number> = {};
-  const status = new Map<string, TaskStatus>();
-  for (const [id, fields] of await redis.xrange(keys.eventStream, "-", "+")) {
-    const event = decodeEvent(id, fields);
-    const change = evolveStats(status.get(event.task_id), event);
-    if (change.status) status.set(event.task_id, change.status);
-    for (const [k, n] of Object.entries(change.counters)) counters[k] = (counters[k] ?? 0) + n;
-  }
-  const live = await redis.hgetall(keys.stats);
+  // Recount: fold every event of the log from scratch with the pure evolve function.
+  const log = await redis.xrange(keys.eventStream, "-", "+");
+  const { counters } = fold(statsProjection, log.map(([id, fields]) => decodeEvent(id, fields)));
+  const live = await redis.hgetall(statsKeys(keys.views(0).prefix).counters);
   for (const [field, n] of Object.entries(counters)) {
     assert.equal(Number(live[field] ?? 0), n, field);
   }
@@ -114,7 +109,7 @@ Deno.test("stats equal a recount of the log; rebuilt views equal the live ones",
   await resetProjections(redis, keys, projections);
   assert.deepEqual(await snapshot(redis, env.prefix), {});
 
-  const rebuild = await runConsumers(env, { worker: false });
+  const rebuild = await runConsumers(env, { run: ["scenes", "callbacks", "projections"] });
   try {
     await waitFor(() => caughtUp(redis, [keys.eventStream]), { what: "rebuild caught up" });
     assert.deepEqual(await snapshot(redis, env.prefix), before);
@@ -137,7 +132,7 @@ Deno.test("redelivered events are not applied twice", async () => {
   const before = await snapshot(redis, env.prefix);
 
   // Rewind every projection group: the whole log is delivered again.
-  for (const group of PROJECTION_GROUPS) await redis.xgroup("SETID", keys.eventStream, group, "0");
+  for (const group of PROJECTION_NAMES) await redis.xgroup("SETID", keys.eventStream, group, "0");
   // And leave an entry pending, as a crashed lease holder would.
   await redis.xreadgroup(
     "GROUP",
@@ -149,7 +144,7 @@ Deno.test("redelivered events are not applied twice", async () => {
     keys.eventStream,
     ">",
   );
-  const again = await runConsumers(env, { worker: false });
+  const again = await runConsumers(env, { run: ["scenes", "callbacks", "projections"] });
   try {
     await waitFor(() => caughtUp(redis, [keys.eventStream]), { what: "redelivery consumed" });
     assert.deepEqual(await snapshot(redis, env.prefix), before);
@@ -164,25 +159,31 @@ Deno.test("redelivered events are not applied twice", async () => {
 Deno.test("a projector without the lease writes nothing", async () => {
   await using env = await testEnv("lease");
   const { redis, keys } = env.services;
+  const view = keys.views(0).prefix;
   await redis.set(keys.lease("stats"), "someone-else", "PX", 60_000);
-  const consumers = await runConsumers(env, { worker: false });
+  const consumers = await runConsumers(env, { run: ["scenes", "callbacks", "projections"] });
   try {
     const res = await env.post(await fixture("minimal.json"));
     const { task_id } = await res.json();
-    await waitFor(async () => await redis.exists(keys.taskView(task_id)), { what: "task view" });
+    await waitFor(async () => await redis.exists(taskViewKey(view, task_id)), {
+      what: "task view",
+    });
     // The other projections have applied everything and a stats projector with a lease would have
     // had several read cycles (250 ms each): stats still has nothing, and its group has not read.
     await waitFor(() => caughtUp(redis, [keys.eventStream], ["task-view", "video-scenes"]), {
       what: "task-view and video-scenes to catch up",
     });
     await new Promise((resolve) => setTimeout(resolve, 600));
-    assert.equal(await redis.exists(keys.stats), 0, "stats must wait for the lease");
+    assert.equal(await redis.exists(statsKeys(view).counters), 0, "stats must wait for the lease");
     const stats = (await groupInfo(redis, keys.eventStream)).find((g) => g.name === "stats");
     assert.ok(stats && (stats.lag ?? 1) > 0, "the stats group has read nothing");
     await redis.del(keys.lease("stats"));
-    await waitFor(async () => await redis.hget(keys.stats, "total_requests") === "1", {
-      what: "stats after the lease frees",
-    });
+    await waitFor(
+      async () => await redis.hget(statsKeys(view).counters, "total_requests") === "1",
+      {
+        what: "stats after the lease frees",
+      },
+    );
   } finally {
     await consumers.stop(1_000);
   }
@@ -270,7 +271,7 @@ Deno.test("a former holder's late read is applied in order, never acked unapplie
   await projector.start();
   try {
     for (const id of ids) {
-      await waitFor(async () => await redis.exists(keys.taskView(id)), {
+      await waitFor(async () => await redis.exists(taskViewKey(keys.views(0).prefix, id)), {
         what: `the view of ${id}`,
         timeoutMs: 5_000,
       });

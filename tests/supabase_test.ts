@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
 import { createClient, type SupabaseClient } from "@supabase/supabase-js";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
-import {
-  createSupabaseScenes,
-  type SceneRow,
-  type SupabaseScenes,
-} from "../src/providers/supabase_scenes.ts";
+import type { SceneRow } from "../src/pipeline/scene.ts";
+import { createSupabaseScenes, type SupabaseScenes } from "../src/providers/supabase_scenes.ts";
 import { createTestSchema, type TestSchema } from "./fakes/postgres.ts";
 import { type PostgrestFake, startPostgrest } from "./fakes/postgrest_server.ts";
 

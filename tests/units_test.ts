@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import * as configModule from "../src/config.ts";
 import { ConfigError, loadConfig, providerMode } from "../src/config.ts";
 import { createLogger, maskEmails } from "../src/log.ts";
-import { offlineRevision, offlineScenes } from "../src/pipeline/offline.ts";
-import { backoffMs } from "../src/sleep.ts";
+import { offlineRevision, offlineScenes } from "../src/providers/offline.ts";
+import { backoffMs } from "../src/retry.ts";
 import { fixture } from "./_helpers.ts";
 
 Deno.test("offline scenes keep the prompt's scene-by-scene order and voiceovers", async () => {

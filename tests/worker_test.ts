@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import type { StepName } from "../src/events.ts";
-import { offlinePipeline } from "../src/pipeline/offline.ts";
-import type { Pipeline, Step } from "../src/pipeline/pipeline.ts";
-import { readTaskView, readVideoView } from "../src/queries.ts";
+import { bindPipeline, type Pipeline } from "../src/pipeline/steps.ts";
+import type { Step } from "../src/pipeline/step.ts";
+import { readTaskView } from "../src/projections/task_view/projection.ts";
+import { readVideoView } from "../src/projections/video_scenes/projection.ts";
 import { GroupConsumer } from "../consumers/group_consumer.ts";
 import { connectRedis, waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
@@ -255,14 +256,14 @@ Deno.test("malformed outcome events are skipped by the scene sink and the callba
 
 Deno.test("a scene sink started after a tasks-only worker still stores what it generated", async () => {
   await using env = await testEnv("split-order");
-  const tasksOnly = await runConsumers(env, { sink: false, callbacks: false, projections: false });
+  const tasksOnly = await runConsumers(env, { run: ["tasks"] });
   let sinkOnly;
   try {
     const taskId = await submit(env);
     await waitFor(async () => (await eventTypes(env, taskId)).includes("scenes.generated"), {
       what: "the worker to generate scenes",
     });
-    sinkOnly = await runConsumers(env, { worker: false });
+    sinkOnly = await runConsumers(env, { run: ["scenes", "callbacks", "projections"] });
     const view = await settledView(env, taskId);
     assert.equal(view.status, "completed");
   } finally {
@@ -285,10 +286,8 @@ Deno.test("graceful stop lets in-flight tasks finish, then leaves the rest pendi
   assert.equal((await redis.xpending(keys.webhookStream, "workers"))[0], 0);
 
   // Slow steps and a short timeout: the task is abandoned, left pending, then finished by another.
-  const slow = offlinePipeline({
-    latencyMs: 400,
-    sceneCount: 5,
-    history: {
+  const slow = bindPipeline({ ...env.config, OFFLINE_LATENCY_MS: 400 }, "offline", {
+    videos: {
       latest: () => Promise.resolve(null),
       claimRevision: (_, n) => Promise.resolve(n + 1),
     },

@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { rebuildProjections } from "../replay/rebuild.ts";
+import { rebuildProjections } from "../projections/rebuild.ts";
 import { reprocessTasks, type StatusFilter } from "../replay/reprocess.ts";
 import { consumerName } from "../runtime.ts";
 import { createLogger } from "../log.ts";

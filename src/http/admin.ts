@@ -3,11 +3,11 @@ import type { MiddlewareHandler } from "hono";
 import { z } from "zod";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
-import { RebuildRefused, type RebuildResult } from "../replay/rebuild.ts";
+import { RebuildRefused, type RebuildResult } from "../projections/rebuild.ts";
 import { getDeadLetter, listDeadLetters, redrive, reprocessTasks } from "../replay/reprocess.ts";
 import { tokensEqual } from "../security/signature.ts";
 import { fieldErrors } from "../webhook.ts";
-import { fromRedis } from "./webhook_route.ts";
+import { fromRedis } from "./problems.ts";
 
 const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
 

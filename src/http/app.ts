@@ -1,5 +1,4 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
-import type { Context } from "hono";
 import type { Redis } from "ioredis";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
@@ -7,13 +6,16 @@ import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import { foldTaskView } from "../projections/task_view.ts";
+import { PROJECTIONS } from "../projections/registry.ts";
 import { aofEnabled } from "../redis/client.ts";
-import { consumerGroups, readStats, readTaskView, readVideoView } from "../queries.ts";
-import { docsRoutes } from "./docs.ts";
+import { consumerGroups } from "../queries.ts";
 import { type AdminDeps, adminRoutes } from "./admin.ts";
+import { authMode } from "./auth.ts";
+import { docsRoutes } from "./docs.ts";
 import { describeRoutes } from "./openapi.ts";
-import { authMode, fromRedis, webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
+import { fromRedis, problemResponse } from "./problems.ts";
+import { projectionRoutes } from "./projection_routes.ts";
+import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
   redis: Redis;
@@ -31,21 +33,6 @@ export interface AppDeps {
   clock?: () => Date;
 }
 
-const PROBLEM = "application/problem+json";
-
-function problem(c: Context, error: ProblemError) {
-  const body = {
-    type: "about:blank",
-    title: error.title,
-    status: error.status,
-    detail: error.message,
-    ...error.extra,
-  };
-  const headers: Record<string, string> = { "content-type": PROBLEM };
-  if (error.status === 503) headers["retry-after"] = "1";
-  return c.body(JSON.stringify(body), error.status, headers);
-}
-
 /** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
 export function createApp(deps: AppDeps) {
   const { redis, store, keys, log } = deps;
@@ -57,28 +44,27 @@ export function createApp(deps: AppDeps) {
   }
 
   app.onError((error, c) => {
-    if (error instanceof ProblemError) return problem(c, error);
+    if (error instanceof ProblemError) return problemResponse(c, error);
     log.error("Unhandled request error", { path: c.req.path, error: String(error) });
-    return problem(c, new ProblemError(500, "Internal error", "Unexpected error"));
+    return problemResponse(c, new ProblemError(500, "Internal error", "Unexpected error"));
   });
   app.notFound((c) =>
-    problem(c, new ProblemError(404, "Not found", `No route for ${c.req.method} ${c.req.path}`))
+    problemResponse(
+      c,
+      new ProblemError(404, "Not found", `No route for ${c.req.method} ${c.req.path}`),
+    )
   );
 
   webhookRoute(app, { ...deps.webhook, store, redis, keys, log, now });
   adminRoutes(app, { ...deps.admin, store, now });
 
-  app.get("/task/:task_id", async (c) => {
-    const taskId = c.req.param("task_id");
-    const view = await fromRedis(async () => {
-      const projected = await readTaskView(redis, keys, taskId);
-      if (projected) return projected;
-      // Not projected yet (or expired): fold its timeline from the log, same evolve function.
-      const events = await store.timeline(taskId);
-      return events.length ? foldTaskView(taskId, events) : null;
-    });
-    if (!view) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
-    return c.json(view);
+  const routes = PROJECTIONS.flatMap((p) => p.route ? [p.route] : []);
+  projectionRoutes(app, routes, {
+    redis,
+    keys,
+    store,
+    now,
+    streamRetentionMs: deps.streamRetentionMs,
   });
 
   app.get("/task/:task_id/events", async (c) => {
@@ -89,19 +75,6 @@ export function createApp(deps: AppDeps) {
       task_id: taskId,
       events: events.map(({ id, type, at, data }) => ({ id, type, at, data })),
     });
-  });
-
-  app.get("/videos/:video_id/scenes", async (c) => {
-    const videoId = c.req.param("video_id");
-    const view = await fromRedis(() => readVideoView(redis, keys, videoId));
-    if (!view) throw new ProblemError(404, "Video not found", `No scenes for video "${videoId}"`);
-    return c.json(view);
-  });
-
-  app.get("/stats", async (c) => {
-    return c.json(
-      await fromRedis(() => readStats(redis, keys, now().getTime(), deps.streamRetentionMs)),
-    );
   });
 
   app.get("/health", async (c) => {
@@ -135,7 +108,7 @@ export function createApp(deps: AppDeps) {
     }
   });
 
-  describeRoutes(app);
+  describeRoutes(app, routes);
   app.route("/", docsRoutes());
   return app;
 }

@@ -1,16 +1,9 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import { z } from "zod";
+import type { ProjectionRoute } from "../projections/definition.ts";
 import { VideoRequestSchema } from "../webhook.ts";
 import { RedriveRequestSchema, ReplayRequestSchema } from "./admin.ts";
-import {
-  AcceptedSchema,
-  HealthSchema,
-  ProblemSchema,
-  StatsSchema,
-  TaskViewSchema,
-  TimelineSchema,
-  VideoScenesSchema,
-} from "./schemas.ts";
+import { AcceptedSchema, HealthSchema, ProblemSchema, TimelineSchema } from "./schemas.ts";
 
 const json = (schema: z.ZodType, description: string) => ({
   description,
@@ -21,8 +14,31 @@ const problem = (description: string) => ({
   content: { "application/problem+json": { schema: ProblemSchema } },
 });
 
-/** Declares every route in the OpenAPI registry, from the same zod schemas the handlers use. */
-export function describeRoutes(app: OpenAPIHono): void {
+type Registry = OpenAPIHono["openAPIRegistry"];
+
+/** A projection's route: its params, its view's schema and its documented problems. */
+function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
+  const problems = Object.entries(route.problems).map(([status, text]) => [status, problem(text)]);
+  r.registerPath({
+    method: "get",
+    path: route.path,
+    summary: route.summary,
+    ...(route.params ? { request: { params: route.params } } : {}),
+    responses: {
+      200: json(route.response.schema, route.response.description),
+      ...Object.fromEntries(problems),
+    },
+  });
+}
+
+/**
+ * Declares every route in the OpenAPI registry, from the same zod schemas the handlers use;
+ * the projections' routes come from the projection registry.
+ */
+export function describeRoutes(
+  app: OpenAPIHono,
+  projectionRoutes: readonly ProjectionRoute[],
+): void {
   const r = app.openAPIRegistry;
   r.registerPath({
     method: "post",
@@ -43,36 +59,13 @@ export function describeRoutes(app: OpenAPIHono): void {
       503: problem("Redis is unreachable; retry after the Retry-After seconds"),
     },
   });
-  const taskId = z.object({ task_id: z.string() });
-  r.registerPath({
-    method: "get",
-    path: "/task/{task_id}",
-    summary: "A task's status, steps, result and error",
-    request: { params: taskId },
-    responses: { 200: json(TaskViewSchema, "The task"), 404: problem("Unknown task") },
-  });
+  for (const route of projectionRoutes) describeProjectionRoute(r, route);
   r.registerPath({
     method: "get",
     path: "/task/{task_id}/events",
     summary: "A task's timeline, read from the event log",
-    request: { params: taskId },
+    request: { params: z.object({ task_id: z.string() }) },
     responses: { 200: json(TimelineSchema, "The events in order"), 404: problem("Unknown task") },
-  });
-  r.registerPath({
-    method: "get",
-    path: "/videos/{video_id}/scenes",
-    summary: "The latest scenes of a video",
-    request: { params: z.object({ video_id: z.string() }) },
-    responses: {
-      200: json(VideoScenesSchema, "The latest revision's scenes"),
-      404: problem("No completed task for this video"),
-    },
-  });
-  r.registerPath({
-    method: "get",
-    path: "/stats",
-    summary: "Task counts, processing times, throughput and consumer-group backlog",
-    responses: { 200: json(StatsSchema, "Statistics"), 503: problem("Redis is unreachable") },
   });
   r.registerPath({
     method: "get",

@@ -6,17 +6,11 @@ import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { checkUrlSyntax } from "../security/outbound.ts";
-import { rememberWebhookId, tokenMatcher, verifyWebhook } from "../security/signature.ts";
+import { rememberWebhookId, tokenMatcher } from "../security/signature.ts";
 import { fieldErrors, unwrapEnvelope, VideoRequestSchema } from "../webhook.ts";
+import { authenticate, unauthorized, type WebhookAuth } from "./auth.ts";
 import { parseJson, readJsonText } from "./body.ts";
-
-export interface WebhookAuth {
-  /** Standard Webhooks secrets; several while rotating. */
-  secrets: string[];
-  /** A static token expected in `tokenHeader` (n8n's Header Auth). */
-  token?: string;
-  tokenHeader: string;
-}
+import { fromRedis } from "./problems.ts";
 
 export interface WebhookRouteDeps {
   store: EventStore;
@@ -38,43 +32,8 @@ export interface WebhookRouteDeps {
   trustProxy: boolean;
 }
 
-/** Which incoming authentication is on, for /health and the start-up log. */
-export function authMode(auth: WebhookAuth): "none" | "signature" | "token" | "signature or token" {
-  if (auth.secrets.length && auth.token) return "signature or token";
-  if (auth.secrets.length) return "signature";
-  return auth.token ? "token" : "none";
-}
-
 /** How long a webhook-id is remembered: past the ±5 minute timestamp tolerance on both sides. */
 const REPLAY_WINDOW_S = 2 * 300 + 60;
-
-/**
- * Checks a request's signature or token. With both configured either one suffices, so signing
- * senders and n8n's Header Auth can share the endpoint. Returns the verified webhook-id, if any.
- */
-async function authenticate(
-  auth: WebhookAuth,
-  tokenMatches: ((sent: string) => boolean) | null,
-  headers: Headers,
-  body: string,
-  nowS: number,
-) {
-  if (authMode(auth) === "none") return { webhookId: null };
-  if (tokenMatches) {
-    const sent = headers.get(auth.tokenHeader);
-    if (sent !== null && tokenMatches(sent)) return { webhookId: null };
-  }
-  if (auth.secrets.length && headers.has("webhook-signature")) {
-    const verdict = await verifyWebhook(auth.secrets, headers, body, nowS);
-    if (verdict.ok) return { webhookId: verdict.id };
-    throw unauthorized(`Webhook signature rejected: ${verdict.reason}`);
-  }
-  throw unauthorized("Missing or invalid webhook credentials");
-}
-
-function unauthorized(detail: string) {
-  return new ProblemError(401, "Unauthorized", detail);
-}
 
 function clientAddress(c: Context, trustProxy: boolean): string {
   if (trustProxy) {
@@ -200,14 +159,4 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       status_url: statusUrl,
     }, 202);
   });
-}
-
-/** Runs a Redis call; any Redis failure becomes a 503 instead of a 500 or a hang. */
-export async function fromRedis<T>(work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if (error instanceof ProblemError) throw error;
-    throw new UnavailableError(error);
-  }
 }

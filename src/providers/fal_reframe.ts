@@ -1,6 +1,9 @@
 import { createFalClient, type RequestMiddleware } from "@fal-ai/client";
 import { z } from "zod";
+import type { Config } from "../config.ts";
 import { RetryableError, UnrecoverableError } from "../errors.ts";
+import type { Reframer } from "../pipeline/steps/reframe.ts";
+import { parseRetryAfter } from "../retry.ts";
 import { sleep } from "../sleep.ts";
 
 export interface FalReframeOptions {
@@ -240,15 +243,6 @@ function describeBody(body: unknown): string {
   return "";
 }
 
-/** Retry-After in seconds or as an HTTP date, in milliseconds. */
-function parseRetryAfter(value: string | null): number | undefined {
-  if (!value) return undefined;
-  const seconds = Number(value);
-  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
-  const at = Date.parse(value);
-  return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
-}
-
 /** fetch for the fal client: non-2xx answers and transport failures throw our own errors. */
 async function strictFetch(input: RequestInfo | URL, init?: RequestInit): Promise<Response> {
   let response: Response;
@@ -269,7 +263,7 @@ async function strictFetch(input: RequestInfo | URL, init?: RequestInit): Promis
   throw new FalHttpError(
     response.status,
     body || response.statusText,
-    parseRetryAfter(response.headers.get("retry-after")),
+    parseRetryAfter(response.headers),
   );
 }
 
@@ -280,5 +274,32 @@ function rewriteFalHosts(baseUrl: string): RequestMiddleware {
     const url = new URL(request.url);
     if (!/(^|\.)fal\.(run|ai)$/.test(url.hostname)) return Promise.resolve(request);
     return Promise.resolve({ ...request, url: `${base}${url.pathname}${url.search}` });
+  };
+}
+
+/** The reframe step's live provider: fal.ai, configured by FAL_* and REFRAME_* settings. */
+export function falReframer(config: Config): Reframer {
+  const reframe = createFalReframe({
+    key: config.FAL_KEY ?? "",
+    model: config.FAL_REFRAME_MODEL,
+    aspectRatio: config.REFRAME_ASPECT_RATIO,
+    baseUrl: config.FAL_BASE_URL,
+    timeoutMs: config.REFRAME_TIMEOUT_MS,
+    pollIntervalMs: config.FAL_POLL_INTERVAL_MS,
+  });
+  return {
+    async reframe({ imageUrl, signal }) {
+      const result = await reframe({ imageUrl, signal });
+      return {
+        image_url: result.image_url,
+        reframed: true,
+        provider: `fal:${result.model}`,
+        original_image_url: imageUrl,
+        width: result.width,
+        height: result.height,
+        aspect_ratio: result.aspect_ratio,
+        fal_request_id: result.request_id,
+      };
+    },
   };
 }

@@ -9,8 +9,11 @@ import type {
   ChatCompletionMessageParam,
 } from "openai/resources/chat/completions";
 import { z } from "zod";
+import type { Config } from "../config.ts";
 import { RetryableError, UnrecoverableError } from "../errors.ts";
-import { type Scene, SceneChangeSchema, SceneSchema } from "../events.ts";
+import { type Scene, type SceneChange, SceneChangeSchema, SceneSchema } from "../pipeline/scene.ts";
+import type { SceneWriter } from "../pipeline/steps/scenes.ts";
+import { parseRetryAfter } from "../retry.ts";
 
 export interface OpenAIScenesOptions {
   apiKey: string;
@@ -27,8 +30,6 @@ export interface Usage {
   completion_tokens: number;
   total_tokens: number;
 }
-
-export type SceneChange = z.infer<typeof SceneChangeSchema>;
 
 const FIELDS = `Each scene has: scene_number (1, 2, 3, ... in order), visual_description (what the
 camera sees, featuring the product in the image as it really looks), voiceover (the spoken line),
@@ -232,7 +233,7 @@ function toPipelineError(error: unknown, timeoutMs: number): Error {
   const message = `OpenAI returned ${error.status}: ${detail}`;
   const shouldRetry = error.headers?.get("x-should-retry");
   if (error.status === 429) {
-    return new RetryableError(message, { cause: error, retryAfterMs: retryAfterMs(error.headers) });
+    return new RetryableError(message, { cause: error, retryAfterMs: parseRetryAfter(error.headers) });
   }
   // 408 and 409 (lock timeout) are transient too; the API may also say so explicitly.
   if (
@@ -242,18 +243,6 @@ function toPipelineError(error: unknown, timeoutMs: number): Error {
     return new RetryableError(message, { cause: error });
   }
   return new UnrecoverableError(message, { cause: error });
-}
-
-/** retry-after-ms (OpenAI's) wins over retry-after (seconds or an HTTP date). */
-function retryAfterMs(headers: Headers | undefined): number | undefined {
-  const ms = Number.parseFloat(headers?.get("retry-after-ms") ?? "");
-  if (Number.isFinite(ms) && ms >= 0) return Math.round(ms);
-  const value = headers?.get("retry-after");
-  if (!value) return undefined;
-  const seconds = Number.parseFloat(value);
-  if (Number.isFinite(seconds) && seconds >= 0) return Math.round(seconds * 1000);
-  const at = Date.parse(value);
-  return Number.isFinite(at) ? Math.max(0, at - Date.now()) : undefined;
 }
 
 /**
@@ -320,4 +309,25 @@ function _strictNode(node: unknown, path: string): Record<string, unknown> {
     out.additionalProperties = false;
   }
   return out;
+}
+
+/** The scenes step's live provider: OpenAI, configured by OPENAI_* settings and SCENE_COUNT. */
+export function openAISceneWriter(config: Config): SceneWriter {
+  const writer = createOpenAIScenes({
+    apiKey: config.OPENAI_API_KEY ?? "",
+    model: config.OPENAI_MODEL,
+    baseURL: config.OPENAI_BASE_URL,
+    sceneCount: config.SCENE_COUNT,
+    timeoutMs: config.SCENES_TIMEOUT_MS,
+  });
+  return {
+    async generate(input) {
+      const { scenes, model, usage } = await writer.generate(input);
+      return { scenes, provider: `openai:${model}`, usage };
+    },
+    async revise(input) {
+      const { scenes, changes, model, usage } = await writer.revise(input);
+      return { scenes, changes, provider: `openai:${model}`, usage };
+    },
+  };
 }

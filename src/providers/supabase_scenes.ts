@@ -1,18 +1,7 @@
 import { createClient } from "@supabase/supabase-js";
 import { z } from "zod";
 import { RetryableError, UnrecoverableError } from "../errors.ts";
-import { SceneSchema } from "../events.ts";
-
-/** One final scene as stored in the `scenes` table (supabase/migrations). */
-export const SceneRowSchema = SceneSchema.extend({
-  task_id: z.string().min(1),
-  video_id: z.string().min(1),
-  user_id: z.string().min(1),
-  revision: z.number().int().min(1),
-  image_url: z.string().min(1),
-});
-
-export type SceneRow = z.infer<typeof SceneRowSchema>;
+import { type Scene, type SceneRow, SceneRowSchema, SceneSchema } from "../pipeline/scene.ts";
 
 export interface SupabaseScenesOptions {
   /** SUPABASE_URL, e.g. `https://<ref>.supabase.co`. */
@@ -165,4 +154,13 @@ export function createSupabaseScenes(options: SupabaseScenesOptions): SupabaseSc
       return error ? { ok: false, error: failure("check", error, status).message } : { ok: true };
     },
   };
+}
+
+const SCENE_FIELDS = Object.keys(SceneSchema.shape) as (keyof Scene)[];
+
+/** The scenes of stored rows, without the row's keys (task, video, user, revision, image). */
+export function scenesOf(rows: SceneRow[]): Scene[] {
+  return rows.map((row) =>
+    Object.fromEntries(SCENE_FIELDS.map((field) => [field, row[field]])) as Scene
+  );
 }

@@ -1,6 +1,6 @@
 import type { EventStore } from "../event_store.ts";
 import { requestEntryId, runNumber, type StoredEvent } from "../events.ts";
-import { foldTaskView, type TaskStatus } from "../projections/task_view.ts";
+import { foldTaskView, type TaskStatus } from "../projections/task_view/view.ts";
 import { reprocessScript } from "../redis/scripts.ts";
 import { fieldsToRecord } from "../events.ts";
 
@@ -99,26 +99,29 @@ async function reprocessOne(
   if (!payload) return { ...base, skipped: "its request is older than the stream retention" };
   const run = runNumber(history);
   if (requester.dryRun) return { ...base, run: run + 1 };
-  const reply = await reprocessScript.run(store.redis, [
-    store.keys.webhookStream,
-    store.keys.eventStream,
-    store.keys.taskTimeline(taskId),
-    store.keys.deadLetterStream,
-    store.keys.taskRun(taskId),
-  ], [
-    taskId,
-    payload,
-    requester.now.toISOString(),
-    run,
-    JSON.stringify({
-      requested_by: requester.requestedBy,
-      reason: requester.reason,
-      source: deadLetterEntry ? "redrive" : "replay",
-      ...(deadLetterEntry ? { dead_letter_entry: deadLetterEntry } : {}),
-    }),
-    deadLetterEntry,
-    store.options.timelineTtlS,
-  ]);
+  const reply = await reprocessScript.run(store.redis, {
+    keys: {
+      webhooks: store.keys.webhookStream,
+      events: store.keys.eventStream,
+      timeline: store.keys.taskTimeline(taskId),
+      dead_letters: store.keys.deadLetterStream,
+      run: store.keys.taskRun(taskId),
+    },
+    args: {
+      task_id: taskId,
+      payload,
+      at: requester.now.toISOString(),
+      expected_run: run,
+      data: JSON.stringify({
+        requested_by: requester.requestedBy,
+        reason: requester.reason,
+        source: deadLetterEntry ? "redrive" : "replay",
+        ...(deadLetterEntry ? { dead_letter_entry: deadLetterEntry } : {}),
+      }),
+      dead_letter_entry: deadLetterEntry,
+      timeline_ttl_s: store.options.timelineTtlS,
+    },
+  });
   if (reply === -1) return { ...base, skipped: "already redriven" };
   if (reply === -2) return { ...base, skipped: "another reprocess of this task won" };
   return { ...base, run: Number(reply) };

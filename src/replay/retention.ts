@@ -1,6 +1,7 @@
 import type { Redis } from "ioredis";
 import { compareIds } from "../events.ts";
 import type { Keys } from "../keys.ts";
+import { Lease } from "../redis/lease.ts";
 import { groupInfo } from "../redis/streams.ts";
 
 /**
@@ -67,16 +68,13 @@ export function startRetention(options: {
   onError: (error: unknown) => void;
 }): () => void {
   const { redis, keys } = options;
+  // Held for a whole round and never released: the next round's holder takes it once it expires.
+  const lease = new Lease(redis, keys.retentionLease, options.owner, options.intervalMs);
   const timer = setInterval(async () => {
     try {
-      const lease = await redis.set(
-        keys.retentionLease,
-        options.owner,
-        "PX",
-        options.intervalMs,
-        "NX",
-      );
-      if (lease) await applyRetention(redis, keys, options.retentionMs, Date.now());
+      if (await lease.acquire()) {
+        await applyRetention(redis, keys, options.retentionMs, Date.now());
+      }
     } catch (error) {
       options.onError(error);
     }

@@ -1,13 +1,12 @@
 import type { Redis } from "ioredis";
-import { compareIds, decodeValid } from "../src/events.ts";
-import type { Keys } from "../src/keys.ts";
-import type { Logger } from "../src/log.ts";
-import type { Samples } from "../src/metrics.ts";
-import type { Projection } from "../src/projections/projections.ts";
-import { dropProjectionGroup } from "../src/projections/rebuild.ts";
-import { projectScript, releaseLeaseScript, renewLeaseScript } from "../src/redis/scripts.ts";
-import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
-import { sleep } from "../src/sleep.ts";
+import { compareIds, decodeValid } from "../events.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import type { Samples } from "../metrics.ts";
+import { projectScript, releaseLeaseScript, renewLeaseScript } from "../redis/scripts.ts";
+import { ensureGroup, readGroup, type StreamEntry } from "../redis/streams.ts";
+import { sleep } from "../sleep.ts";
+import type { Projection } from "./registry.ts";
 
 /** The one consumer name every process uses for a projection group: only the lease holder reads. */
 const CONSUMER = "projector";
@@ -24,6 +23,19 @@ export interface ProjectorOptions {
   blockMs?: number;
   /** Receives, per applied event, ms from its append (its stream id) to its view write. */
   lag?: Samples;
+}
+
+/**
+ * Destroys a projection's consumer group with its checkpoint and lease (views stay). Here rather
+ * than in rebuild.ts, which runs projectors: the projector drops its own group when superseded.
+ */
+export async function dropProjectionGroup(redis: Redis, keys: Keys, group: string) {
+  await redis.del(keys.checkpoint(group), keys.lease(group));
+  try {
+    await redis.xgroup("DESTROY", keys.eventStream, group);
+  } catch {
+    // No stream yet: nothing to destroy.
+  }
 }
 
 class LeaseLost extends Error {}

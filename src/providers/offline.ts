@@ -1,15 +1,8 @@
-import { UnrecoverableError } from "../errors.ts";
-import type { Scene } from "../events.ts";
+import type { Config } from "../config.ts";
+import type { Scene } from "../pipeline/scene.ts";
+import type { Reframer } from "../pipeline/steps/reframe.ts";
+import type { SceneWriter } from "../pipeline/steps/scenes.ts";
 import { sleep } from "../sleep.ts";
-import {
-  nextRevision,
-  type Pipeline,
-  type ReframeOutput,
-  type ScenesOutput,
-  type Step,
-  type StepContext,
-  type VideoHistory,
-} from "./pipeline.ts";
 
 const SHOTS = ["close-up", "medium shot", "tracking shot", "wide shot", "hero shot"];
 const SOUNDS = [
@@ -113,59 +106,39 @@ export function offlineRevision(previous: Scene[], prompt: string) {
   return { scenes, changed };
 }
 
-export interface OfflineOptions {
-  latencyMs: number;
-  sceneCount: number;
-  history: VideoHistory;
-}
-
 const delay = (ms: number, signal: AbortSignal) => ms > 0 ? sleep(ms, signal) : Promise.resolve();
 
-/** The providers used when no API keys are configured. Results name "offline" as provider. */
-export function offlinePipeline(options: OfflineOptions): Pipeline {
-  const reframe: Step = {
-    name: "reframe",
-    async run({ request, signal }) {
-      await delay(options.latencyMs, signal);
-      const output: ReframeOutput = {
-        image_url: request.image_url,
-        reframed: false,
-        provider: "offline",
-      };
-      return output;
+/** Offline reframing: the image is kept as it is (`reframed: false`), after OFFLINE_LATENCY_MS. */
+export function offlineReframer(config: Pick<Config, "OFFLINE_LATENCY_MS">): Reframer {
+  return {
+    async reframe({ imageUrl, signal }) {
+      await delay(config.OFFLINE_LATENCY_MS, signal);
+      return { image_url: imageUrl, reframed: false, provider: "offline" };
     },
   };
-  const scenes: Step = {
-    name: "scenes",
-    async run(context: StepContext) {
-      const { request, signal } = context;
-      await delay(options.latencyMs, signal);
-      const latest = await options.history.latest(request.video_id);
-      const video_revision = () => nextRevision(context, options.history, latest);
-      if (!request.is_revision) {
-        const output: ScenesOutput = {
-          scenes: offlineScenes(request.prompt, options.sceneCount),
-          provider: "offline",
-          video_revision: await video_revision(),
-        };
-        return output;
-      }
-      if (!latest?.scenes.length) {
-        throw new UnrecoverableError(`Video "${request.video_id}" has no scenes to revise`);
-      }
-      const revision = offlineRevision(latest.scenes, request.prompt);
-      const output: ScenesOutput = {
+}
+
+/** Offline scenes: derived from the prompt without a model, after OFFLINE_LATENCY_MS. */
+export function offlineSceneWriter(
+  config: Pick<Config, "OFFLINE_LATENCY_MS" | "SCENE_COUNT">,
+): SceneWriter {
+  return {
+    async generate({ prompt, signal }) {
+      await delay(config.OFFLINE_LATENCY_MS, signal);
+      return { scenes: offlineScenes(prompt, config.SCENE_COUNT), provider: "offline" };
+    },
+    async revise({ prompt, previous, signal }) {
+      await delay(config.OFFLINE_LATENCY_MS, signal);
+      const revision = offlineRevision(previous, prompt);
+      return {
         scenes: revision.scenes,
         provider: "offline",
-        video_revision: await video_revision(),
-        changes: latest.scenes.map((scene) => ({
+        changes: previous.map((scene) => ({
           scene_number: scene.scene_number,
           changed: revision.changed.includes(scene.scene_number),
           summary: revision.changed.includes(scene.scene_number) ? "Revised as asked" : "Unchanged",
         })),
       };
-      return output;
     },
   };
-  return [reframe, scenes];
 }

@@ -1,12 +1,12 @@
 import type { Redis } from "ioredis";
-import type { Keys } from "../src/keys.ts";
-import type { Logger } from "../src/log.ts";
-import type { Samples } from "../src/metrics.ts";
-import { createProjections } from "../src/projections/projections.ts";
-import { viewGeneration } from "../src/queries.ts";
-import { closeRedis } from "../src/redis/client.ts";
-import { sleep } from "../src/sleep.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import type { Samples } from "../metrics.ts";
+import { viewGeneration } from "../queries.ts";
+import { closeRedis } from "../redis/client.ts";
+import { sleep } from "../sleep.ts";
 import { Projector } from "./projector.ts";
+import { createProjections } from "./registry.ts";
 
 export interface ProjectionRunnerOptions {
   redis: Redis;
@@ -26,8 +26,8 @@ export interface ProjectionRunnerOptions {
 }
 
 /**
- * Runs the three projectors for the current generation of views, and moves to the next
- * generation when a rebuild swaps it in.
+ * Runs a projector per registered projection for the current generation of views, and moves to
+ * the next generation when a rebuild swaps it in.
  */
 export class ProjectionRunner {
   #projectors: Projector[] = [];
@@ -66,7 +66,7 @@ export class ProjectionRunner {
     if (this.#generation >= 0) {
       log.info("Following a rebuilt view generation", { generation: target });
     }
-    // Not following any generation until all three run: a failure here is retried on the next
+    // Not following any generation until all of them run: a failure here is retried on the next
     // check instead of leaving a projection stopped for good.
     this.#generation = -1;
     try {

@@ -1,0 +1,253 @@
+import type { Redis } from "ioredis";
+import type { Config, ConsumerName } from "../src/config.ts";
+import type { Keys } from "../src/keys.ts";
+import type { Logger } from "../src/log.ts";
+import { Samples } from "../src/metrics.ts";
+import type { Pipeline } from "../src/pipeline/steps.ts";
+import { ProjectionRunner } from "../src/projections/runner.ts";
+import { closeRedis, connectRedis } from "../src/redis/client.ts";
+import { ensureGroup } from "../src/redis/streams.ts";
+import { startRetention } from "../src/replay/retention.ts";
+import type { RetryPolicy } from "../src/retry.ts";
+import { consumerName, createPipeline, type Services } from "../src/runtime.ts";
+import { callbackSender } from "./callback_sender.ts";
+import { Delivery, type Handler } from "./delivery.ts";
+import { GroupConsumer } from "./group_consumer.ts";
+import { sceneSink, type SceneStore } from "./scene_sink.ts";
+import { taskWorker } from "./task_worker.ts";
+
+/** What a consumer kind is started with. */
+export interface KindContext {
+  config: Config;
+  services: Services;
+  log: Logger;
+  /** This process's consumer name. */
+  consumer: string;
+  /** Opens a dedicated connection for blocking reads; closed when the consumers stop. */
+  blocking(name: string): Redis;
+  options: ConsumerOptions;
+  clock: () => Date;
+  /** Append-to-view delay of the events this process projected. */
+  projectionLag: Samples;
+}
+
+/** A running consumer: stopping lets in-flight work finish for up to `timeoutMs`. */
+export interface Running {
+  stop(timeoutMs: number): Promise<{ finished: number; abandoned: number }>;
+}
+
+/** A consumer group of one stream, and where the group starts when it is created. */
+export interface GroupSpec {
+  name: string;
+  stream(keys: Keys): string;
+  /**
+   * "0": every entry, for work that may predate the consumers; "$": only what comes after, so a
+   * downstream group added to a stream with history never replays outcomes handled before it.
+   */
+  startAt: "0" | "$";
+}
+
+/** One kind of consumer a worker process can run (CONSUMERS names them). */
+export interface ConsumerKind {
+  /** Its consumer group; the projections have a group per projection, created by their runner. */
+  group?: GroupSpec;
+  start(context: KindContext): Promise<Running>;
+}
+
+const policy = (config: Config, maxAttempts: number): RetryPolicy => ({
+  maxAttempts,
+  baseMs: config.RETRY_BASE_MS,
+  maxMs: config.RETRY_MAX_MS,
+});
+
+/**
+ * Every consumer kind, in pipeline order (the order they start and stop in). Adding one: its
+ * handler file, its row here, and its name in CONSUMER_NAMES (src/config.ts).
+ */
+export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
+  tasks: groupKind(
+    { name: "workers", stream: (keys) => keys.webhookStream, startAt: "0" },
+    ({ config, services, options }) =>
+      taskWorker({
+        store: services.store,
+        pipeline: options.pipeline ?? createPipeline(config, services),
+        policy: policy(config, config.MAX_ATTEMPTS),
+      }),
+  ),
+  scenes: groupKind(
+    { name: "scene-sink", stream: (keys) => keys.eventStream, startAt: "$" },
+    ({ config, services, options, clock }) =>
+      sceneSink({
+        store: services.store,
+        scenes: options.sceneStore ?? sceneStore(services),
+        policy: policy(config, config.MAX_ATTEMPTS),
+        clock,
+      }),
+  ),
+  callbacks: groupKind(
+    { name: "callbacks", stream: (keys) => keys.eventStream, startAt: "$" },
+    ({ config, services, options, clock }) =>
+      callbackSender({
+        store: services.store,
+        policy: policy(config, config.CALLBACK_MAX_ATTEMPTS),
+        secret: config.CALLBACK_SECRET,
+        timeoutMs: config.CALLBACK_TIMEOUT_MS,
+        allowPrivate: config.ALLOW_PRIVATE_CALLBACKS,
+        resolve: options.resolve,
+        clock,
+      }),
+  ),
+  projections: {
+    async start({ config, services, log, consumer, blocking, projectionLag }) {
+      const runner = new ProjectionRunner({
+        redis: services.redis,
+        blocking,
+        keys: services.keys,
+        log,
+        owner: consumer,
+        viewTtlS: config.VIEW_RETENTION_S,
+        lag: projectionLag,
+      });
+      await runner.start();
+      return {
+        stop: async () => {
+          await runner.stop();
+          return { finished: 0, abandoned: 0 };
+        },
+      };
+    },
+  },
+};
+
+/** A kind whose consumer runs `handler` on its group's entries, WORKER_CONCURRENCY at a time. */
+function groupKind(group: GroupSpec, handler: (context: KindContext) => Handler): ConsumerKind {
+  return {
+    group,
+    async start(context) {
+      const { config, services, consumer, clock } = context;
+      const log = context.log.child({ consumer });
+      const stream = group.stream(services.keys);
+      const handles = handler(context);
+      const options = { store: services.store, stream, group: group.name, consumer, clock };
+      const loop = new GroupConsumer({
+        redis: services.redis,
+        blocking: context.blocking(group.name),
+        stream,
+        group: group.name,
+        startAt: group.startAt,
+        consumer,
+        concurrency: config.WORKER_CONCURRENCY,
+        claimIdleMs: config.CLAIM_IDLE_MS,
+        log,
+        ignores: handles.ignores,
+        handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
+      });
+      await loop.start();
+      return { stop: (timeoutMs) => loop.stop(timeoutMs) };
+    },
+  };
+}
+
+/** Where the scene sink stores scenes: Supabase when configured, else only the Redis view. */
+function sceneStore({ supabase }: Services): SceneStore {
+  if (supabase) return { name: "supabase", upsert: (rows) => supabase.upsert(rows) };
+  return { name: "redis-view", upsert: () => Promise.resolve() };
+}
+
+export interface ConsumerOptions {
+  /** The kinds to run (CONSUMERS); all by default. */
+  run?: readonly ConsumerName[];
+  /** Replaces the configured steps (tests). */
+  pipeline?: Pipeline;
+  /** Replaces the configured scene store (tests). */
+  sceneStore?: SceneStore;
+  /** Host resolution for callback URLs (tests map names to loopback). */
+  resolve?: (host: string) => Promise<string[]>;
+  clock?: () => Date;
+}
+
+/**
+ * Starts the consumers a worker process runs, each on its own blocking connection, plus stream
+ * retention. Every group exists before any consumer runs, also the groups of kinds this process
+ * does not run: a downstream group starting at "$" then sees every event a worker appends,
+ * whichever process starts first.
+ */
+export async function startConsumers(
+  config: Config,
+  services: Services,
+  log: Logger,
+  options: ConsumerOptions = {},
+) {
+  const consumer = consumerName();
+  const connections: Redis[] = [];
+  const context: KindContext = {
+    config,
+    services,
+    log,
+    consumer,
+    options,
+    clock: options.clock ?? (() => new Date()),
+    projectionLag: new Samples(),
+    blocking(name) {
+      const connection = connectRedis(config.REDIS_URL, { name });
+      connections.push(connection);
+      return connection;
+    },
+  };
+  const { redis, keys } = services;
+  const kinds = Object.entries(CONSUMER_KINDS) as [ConsumerName, ConsumerKind][];
+  for (const [, kind] of kinds) {
+    if (kind.group) {
+      await ensureGroup(redis, kind.group.stream(keys), kind.group.name, kind.group.startAt);
+    }
+  }
+  const selected = kinds.filter(([name]) => (options.run ?? config.CONSUMERS).includes(name));
+  const running: Running[] = [];
+  for (const [, kind] of selected) running.push(await kind.start(context));
+  const stopRetention = startRetention({
+    redis,
+    keys,
+    retentionMs: config.STREAM_RETENTION_S * 1000,
+    intervalMs: 60_000,
+    owner: consumer,
+    onError: (error) => log.warn("Stream trimming failed", { error: String(error) }),
+  });
+  return {
+    consumer,
+    /** Append-to-view delay of the events this process projected. */
+    projectionLag: context.projectionLag,
+    /**
+     * Graceful stop, in pipeline order, so what the worker finishes while stopping is still
+     * stored and announced by this process when time allows; the rest stays pending for another.
+     */
+    async stop(timeoutMs: number) {
+      stopRetention();
+      const deadline = Date.now() + timeoutMs;
+      const total = { finished: 0, abandoned: 0 };
+      for (const r of running) {
+        const outcome = await r.stop(Math.max(0, deadline - Date.now()));
+        total.finished += outcome.finished;
+        total.abandoned += outcome.abandoned;
+      }
+      await removeIdleConsumer(redis, keys, consumer);
+      await Promise.all(connections.map(closeRedis));
+      return total;
+    },
+  };
+}
+
+/** Removes this process's consumer from the groups where it holds no pending entries. */
+async function removeIdleConsumer(redis: Redis, keys: Keys, consumer: string) {
+  for (const kind of Object.values(CONSUMER_KINDS)) {
+    if (!kind.group) continue;
+    const stream = kind.group.stream(keys);
+    try {
+      const pending = await redis.xpending(stream, kind.group.name, "-", "+", 1, consumer);
+      if ((pending as unknown[]).length === 0) {
+        await redis.xgroup("DELCONSUMER", stream, kind.group.name, consumer);
+      }
+    } catch {
+      // Best effort: a leftover consumer name only shows in /stats.
+    }
+  }
+}

@@ -1,0 +1,23 @@
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import type { ProjectionRoute, RouteContext } from "../projections/definition.ts";
+import { fromRedis } from "./problems.ts";
+
+/** `/task/{task_id}` (OpenAPI) as Hono writes it: `/task/:task_id`. */
+export const honoPath = (path: string) => path.replace(/\{(\w+)\}/g, ":$1");
+
+/**
+ * Mounts each projection's GET route: the handler reads through the projection's query; a Redis
+ * failure is a 503, a ProblemError (404) is answered as it is.
+ */
+export function projectionRoutes(
+  app: OpenAPIHono,
+  routes: readonly ProjectionRoute[],
+  context: RouteContext,
+): void {
+  for (const route of routes) {
+    app.get(honoPath(route.path), async (c) => {
+      const params = c.req.param() as Record<string, string>;
+      return c.json(await fromRedis(() => route.handle(context, params)));
+    });
+  }
+}

@@ -1,0 +1,20 @@
+--[[
+  Token bucket helpers, shared by take_token and ingest. A bucket is a hash: `tokens` in units
+  of 1/TOKEN token, `at` in ms. A missing bucket is full.
+  TOKEN, the units of one token, is a constant the including script declares
+  (TOKEN_UNIT in src/security/rate_limit.ts).
+]]
+local function bucket_refill(key, capacity, rate, now)
+  local state = redis.call('HMGET', key, 'tokens', 'at')
+  local tokens = tonumber(state[1]) or capacity
+  local at = tonumber(state[2]) or now
+  if now > at then
+    tokens = math.min(capacity, tokens + (now - at) * rate)
+    at = now
+  end
+  return tokens, at
+end
+local function bucket_store(key, tokens, at, ttl)
+  redis.call('HSET', key, 'tokens', string.format('%d', tokens), 'at', string.format('%d', at))
+  redis.call('PEXPIRE', key, ttl)
+end

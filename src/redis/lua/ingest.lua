@@ -1,0 +1,63 @@
+--[[
+  Records a webhook as a new task, or finds the task an idempotency key already made, after
+  checking the sender's rate-limit buckets: one round trip for the whole hot path.
+  The key, the work entry, the task.queued event and the timeline index are written together,
+  so no crash can leave a key without its task or a task without its key. A duplicate neither
+  appends nor spends tokens; a limited request spends none and appends nothing.
+
+  Input:
+    KEYS.idempotency          the idempotency key (ignored unless ARGV.has_idempotency_key is "1")
+    KEYS.webhooks             webhook stream
+    KEYS.events               event stream
+    KEYS.timeline             the new task's timeline
+    KEYS[5..]                 rate-limit buckets: one token is taken from each, or none
+
+    ARGV.task_id              the new task's id
+    ARGV.idempotency_ttl_s    ttl of the idempotency key (s)
+    ARGV.payload              the validated request (JSON)
+    ARGV.at                   time (ISO)
+    ARGV.has_idempotency_key  "1" when an idempotency key is given, else "0"
+    ARGV.video_id
+    ARGV.user_id
+    ARGV.is_revision          "1" or "0"
+    ARGV.idempotency_key      the idempotency key as sent ("" for none)
+    ARGV.timeline_ttl_s       ttl of the timeline (s)
+    ARGV.bucket_capacity      bucket capacity (units)
+    ARGV.bucket_rate          refill (units per ms)
+    ARGV.now_ms               now (ms)
+    ARGV.bucket_ttl_ms        ttl of a bucket (ms)
+
+  Output:
+    {task id, 0} when appended, {task id, 1} for a duplicate,
+    {"", -1, ms until allowed} when rate-limited
+]]
+--- @include "token_bucket"
+if ARG.has_idempotency_key == '1' then
+  local existing = redis.call('GET', KEY.idempotency)
+  if existing then return {existing, 1} end
+end
+if #KEYS >= EXTRA_KEYS_FROM then
+  local rate, now = tonumber(ARG.bucket_rate), tonumber(ARG.now_ms)
+  local buckets, wait = {}, 0
+  for i = EXTRA_KEYS_FROM, #KEYS do
+    local tokens, at = bucket_refill(KEYS[i], tonumber(ARG.bucket_capacity), rate, now)
+    if tokens < TOKEN then wait = math.max(wait, math.ceil((TOKEN - tokens) / rate)) end
+    buckets[i] = {tokens, at}
+  end
+  if wait > 0 then return {'', -1, wait} end
+  for i = EXTRA_KEYS_FROM, #KEYS do
+    bucket_store(KEYS[i], buckets[i][1] - TOKEN, buckets[i][2], ARG.bucket_ttl_ms)
+  end
+end
+local entry = redis.call('XADD', KEY.webhooks, '*', 'task_id', ARG.task_id, 'payload', ARG.payload)
+local data = {video_id = ARG.video_id, user_id = ARG.user_id, is_revision = (ARG.is_revision == '1'),
+  webhook_entry = entry}
+if ARG.has_idempotency_key == '1' then data.idempotency_key = ARG.idempotency_key end
+local ev = redis.call('XADD', KEY.events, '*', 'type', 'task.queued', 'task_id', ARG.task_id,
+  'at', ARG.at, 'data', cjson.encode(data))
+redis.call('RPUSH', KEY.timeline, ev)
+redis.call('EXPIRE', KEY.timeline, ARG.timeline_ttl_s)
+if ARG.has_idempotency_key == '1' then
+  redis.call('SET', KEY.idempotency, ARG.task_id, 'EX', ARG.idempotency_ttl_s)
+end
+return {ARG.task_id, 0}
