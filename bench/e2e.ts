@@ -2,12 +2,16 @@
  * End to end: N tasks through the server, 1 or 2 worker processes and the offline providers, at
  * each provider latency; tasks/s, time to drain, peak tasks in flight, projection lag.
  */
-import { createKeys, SINK_GROUP, WORKER_GROUP } from "../src/keys.ts";
+import { CONSUMER_KINDS } from "../consumers/kinds.ts";
+import { createKeys } from "../src/keys.ts";
 import { parseGroupInfo } from "../src/redis/streams.ts";
 import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
 import { type Child, freePort, round, sampleProcesses, until, waitHttp, waitLog } from "./procs.ts";
 import { deletePrefix } from "./redis_tools.ts";
+
+const WORKER_GROUP = CONSUMER_KINDS.tasks.group!.name;
+const SINK_GROUP = CONSUMER_KINDS.scenes.group!.name;
 
 export interface E2eOptions {
   tasks: number;

@@ -1,4 +1,4 @@
-import { ClaimLostError, type EventStore } from "../src/event_store.ts";
+import { ClaimLostError, type EventStore, type SettleInput } from "../src/event_store.ts";
 import { isRetryable, RetryableError } from "../src/errors.ts";
 import type { NewEvent } from "../src/events.ts";
 import type { Logger } from "../src/log.ts";
@@ -66,17 +66,7 @@ export class Delivery {
 
   /** Appends the task's events while the entry is still ours; "ack" also acknowledges it. */
   settle(taskId: string, mode: "append" | "ack", events: NewEvent[] = []): Promise<string> {
-    const { store, stream, group, consumer } = this.options;
-    return store.settle({
-      stream,
-      group,
-      consumer,
-      entryId: this.entry.id,
-      taskId,
-      mode,
-      at: this.now(),
-      events,
-    });
+    return this.#settle({ taskId, mode, events });
   }
 
   /**
@@ -88,17 +78,18 @@ export class Delivery {
     letter: { error: string; attempts: number; payload: string },
     events: NewEvent[] = [],
   ): Promise<void> {
+    await this.#settle({ taskId, mode: "dead", events, deadLetter: letter });
+  }
+
+  #settle(input: Pick<SettleInput, "taskId" | "mode" | "events" | "deadLetter">) {
     const { store, stream, group, consumer } = this.options;
-    await store.settle({
+    return store.settle({
+      ...input,
       stream,
       group,
       consumer,
       entryId: this.entry.id,
-      taskId,
-      mode: "dead",
       at: this.now(),
-      events,
-      deadLetter: letter,
     });
   }
 

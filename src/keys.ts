@@ -84,17 +84,3 @@ function legacyViewKeys(v: string) {
 export function projectionGroup(name: string, generation: number): string {
   return generation === 0 ? name : `${name}@${generation}`;
 }
-
-export const WORKER_GROUP = "workers";
-/** Downstream groups on the event stream: any number of consumers each, effects idempotent. */
-export const SINK_GROUP = "scene-sink";
-export const CALLBACK_GROUP = "callbacks";
-/**
- * Where each consumer group starts when it is created: the downstream groups at the stream's end,
- * so adding them to a stream with history never replays outcomes handled before them.
- */
-export const GROUP_START = {
-  [WORKER_GROUP]: "0",
-  [SINK_GROUP]: "$",
-  [CALLBACK_GROUP]: "$",
-} as const;
