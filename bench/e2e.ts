@@ -4,6 +4,7 @@
  */
 import { CONSUMER_KINDS } from "../consumers/kinds.ts";
 import { createKeys } from "../src/keys.ts";
+import { statsKeys } from "../src/projections/stats/view.ts";
 import { parseGroupInfo } from "../src/redis/streams.ts";
 import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
@@ -141,8 +142,8 @@ async function oneRun(
         const [[, pending], [, completed], [, failed], [, webhookGroups], [, eventGroups]] =
           (await ctx.redis.pipeline()
             .xpending(keys.webhookStream, WORKER_GROUP)
-            .hget(keys.stats, "completed_tasks")
-            .hget(keys.stats, "failed_tasks")
+            .hget(statsKeys(keys.views(0).prefix).counters, "completed_tasks")
+            .hget(statsKeys(keys.views(0).prefix).counters, "failed_tasks")
             .xinfo("GROUPS", keys.webhookStream)
             .xinfo("GROUPS", keys.eventStream)
             .exec()) as [unknown, unknown][];
@@ -192,7 +193,7 @@ async function oneRun(
     sampling = false;
     await sampleLoop;
     const usage = memory.stop();
-    const stats = await ctx.redis.hgetall(keys.stats);
+    const stats = await ctx.redis.hgetall(statsKeys(keys.views(0).prefix).counters);
     for (const w of workers) await ctx.procs.stop(w, 20_000);
     await ctx.procs.stop(server);
     const lag = parseProjectionLag(

@@ -3,6 +3,7 @@
  * untimed workloads), and a V8 CPU profile of the real server under load (inspector protocol).
  */
 import { createKeys } from "../src/keys.ts";
+import { statsKeys } from "../src/projections/stats/view.ts";
 import { type BenchContext, logPath, MINIMAL_SERVER, newPrefix, serviceEnv } from "./context.ts";
 import { bodyTemplate, postTasks, runWrk } from "./load.ts";
 import { type Child, freePort, MAIN, ROOT, round, until, waitHttp, waitLog } from "./procs.ts";
@@ -44,7 +45,7 @@ export async function redisCommandsPhase(ctx: BenchContext, requests: number) {
         await waitLog(worker, "Consumers started");
       }
       await waitHttp(server, port);
-      const stats = createKeys(prefix).stats;
+      const stats = statsKeys(createKeys(prefix).views(0).prefix).counters;
       const counts = await countCommands(ctx.redis, prefix, async () => {
         const sent = await postTasks({
           url: `http://127.0.0.1:${port}/webhook`,
@@ -247,7 +248,7 @@ export async function workerCpuProfilePhase(ctx: BenchContext, tasks: number, co
     await waitHttp(children[0], port);
     await waitLog(children[1], "Consumers started");
     session = await inspector(inspect);
-    const stats = createKeys(prefix).stats;
+    const stats = statsKeys(createKeys(prefix).views(0).prefix).counters;
     const t0 = performance.now();
     const { profile } = await session.profile(async () => {
       await postTasks({

@@ -99,7 +99,11 @@ async function send(
             ? undefined
             : Math.min(options.policy.maxMs, error.failure.retryAfterMs),
         }
-        : { message: `Callback failed: ${(error as Error).message}`, retryable: true, status: null },
+        : {
+          message: `Callback failed: ${(error as Error).message}`,
+          retryable: true,
+          status: null,
+        },
     async run(attempt) {
       const status = await post(decision.url, webhookId, decision.body, delivery, options);
       await delivery.settle(taskId, "ack", [

@@ -1,6 +1,12 @@
 import { z } from "zod";
 import type { Logger } from "./log.ts";
-import { type Scene, SceneChangeSchema, SceneSchema, type TaskResult, TaskResultSchema } from "./pipeline/scene.ts";
+import {
+  type Scene,
+  SceneChangeSchema,
+  SceneSchema,
+  type TaskResult,
+  TaskResultSchema,
+} from "./pipeline/scene.ts";
 import { STEP_NAMES } from "./pipeline/steps.ts";
 
 /** A step name as events carry it; the names come from the step list (src/pipeline/steps.ts). */

@@ -31,8 +31,6 @@ export function createKeys(prefix: string) {
     retentionLease: `${p}:retention-lease`,
     /** Held while a projection rebuild runs, so two cannot race. */
     rebuildLock: `${p}:view-rebuild-lock`,
-    /** @deprecated Generation 0's view keys; see legacyViewKeys. */
-    ...legacyViewKeys(viewPrefix(p, 0)),
     /** A verified Standard Webhooks id, kept for replay detection. */
     webhookId: (id: string) => `${p}:webhook-id:${id}`,
     /** A token bucket: scope "address" or "user". */
@@ -54,7 +52,6 @@ function viewSpace(p: string, generation: number) {
     prefix,
     /** Every view key of this generation. */
     viewPattern: `${prefix}:*`,
-    ...legacyViewKeys(prefix),
   };
 }
 
@@ -62,23 +59,6 @@ export type ViewSpace = ReturnType<typeof viewSpace>;
 
 const viewPrefix = (p: string, generation: number) =>
   generation === 0 ? `${p}:view` : `${p}:view@${generation}`;
-
-/**
- * @deprecated The projections build their keys (`taskViewKey`, `videoViewKey`, `statsKeys` on
- * `views(n).prefix`). Kept only while tests/crash_test.ts, tests/replay_test.ts, bench/e2e.ts and
- * bench/profile.ts still call `keys.taskView` / `keys.stats`; tests/projections_evolve_test.ts
- * checks these agree with the projections' own keys.
- */
-function legacyViewKeys(v: string) {
-  return {
-    taskView: (taskId: string) => `${v}:task:${taskId}`,
-    videoView: (videoId: string) => `${v}:video:${videoId}`,
-    stats: `${v}:stats`,
-    statsStatus: `${v}:stats:status`,
-    statsDurations: `${v}:stats:durations`,
-    statsFinished: `${v}:stats:finished`,
-  };
-}
 
 /** A projection's consumer group (also its checkpoint and lease name) in a view generation. */
 export function projectionGroup(name: string, generation: number): string {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { bindPipeline } from "../src/pipeline/steps.ts";
+import { taskViewKey } from "../src/projections/task_view/view.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { childEnv, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
@@ -85,7 +86,7 @@ Deno.test("a worker started with CONSUMERS=projections runs only the projections
   const taskId = await submit(env);
   let passed = false;
   try {
-    await waitFor(async () => await redis.exists(keys.taskView(taskId)), {
+    await waitFor(async () => await redis.exists(taskViewKey(keys.views(0).prefix, taskId)), {
       timeoutMs: 20_000,
       what: "the projector process to project the queued task",
     });

@@ -295,9 +295,4 @@ Deno.test("view keys per generation are the same strings as before", () => {
   ]);
   assert.deepEqual(taskView.ownedKeys(keys.views(0).prefix), ["{vp}:view:task:*"]);
   assert.equal(keys.views(1).viewPattern, "{vp}:view@1:*");
-  // The deprecated aliases in keys.ts, until their last callers move, must agree.
-  assert.equal(keys.taskView("t"), taskViewKey(keys.views(0).prefix, "t"));
-  assert.equal(keys.views(1).taskView("t"), taskViewKey(keys.views(1).prefix, "t"));
-  assert.equal(keys.videoView("v"), videoViewKey(keys.views(0).prefix, "v"));
-  assert.equal(keys.stats, statsKeys(keys.views(0).prefix).counters);
 });

@@ -4,7 +4,7 @@ import { dlqMain } from "../src/cli/dlq.ts";
 import { replayMain } from "../src/cli/replay.ts";
 import { runCli } from "../src/cli/_common.ts";
 import { UnrecoverableError } from "../src/errors.ts";
-import type { TaskView } from "../src/projections/task_view/view.ts";
+import { type TaskView, taskViewKey } from "../src/projections/task_view/view.ts";
 import { rebuildProjections, RebuildRefused } from "../src/projections/rebuild.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { redrive } from "../src/replay/reprocess.ts";
@@ -431,6 +431,6 @@ Deno.test("a rebuild skips malformed events, even a batch of nothing else", asyn
     bulkBatch: 1,
   });
   assert.equal(result.generation, 1);
-  for (const id of ids) assert.equal(await redis.exists(keys.views(1).taskView(id)), 1);
-  assert.equal(await redis.exists(keys.views(1).taskView("bad")), 0);
+  for (const id of ids) assert.equal(await redis.exists(taskViewKey(keys.views(1).prefix, id)), 1);
+  assert.equal(await redis.exists(taskViewKey(keys.views(1).prefix, "bad")), 0);
 });

@@ -19,7 +19,9 @@ export function decideSceneSink(
   { maxAttempts }: { maxAttempts: number },
 ): SceneSinkDecision {
   const after = history.filter((e) => compareIds(e.id, entryId) > 0);
-  if (after.some((e) => e.type === "task.completed" || (e.type === "task.failed" && e.data.final))) {
+  if (
+    after.some((e) => e.type === "task.completed" || (e.type === "task.failed" && e.data.final))
+  ) {
     return { type: "acknowledge" };
   }
   const begun = after.filter((e) => e.type === "step.started" && e.data.step === "persist").length;

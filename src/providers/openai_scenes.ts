@@ -233,7 +233,10 @@ function toPipelineError(error: unknown, timeoutMs: number): Error {
   const message = `OpenAI returned ${error.status}: ${detail}`;
   const shouldRetry = error.headers?.get("x-should-retry");
   if (error.status === 429) {
-    return new RetryableError(message, { cause: error, retryAfterMs: parseRetryAfter(error.headers) });
+    return new RetryableError(message, {
+      cause: error,
+      retryAfterMs: parseRetryAfter(error.headers),
+    });
   }
   // 408 and 409 (lock timeout) are transient too; the API may also say so explicitly.
   if (
