@@ -3,7 +3,8 @@ import { compareIds, decodeValid } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Samples } from "../metrics.ts";
-import { projectScript, releaseLeaseScript, renewLeaseScript } from "../redis/scripts.ts";
+import { Lease } from "../redis/lease.ts";
+import { projectScript } from "../redis/scripts.ts";
 import { ensureGroup, readGroup, type StreamEntry } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import type { Projection } from "./registry.ts";
@@ -72,12 +73,11 @@ export class Projector {
 
   async #run(): Promise<void> {
     const { redis, keys, owner, log } = this.options;
-    const lease = keys.lease(this.projection.group);
+    const lease = new Lease(redis, keys.lease(this.projection.group), owner, this.leaseMs);
     const signal = this.#stop.signal;
     while (!signal.aborted) {
       try {
-        const won = await redis.set(lease, owner, "PX", this.leaseMs, "NX");
-        if (!won) {
+        if (!await lease.acquire()) {
           await sleep(Math.min(1_000, this.leaseMs / 3), signal).catch(() => {});
           continue;
         }
@@ -101,16 +101,15 @@ export class Projector {
         }
       }
     }
-    await releaseLeaseScript.run(redis, [lease], [owner]).catch(() => {});
+    await lease.release();
   }
 
-  async #lead(lease: string, signal: AbortSignal): Promise<void> {
-    const { redis, blocking, keys, owner } = this.options;
+  async #lead(lease: Lease, signal: AbortSignal): Promise<void> {
+    const { redis, blocking, keys } = this.options;
     let leading = true;
-    const renew = setInterval(async () => {
-      const ok = await renewLeaseScript.run(redis, [lease], [owner, this.leaseMs]).catch(() => 0);
-      if (ok !== 1) leading = false;
-    }, Math.floor(this.leaseMs / 3));
+    const stopRenewing = lease.keepAlive(() => {
+      leading = false;
+    });
     try {
       let checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
       // Only what the pending list returns is applied, oldest first: a read with ">" just moves
@@ -139,7 +138,7 @@ export class Projector {
       }
       if (!leading) throw new LeaseLost();
     } finally {
-      clearInterval(renew);
+      stopRenewing();
     }
   }
 
@@ -154,20 +153,22 @@ export class Projector {
       const last = entries[entries.length - 1].id;
       const next = compareIds(last, checkpoint) > 0 ? last : checkpoint;
       const ops = events.length ? await this.projection.plan(events) : [];
-      const reply = await projectScript.run(redis, [
-        keys.lease(this.projection.group),
-        keys.checkpoint(this.projection.group),
-        keys.eventStream,
-        keys.viewGeneration,
-      ], [
-        owner,
-        checkpoint,
-        next,
-        this.projection.group,
-        JSON.stringify(ops),
-        this.projection.generation,
-        ...entries.map((e) => e.id),
-      ]);
+      const reply = await projectScript.run(redis, {
+        keys: {
+          lease: keys.lease(this.projection.group),
+          checkpoint: keys.checkpoint(this.projection.group),
+          events: keys.eventStream,
+          view_generation: keys.viewGeneration,
+        },
+        args: {
+          owner,
+          expected_checkpoint: checkpoint,
+          checkpoint: next,
+          group: this.projection.group,
+          writes: JSON.stringify(ops),
+          generation: this.projection.generation,
+        },
+      }, { args: entries.map((e) => e.id) });
       if (reply === 1) {
         const now = Date.now();
         for (const e of events) this.options.lag?.add(now - Number(e.id.split("-")[0]));

@@ -4,7 +4,7 @@ import type { Logger } from "../log.ts";
 import { decodeValid } from "../events.ts";
 import { viewGeneration } from "../queries.ts";
 import { closeRedis, connectRedis } from "../redis/client.ts";
-import { releaseLeaseScript, renewLeaseScript } from "../redis/scripts.ts";
+import { Lease } from "../redis/lease.ts";
 import { ensureGroup, groupInfo } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import { dropProjectionGroup } from "./projector.ts";
@@ -121,13 +121,11 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       );
     }
   }
-  const lock = keys.rebuildLock;
-  if (!await redis.set(lock, owner, "PX", LOCK_MS, "NX")) {
+  const lock = new Lease(redis, keys.rebuildLock, owner, LOCK_MS);
+  if (!await lock.acquire()) {
     throw new RebuildRefused("Another projection rebuild is running");
   }
-  const renew = setInterval(() => {
-    renewLeaseScript.run(redis, [lock], [owner, LOCK_MS]).catch(() => {});
-  }, LOCK_MS / 3);
+  const stopRenewing = lock.keepAlive();
   const connections: Redis[] = [];
   const t0 = performance.now();
   let next: Projection[] = [];
@@ -197,7 +195,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       events_per_second: Math.round(total / Math.max(seconds, 0.001)),
     };
   } finally {
-    clearInterval(renew);
+    stopRenewing();
     await Promise.all(connections.map(closeRedis));
     // The swap may have been applied with its reply lost: then this generation is the live one.
     swapped ||= generation > 0 &&
@@ -214,7 +212,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
           })
         );
     }
-    await releaseLeaseScript.run(redis, [lock], [owner]).catch(() => {});
+    await lock.release();
   }
 }
 

@@ -2,8 +2,7 @@
  * The service's Lua scripts, one file each in `./lua/` (see each file's header for what it does,
  * its KEYS and ARGV, and its reply), declared with their keys and args by name.
  */
-import type { Redis } from "ioredis";
-import { defineScript, type NamedScript } from "./script.ts";
+import { defineScript } from "./script.ts";
 import { TOKEN_UNIT } from "../security/rate_limit.ts";
 
 /** Records a webhook as a task (or finds its duplicate) after taking rate-limit tokens. */
@@ -57,12 +56,12 @@ export const heartbeatScript = defineScript({
 });
 
 /** Applies a projection batch, its checkpoint and its XACKs, fenced by lease and checkpoint. */
-export const projectScript = _positional(defineScript({
+export const projectScript = defineScript({
   name: "project",
   keys: ["lease", "checkpoint", "events", "view_generation"],
   args: ["owner", "expected_checkpoint", "checkpoint", "group", "writes", "generation"],
   extra: { args: true }, // entry ids to XACK
-}));
+});
 
 /** Hands out a video's next revision number. */
 export const claimRevisionScript = defineScript({
@@ -72,18 +71,18 @@ export const claimRevisionScript = defineScript({
 });
 
 /** Renews a lease only for its owner (use {@linkcode Lease} from `./lease.ts`). */
-export const renewLeaseScript = _positional(defineScript({
+export const renewLeaseScript = defineScript({
   name: "renew_lease",
   keys: ["lease"],
   args: ["owner", "ttl_ms"],
-}));
+});
 
 /** Releases a lease only for its owner (use {@linkcode Lease} from `./lease.ts`). */
-export const releaseLeaseScript = _positional(defineScript({
+export const releaseLeaseScript = defineScript({
   name: "release_lease",
   keys: ["lease"],
   args: ["owner"],
-}));
+});
 
 /** Starts a new run of a task (replay or dead-letter redrive), compare-and-set on its run. */
 export const reprocessScript = defineScript({
@@ -99,26 +98,3 @@ export const reprocessScript = defineScript({
     "timeline_ttl_s",
   ],
 });
-
-type Positional = (
-  redis: Redis,
-  keys: string[],
-  args: (string | number)[],
-) => Promise<unknown>;
-
-/**
- * Also accepts the former positional call, `run(redis, [keys], [args])`, until the projector and
- * the rebuild (being moved to src/projections/) call these by name.
- * TODO(#9): remove once no caller passes arrays.
- */
-function _positional<K extends readonly string[], A extends readonly string[]>(
-  script: NamedScript<K, A>,
-): NamedScript<K, A> & { run: Positional } {
-  const run = script.run.bind(script);
-  return Object.assign(script, {
-    run: (redis: Redis, call: unknown, extra?: unknown) =>
-      Array.isArray(call)
-        ? script.script.run(redis, call, extra as (string | number)[])
-        : run(redis, call as Parameters<typeof run>[1], extra as Parameters<typeof run>[2]),
-  }) as NamedScript<K, A> & { run: Positional };
-}
