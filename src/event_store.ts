@@ -83,7 +83,7 @@ export class EventStore {
 
   /** Appends a worker's events, and acks or dead-letters its entry, in one fenced script. */
   async settle(input: SettleInput): Promise<string> {
-    // The fields settle.lua appends for each event, as encodeEvent writes them.
+    // settle.lua appends each event from a (type, at, data JSON) triple.
     const events = (input.events ?? []).flatMap((e) => [e.type, e.at, JSON.stringify(e.data)]);
     const reply = await settleScript.run(this.redis, {
       keys: {

@@ -1,19 +1,11 @@
 import { z } from "zod";
 import type { Logger } from "./log.ts";
-import {
-  type Scene,
-  SceneChangeSchema,
-  SceneSchema,
-  type TaskResult,
-  TaskResultSchema,
-} from "./pipeline/scene.ts";
+import { TaskResultSchema } from "./pipeline/scene.ts";
 import { STEP_NAMES } from "./pipeline/steps.ts";
 
 /** A step name as events carry it; the names come from the step list (src/pipeline/steps.ts). */
 export const StepName = z.enum(STEP_NAMES);
 export type StepName = z.infer<typeof StepName>;
-// Moved to src/pipeline/scene.ts; re-exported while importers move over.
-export { type Scene, SceneChangeSchema, SceneSchema, type TaskResult, TaskResultSchema };
 
 const base = <T extends string, D extends z.ZodType>(type: T, data: D) =>
   z.object({ type: z.literal(type), task_id: z.string().min(1), at: z.string(), data });
@@ -127,22 +119,7 @@ export function event<T extends TaskEventType>(
   return { type, at, data } as NewEvent;
 }
 
-/** Stream entries are flat field lists: type, task_id, at, data (JSON). */
-export function encodeEvent(event: TaskEvent): string[] {
-  return [
-    "type",
-    event.type,
-    "task_id",
-    event.task_id,
-    "at",
-    event.at,
-    "data",
-    JSON.stringify(
-      event.data,
-    ),
-  ];
-}
-
+/** Stream entries are flat field lists: type, task_id, at, data (JSON), as the scripts write them. */
 export function fieldsToRecord(fields: string[]): Record<string, string> {
   const record: Record<string, string> = {};
   for (let i = 0; i + 1 < fields.length; i += 2) record[fields[i]] = fields[i + 1];

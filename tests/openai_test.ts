@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
-import { type Scene, SceneSchema } from "../src/events.ts";
+import { type Scene, SceneSchema } from "../src/pipeline/scene.ts";
 import { createOpenAIScenes, type OpenAIScenesOptions } from "../src/providers/openai_scenes.ts";
 import { type OpenAIFake, type OpenAIFault, startOpenAIServer } from "./fakes/openai_server.ts";
 
