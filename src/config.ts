@@ -82,6 +82,19 @@ export const ConfigSchema = z.object({
     v,
   ) => v.toLowerCase()),
   PROMPT_MAX_CHARS: int(1, 20_000),
+  // Fields the request schema does not know are kept (n8n sends extra ones), up to this many bytes
+  // of JSON in all; 0 drops them.
+  UNKNOWN_FIELDS_MAX_BYTES: int(0, 16_384),
+  // A request's headers and body must arrive within this time, or the connection is closed.
+  REQUEST_TIMEOUT_MS: int(100, 10_000),
+  // Bodies being read at once: in all, and from one client address (more wait their turn: 503).
+  BODY_READS_MAX: int(1, 256),
+  BODY_READS_PER_ADDRESS: int(1, 8),
+  // A token for GET /task/*, /videos/* and /stats (header READ_TOKEN_HEADER or Bearer).
+  READ_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  READ_TOKEN_HEADER: z.string().regex(/^[A-Za-z0-9-]+$/).default("x-read-token").transform((
+    v,
+  ) => v.toLowerCase()),
   MAX_JSON_DEPTH: int(2, 32),
   RATE_LIMIT_PER_MINUTE: int(0, 600),
   TRUST_PROXY: bool(false),
