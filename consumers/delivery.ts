@@ -27,6 +27,11 @@ export interface Attempts<F extends Failure> {
   /** The first attempt's number (later ones count on from it). */
   first: number;
   policy: RetryPolicy;
+  /**
+   * Records that attempt `attempt` begins; a failure here is not the attempt's (it leaves the
+   * entry pending for a redelivery, spending no attempt).
+   */
+  begin?(attempt: number): Promise<void>;
   /** One attempt; returning means done. */
   run(attempt: number): Promise<void>;
   /** Records that attempt `attempt` failed and the next follows after `waitMs`. */
@@ -101,6 +106,7 @@ export class Delivery {
   async attempts<F extends Failure = Failure>(spec: Attempts<F>): Promise<void> {
     const classify = spec.classify ?? (failureOf as (error: unknown) => F);
     for (let attempt = spec.first;; attempt++) {
+      await spec.begin?.(attempt);
       try {
         return await spec.run(attempt);
       } catch (error) {

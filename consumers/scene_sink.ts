@@ -77,10 +77,12 @@ async function persist(
   await delivery.attempts({
     first: decision.attempt,
     policy,
-    async run(attempt) {
+    async begin(attempt) {
       await delivery.settle(taskId, "append", [
         event("step.started", delivery.now(), { step: "persist", attempt }),
       ]);
+    },
+    async run(attempt) {
       const t0 = performance.now();
       const rows = sceneRows(generated);
       await scenes.upsert(rows);
