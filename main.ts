@@ -4,6 +4,7 @@ import { createLogger } from "./src/log.ts";
 import { aofEnabled, waitReady } from "./src/redis/client.ts";
 import { createServices } from "./src/runtime.ts";
 import { startConsumers } from "./consumers/kinds.ts";
+import { workerId } from "./consumers/task_worker.ts";
 
 const USAGE = `Usage: deno run main.ts <serve|worker|dev>
   serve   the HTTP API
@@ -51,6 +52,11 @@ async function main(command: string | undefined): Promise<number> {
         webhook_auth: auth,
       });
     } else log.info("Webhook authentication on", { webhook_auth: auth });
+    if (!config.READ_TOKEN) {
+      log.warn("GET /task/*, /videos/* and /stats are OPEN to anyone: set READ_TOKEN", {
+        read_auth: "none",
+      });
+    } else log.info("Read authentication on", { read_auth: "token" });
   }
   const ready = await waitReady(services.redis, 10_000).then(() => true, (error) => {
     log.warn("Redis is not reachable yet; requests answer 503 until it is", {
@@ -100,6 +106,8 @@ async function main(command: string | undefined): Promise<number> {
   if (consumers) {
     log.info("Consumers started", {
       consumer: consumers.consumer,
+      // Events name the worker by this opaque id, never by the consumer name (host and pid).
+      worker_id: workerId(consumers.consumer),
       consumers: config.CONSUMERS,
       concurrency: config.WORKER_CONCURRENCY,
     });

@@ -2,7 +2,7 @@ import type { EventStore } from "../src/event_store.ts";
 import { event, requestEntryId, type StoredEvent } from "../src/events.ts";
 import { announcesOutcome, decideCallback, isFinalOutcome } from "../src/decisions/callback.ts";
 import { parseRetryAfter, type RetryPolicy } from "../src/retry.ts";
-import { RefusedUrlError, safeFetch } from "../src/security/outbound.ts";
+import { outboundReason, RefusedUrlError, safeFetch } from "../src/security/outbound.ts";
 import { signWebhook } from "../src/security/signature.ts";
 import { type VideoRequest, VideoRequestSchema } from "../src/webhook.ts";
 import { type Delivery, type Failure, type Handler } from "./delivery.ts";
@@ -22,14 +22,24 @@ export interface CallbackSenderOptions {
 
 const RETRY_STATUS = (status: number) => status === 408 || status === 429 || status >= 500;
 
-/** A failed POST: its status when the receiver answered. */
+/**
+ * A failed POST: `message` is a short reason that names no host or address (`timeout`,
+ * `HTTP 500`, `refused: private address`), which events carry as `error` and so task views and
+ * timelines show; `detail` is the full error, for the log and the admin API only.
+ */
 interface DeliveryFailure extends Failure {
   status: number | null;
+  detail: string;
 }
 
 class DeliveryError extends Error {
-  constructor(message: string, readonly failure: Omit<DeliveryFailure, "message">) {
-    super(message);
+  constructor(
+    readonly reason: string,
+    detail: string,
+    readonly failure: Omit<DeliveryFailure, "message" | "detail">,
+    options?: ErrorOptions,
+  ) {
+    super(detail, options);
   }
 }
 
@@ -85,6 +95,7 @@ async function send(
       status_code: failure.status,
       error: failure.message,
       retry_in_ms: waitMs,
+      detail: failure.detail,
     });
   await delivery.attempts<DeliveryFailure>({
     first: decision.attempt,
@@ -92,7 +103,8 @@ async function send(
     classify: (error) =>
       error instanceof DeliveryError
         ? {
-          message: error.message,
+          message: error.reason,
+          detail: error.message,
           ...error.failure,
           // A receiver's Retry-After is honoured up to RETRY_MAX_MS.
           retryAfterMs: error.failure.retryAfterMs === undefined
@@ -100,7 +112,8 @@ async function send(
             : Math.min(options.policy.maxMs, error.failure.retryAfterMs),
         }
         : {
-          message: `Callback failed: ${(error as Error).message}`,
+          message: "internal error",
+          detail: `Callback failed: ${(error as Error).message}`,
           retryable: true,
           status: null,
         },
@@ -116,6 +129,12 @@ async function send(
       log.info("Callback delivered", { attempts: attempt, status });
     },
     async retrying(failure, attempt, waitMs) {
+      log.info("Callback attempt failed, retrying", {
+        attempt,
+        reason: failure.message,
+        detail: failure.detail,
+        retry_in_ms: waitMs,
+      });
       await delivery.settle(taskId, "append", [attempted(failure, attempt, waitMs)]);
     },
     async givingUp(failure, attempt) {
@@ -125,9 +144,14 @@ async function send(
           webhook_id: webhookId,
           attempts: attempt,
           error: failure.message,
+          detail: failure.detail,
         }),
       ]);
-      log.warn("Callback failed", { attempts: attempt, error: failure.message });
+      log.warn("Callback failed", {
+        attempts: attempt,
+        reason: failure.message,
+        detail: failure.detail,
+      });
     },
   });
 }
@@ -162,19 +186,28 @@ async function post(
     });
   } catch (error) {
     if (signal.aborted) throw error;
+    const reason = outboundReason(error);
     if (error instanceof RefusedUrlError) {
-      throw new DeliveryError(error.message, { retryable: false, status: null });
+      throw new DeliveryError(reason, error.message, { retryable: false, status: null }, {
+        cause: error,
+      });
     }
-    throw new DeliveryError(`Callback request failed: ${(error as Error).message}`, {
-      retryable: true,
-      status: null,
-    });
+    throw new DeliveryError(
+      reason,
+      `Callback request failed: ${(error as Error).message}`,
+      { retryable: true, status: null },
+      { cause: error },
+    );
   }
   await response.body?.cancel();
   if (response.ok) return response.status;
-  throw new DeliveryError(`Callback receiver answered ${response.status}`, {
-    retryable: RETRY_STATUS(response.status),
-    status: response.status,
-    retryAfterMs: response.status === 429 ? parseRetryAfter(response.headers) : undefined,
-  });
+  throw new DeliveryError(
+    `HTTP ${response.status}`,
+    `Callback receiver answered ${response.status}`,
+    {
+      retryable: RETRY_STATUS(response.status),
+      status: response.status,
+      retryAfterMs: response.status === 429 ? parseRetryAfter(response.headers) : undefined,
+    },
+  );
 }

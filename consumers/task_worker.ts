@@ -14,6 +14,22 @@ export interface TaskWorkerOptions {
 
 const ms = (t0: number) => Math.round((performance.now() - t0) * 100) / 100;
 
+const _workerIds = new Map<string, string>();
+
+/**
+ * The opaque id `task.started` names a worker by: random, one per consumer (so per process), and
+ * never the consumer name, which holds the hostname and pid. Events are public reads; the
+ * start-up log ("Consumers started") maps the id to the consumer name for operators.
+ */
+export function workerId(consumer: string): string {
+  let id = _workerIds.get(consumer);
+  if (id === undefined) {
+    id = `w-${crypto.randomUUID().replaceAll("-", "").slice(0, 12)}`;
+    _workerIds.set(consumer, id);
+  }
+  return id;
+}
+
 /**
  * The "workers" group on the webhook stream: runs the pipeline's steps for each task. Its outcome
  * is `scenes.generated`, which the scene sink turns into stored scenes and `task.completed`.
@@ -108,7 +124,7 @@ async function runTask(delivery: Delivery, task: Task): Promise<void> {
     async run(attempt) {
       const at = delivery.now();
       startedAt ??= at;
-      carry = [event("task.started", at, { attempt, worker: delivery.options.consumer })];
+      carry = [event("task.started", at, { attempt, worker: workerId(delivery.options.consumer) })];
       step = undefined;
       for (const s of pipeline) {
         if (outputs[s.name]) continue;

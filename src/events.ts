@@ -88,8 +88,11 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
       webhook_id: z.string(),
       attempt: z.number().int(),
       status_code: z.number().int().nullable(),
+      /** A short public reason (`timeout`, `HTTP 500`, `refused: private address`). */
       error: z.string().nullable(),
       retry_in_ms: z.number().nullable(),
+      /** The full error, naming hosts and addresses: admin reads only, stripped from public. */
+      detail: z.string().optional(),
     }),
   ),
   base(
@@ -98,7 +101,14 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
   ),
   base(
     "callback.failed",
-    z.object({ webhook_id: z.string(), attempts: z.number().int(), error: z.string() }),
+    z.object({
+      webhook_id: z.string(),
+      attempts: z.number().int(),
+      /** A short public reason, as in callback.attempted. */
+      error: z.string(),
+      /** The full error: admin reads only, stripped from public. */
+      detail: z.string().optional(),
+    }),
   ),
 ]);
 

@@ -55,6 +55,7 @@ export function createServices(config: Config, log: Logger) {
       allowPrivateUrls: config.ALLOW_PRIVATE_CALLBACKS,
       trustProxy: config.TRUST_PROXY,
     },
+    read: { token: config.READ_TOKEN, tokenHeader: config.READ_TOKEN_HEADER },
     corsOrigins: config.CORS_ORIGINS,
     streamRetentionMs: config.STREAM_RETENTION_S * 1000,
     admin: {

@@ -12,6 +12,7 @@ Deno.test("the OpenAPI document describes every route", async () => {
     "/admin/dead-letters/redrive",
     "/admin/dead-letters/{id}",
     "/admin/replay",
+    "/admin/tasks/{task_id}/events",
     "/health",
     "/stats",
     "/task/{task_id}",
@@ -32,6 +33,27 @@ Deno.test("the OpenAPI document describes every route", async () => {
     "422",
     "503",
   ]);
+  // The read routes declare the read token (header or bearer) and its 401.
+  assert.equal(doc.components.securitySchemes.readToken.in, "header");
+  assert.equal(doc.components.securitySchemes.readToken.name, "x-read-token");
+  assert.equal(doc.components.securitySchemes.readBearer.scheme, "bearer");
+  for (
+    const path of [
+      "/stats",
+      "/task/{task_id}",
+      "/task/{task_id}/events",
+      "/videos/{video_id}/scenes",
+    ]
+  ) {
+    const get = doc.paths[path].get;
+    assert.deepEqual(get.security, [{ readToken: [] }, { readBearer: [] }], path);
+    assert.equal(
+      get.responses["401"].content["application/problem+json"] !== undefined,
+      true,
+      path,
+    );
+  }
+  assert.equal(doc.paths["/health"].get.security, undefined, "/health stays open");
 });
 
 Deno.test("the docs page and its assets are served locally", async () => {

@@ -110,6 +110,18 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
     return c.json({ dry_run: request.dry_run, projections, tasks });
   });
 
+  // A task's whole timeline as stored, internal fields included (callback errors' `detail`,
+  // naming hosts and addresses), which the public GET /task/{task_id}/events leaves out.
+  app.get("/admin/tasks/:task_id/events", async (c) => {
+    const taskId = c.req.param("task_id");
+    const events = await fromRedis(() => store.timeline(taskId));
+    if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
+    return c.json({
+      task_id: taskId,
+      events: events.map(({ id, type, at, data }) => ({ id, type, at, data })),
+    });
+  });
+
   app.get("/admin/dead-letters", async (c) => {
     const count = Math.min(1_000, Math.max(1, Number(c.req.query("count") ?? 100) || 100));
     const after = c.req.query("after");

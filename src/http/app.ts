@@ -4,6 +4,7 @@ import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
+import type { StoredEvent } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { PROJECTIONS } from "../projections/registry.ts";
@@ -15,6 +16,7 @@ import { docsRoutes } from "./docs.ts";
 import { describeRoutes } from "./openapi.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
 import { projectionRoutes } from "./projection_routes.ts";
+import { readAuth, type ReadAuthOptions } from "./read_auth.ts";
 import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
@@ -24,6 +26,8 @@ export interface AppDeps {
   log: Logger;
   webhook: Omit<WebhookRouteDeps, "store" | "redis" | "keys" | "log" | "now">;
   admin: Omit<AdminDeps, "store" | "now">;
+  /** READ_TOKEN for GET /task/*, /videos/* and /stats; without a token they are open. */
+  read: ReadAuthOptions;
   streamRetentionMs: number;
   /** Origins allowed by CORS; none means no CORS headers at all. */
   corsOrigins: string[];
@@ -37,6 +41,7 @@ export interface AppDeps {
 export function createApp(deps: AppDeps) {
   const { redis, store, keys, log } = deps;
   const now = deps.clock ?? (() => new Date());
+  const read = readAuth(deps.read);
   const app = new OpenAPIHono();
   app.use(secureHeaders());
   if (deps.corsOrigins.length) {
@@ -65,22 +70,29 @@ export function createApp(deps: AppDeps) {
     store,
     now,
     streamRetentionMs: deps.streamRetentionMs,
-  });
+  }, read.guard);
 
-  app.get("/task/:task_id/events", async (c) => {
+  app.get("/task/:task_id/events", read.guard, async (c) => {
     const taskId = c.req.param("task_id");
     const events = await fromRedis(() => store.timeline(taskId));
     if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
-    return c.json({
-      task_id: taskId,
-      events: events.map(({ id, type, at, data }) => ({ id, type, at, data })),
-    });
+    return c.json({ task_id: taskId, events: events.map(publicEvent) });
   });
 
+  // Open to anyone (load balancers, uptime checks): what a stranger may know. Backlogs and the
+  // scene sink's error text come only with read access (the read token, or no READ_TOKEN set),
+  // as /stats gives them.
   app.get("/health", async (c) => {
+    const detailed = read.allows(c.req.raw.headers);
     const sink = deps.sceneSink;
+    const checked = sink ? await sink.check() : null;
     const sceneSink = sink
-      ? { enabled: true, sink: sink.name, ...(await sink.check()) }
+      ? {
+        enabled: true,
+        sink: sink.name,
+        ok: checked!.ok,
+        ...(detailed && checked && !checked.ok ? { error: checked.error } : {}),
+      }
       : { enabled: false, sink: "redis-view", ok: true };
     const t0 = performance.now();
     try {
@@ -93,7 +105,7 @@ export function createApp(deps: AppDeps) {
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
-        consumer_groups: await consumerGroups(redis, keys),
+        ...(detailed ? { consumer_groups: await consumerGroups(redis, keys) } : {}),
       });
     } catch {
       c.header("retry-after", "1");
@@ -103,12 +115,21 @@ export function createApp(deps: AppDeps) {
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
-        consumer_groups: [],
+        ...(detailed ? { consumer_groups: [] } : {}),
       }, 503);
     }
   });
 
-  describeRoutes(app, routes);
+  describeRoutes(app, routes, { readTokenHeader: deps.read.tokenHeader });
   app.route("/", docsRoutes());
   return app;
+}
+
+/**
+ * An event as the public timeline shows it: without the fields meant for operators (a callback
+ * error's `detail`, which names hosts and addresses); GET /admin/tasks/{task_id}/events has them.
+ */
+function publicEvent({ id, type, at, data }: StoredEvent) {
+  const { detail: _detail, ...shown } = data as Record<string, unknown>;
+  return { id, type, at, data: shown };
 }

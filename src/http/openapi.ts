@@ -16,6 +16,12 @@ const problem = (description: string) => ({
 
 type Registry = OpenAPIHono["openAPIRegistry"];
 
+/** The read routes accept the read token in its header or as a bearer token. */
+const READ_SECURITY: { security: Record<string, string[]>[] } = {
+  security: [{ readToken: [] }, { readBearer: [] }],
+};
+const READ_401 = { 401: problem("READ_TOKEN is set and the read token is missing or wrong") };
+
 /** A projection's route: its params, its view's schema and its documented problems. */
 function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
   const problems = Object.entries(route.problems).map(([status, text]) => [status, problem(text)]);
@@ -23,9 +29,11 @@ function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
     method: "get",
     path: route.path,
     summary: route.summary,
+    ...READ_SECURITY,
     ...(route.params ? { request: { params: route.params } } : {}),
     responses: {
       200: json(route.response.schema, route.response.description),
+      ...READ_401,
       ...Object.fromEntries(problems),
     },
   });
@@ -38,8 +46,20 @@ function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
 export function describeRoutes(
   app: OpenAPIHono,
   projectionRoutes: readonly ProjectionRoute[],
+  options: { readTokenHeader: string },
 ): void {
   const r = app.openAPIRegistry;
+  r.registerComponent("securitySchemes", "readToken", {
+    type: "apiKey",
+    in: "header",
+    name: options.readTokenHeader,
+    description: "READ_TOKEN, for the task, video and stats reads; they are open when it is unset",
+  });
+  r.registerComponent("securitySchemes", "readBearer", {
+    type: "http",
+    scheme: "bearer",
+    description: "READ_TOKEN as a bearer token, instead of the header",
+  });
   r.registerPath({
     method: "post",
     path: "/webhook",
@@ -63,14 +83,19 @@ export function describeRoutes(
   r.registerPath({
     method: "get",
     path: "/task/{task_id}/events",
-    summary: "A task's timeline, read from the event log",
+    summary: "A task's timeline, read from the event log (operator-only fields left out)",
+    ...READ_SECURITY,
     request: { params: z.object({ task_id: z.string() }) },
-    responses: { 200: json(TimelineSchema, "The events in order"), 404: problem("Unknown task") },
+    responses: {
+      200: json(TimelineSchema, "The events in order"),
+      ...READ_401,
+      404: problem("Unknown task"),
+    },
   });
   r.registerPath({
     method: "get",
     path: "/health",
-    summary: "Redis reachability and consumer groups",
+    summary: "Redis reachability; consumer groups only with read access (open, no token needed)",
     responses: { 200: json(HealthSchema, "Healthy"), 503: json(HealthSchema, "Redis is down") },
   });
   r.registerComponent("securitySchemes", "adminBearer", {
@@ -114,6 +139,17 @@ export function describeRoutes(
       ),
       409: problem("Rebuild refused: another runs, or the log was trimmed and force is not set"),
       422: problem("Invalid request"),
+      ...adminErrors,
+    },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/admin/tasks/{task_id}/events",
+    summary: "A task's whole timeline, with the internal detail public reads leave out",
+    ...admin,
+    request: { params: z.object({ task_id: z.string() }) },
+    responses: {
+      200: json(TimelineSchema, "The events in order, callback errors' `detail` included"),
       ...adminErrors,
     },
   });

@@ -23,6 +23,7 @@ export const ProblemSchema = z.object({
   errors: z.array(z.object({ field: z.string(), message: z.string() })).optional(),
 });
 
+/** A task's timeline; the public one leaves out operator-only fields (`detail`). */
 export const TimelineSchema = z.object({
   task_id: z.string(),
   events: z.array(z.object({
@@ -51,7 +52,9 @@ export const HealthSchema = z.object({
     enabled: z.boolean().describe("False without SUPABASE_URL: scenes live in the Redis view only"),
     sink: z.string(),
     ok: z.boolean(),
-    error: z.string().optional(),
+    error: z.string().optional().describe("Why it cannot store; only with read access"),
   }),
-  consumer_groups: z.array(GroupStatsSchema),
+  consumer_groups: z.array(GroupStatsSchema).optional().describe(
+    "Backlog per consumer group; only with read access (the read token, or no READ_TOKEN set)",
+  ),
 });

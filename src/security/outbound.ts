@@ -50,12 +50,54 @@ export interface OutboundOptions {
   caCerts?: string[];
 }
 
+/** Why a URL was refused: an address it resolves to, a redirect, or the URL itself. */
+export type RefusalKind = "address" | "redirect" | "url";
+
 /** A callback URL that must not be fetched. Unrecoverable: retrying cannot change the answer. */
 export class RefusedUrlError extends UnrecoverableError {
-  constructor(readonly url: string, readonly reason: string, options?: ErrorOptions) {
+  readonly kind: RefusalKind;
+  constructor(
+    readonly url: string,
+    readonly reason: string,
+    options?: ErrorOptions & { kind?: RefusalKind },
+  ) {
     super(`Callback URL refused: ${reason}`, options);
     this.name = "RefusedUrlError";
+    this.kind = options?.kind ?? "url";
   }
+}
+
+/** A callback host that does not resolve (or resolves to nothing). Retryable: DNS may recover. */
+export class HostNotFoundError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "HostNotFoundError";
+  }
+}
+
+/**
+ * A short reason for an outbound failure that names no host, address or URL, for what the
+ * public reads (task views and timelines); the error's message keeps the detail for the log.
+ * Refusals say what was refused, not which address: `refused: private address` tells a reader
+ * nothing about internal names or the network behind them.
+ */
+export function outboundReason(error: unknown): string {
+  if (error instanceof RefusedUrlError) {
+    switch (error.kind) {
+      case "address":
+        return "refused: private address";
+      case "redirect":
+        return "refused: redirect";
+      case "url":
+        return "refused: invalid URL";
+    }
+  }
+  if (error instanceof HostNotFoundError) return "connection failed: host not found";
+  if (error instanceof Error && error.name === "TimeoutError") return "timeout";
+  if (error instanceof Error && error.message.startsWith("Callback answered with an invalid")) {
+    return "invalid response";
+  }
+  return "connection failed";
 }
 
 const _REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -146,9 +188,11 @@ async function _checkTarget(url: URL, options: OutboundOptions): Promise<_Target
     try {
       resolved = await (options.resolve ?? _systemResolve)(host);
     } catch (cause) {
-      throw new Error(`Could not resolve callback host "${host}"`, { cause });
+      throw new HostNotFoundError(`Could not resolve callback host "${host}"`, { cause });
     }
-    if (resolved.length === 0) throw new Error(`Callback host "${host}" resolves to no address`);
+    if (resolved.length === 0) {
+      throw new HostNotFoundError(`Callback host "${host}" resolves to no address`);
+    }
   }
   const addresses: _Target["addresses"] = [];
   for (const address of resolved) {
@@ -160,6 +204,7 @@ async function _checkTarget(url: URL, options: OutboundOptions): Promise<_Target
       throw new RefusedUrlError(
         url.href,
         `${what} ${_article(verdict.reason)} ${verdict.reason} address`,
+        { kind: "address" },
       );
     }
     addresses.push({ address: verdict.address, family: verdict.family });
@@ -319,13 +364,18 @@ export async function safeFetch(
       }
       res.destroy(); // a redirect's body is of no use; the connection is not reused anyway
       if (redirects >= maxRedirects) {
-        throw new RefusedUrlError(url, `more than ${maxRedirects} redirects`);
+        throw new RefusedUrlError(url, `more than ${maxRedirects} redirects`, {
+          kind: "redirect",
+        });
       }
       let next: URL;
       try {
         next = new URL(location, current);
       } catch (cause) {
-        throw new RefusedUrlError(url, `redirect to an invalid URL "${location}"`, { cause });
+        throw new RefusedUrlError(url, `redirect to an invalid URL "${location}"`, {
+          cause,
+          kind: "redirect",
+        });
       }
       const status = res.statusCode!;
       if (options.strictRedirects && (status < 307 || next.origin !== current.origin)) {
@@ -333,6 +383,7 @@ export async function safeFetch(
           url,
           `redirect ${status} to ${next.origin}${next.pathname} not followed (only 307/308 ` +
             "within the same origin are)",
+          { kind: "redirect" },
         );
       }
       if (

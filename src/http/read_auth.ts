@@ -1,0 +1,47 @@
+import type { MiddlewareHandler } from "hono";
+import { ProblemError } from "../errors.ts";
+import { tokenMatcher } from "../security/signature.ts";
+
+/** How the read routes (`/task/*`, `/videos/*`, `/stats`) authenticate. */
+export interface ReadAuthOptions {
+  /** READ_TOKEN; without it the read routes are open. */
+  token?: string;
+  /** READ_TOKEN_HEADER (lower case); `Authorization: Bearer <token>` works too. */
+  tokenHeader: string;
+}
+
+export interface ReadAuth {
+  /** "none": reads are open (READ_TOKEN unset). */
+  mode: "none" | "token";
+  /** Whether a request may read: the token in the header or as a bearer, or no token set. */
+  allows(headers: Headers): boolean;
+  /** Middleware answering 401 problem+json to a request that may not read. */
+  guard: MiddlewareHandler;
+}
+
+/**
+ * The read token check, in constant time (`tokenMatcher`), like the webhook token: the token in
+ * `tokenHeader` or as `Authorization: Bearer <token>`; either is enough.
+ */
+export function readAuth(options: ReadAuthOptions): ReadAuth {
+  const matches = options.token ? tokenMatcher(options.token) : null;
+  const allows = (headers: Headers): boolean => {
+    if (!matches) return true;
+    const sent = headers.get(options.tokenHeader);
+    if (sent !== null && matches(sent)) return true;
+    const authorization = headers.get("authorization") ?? "";
+    const bearer = /^Bearer +(.+)$/i.exec(authorization)?.[1]?.trim();
+    return bearer !== undefined && matches(bearer);
+  };
+  return {
+    mode: matches ? "token" : "none",
+    allows,
+    guard: async function readTokenAuth(c, next) {
+      if (!allows(c.req.raw.headers)) {
+        c.header("www-authenticate", 'Bearer realm="read"');
+        throw new ProblemError(401, "Unauthorized", "A valid read token is required");
+      }
+      await next();
+    },
+  };
+}
