@@ -50,6 +50,8 @@ export const ConfigSchema = z.object({
   STREAM_RETENTION_S: int(60, 7 * 86_400),
   ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
+  // auto: readable lines on a terminal, JSON otherwise (production).
+  LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
   FAL_KEY: z.string().optional(),
   FAL_BASE_URL: z.url().optional(),
   FAL_REFRAME_MODEL: z.string().min(1).default("fal-ai/luma-photon/reframe"),

@@ -27,23 +27,71 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
 }
 
-/** Structured JSON lines on stderr; secrets redacted by field name, e-mails masked everywhere. */
+/** "json" for machines (production), "pretty" for a person at a terminal. */
+export type LogFormat = "json" | "pretty";
+
+/** LOG_FORMAT=auto: pretty when stderr is a terminal, JSON otherwise. */
+export function logFormat(setting: "auto" | LogFormat): LogFormat {
+  if (setting !== "auto") return setting;
+  return Deno.stderr.isTerminal() ? "pretty" : "json";
+}
+
+/** The fields a person reading a pretty line wants; the JSON line keeps them all. */
+const PRETTY_FIELDS = [
+  "task_id",
+  "step",
+  "attempt",
+  "duration_ms",
+  "retry_in_ms",
+  "status",
+  "url",
+  "error",
+  "detail",
+];
+const COLOUR: Record<Level, string> = {
+  debug: "\x1b[90m",
+  info: "\x1b[36m",
+  warn: "\x1b[33m",
+  error: "\x1b[31m",
+};
+
+/** One line: time, coloured level, message, then the fields that matter as key=value. */
+export function prettyLine(record: Record<string, unknown>, colour = true): string {
+  const level = String(record.level);
+  const time = String(record.time).slice(11, 23);
+  const tag = level.toUpperCase().padEnd(5);
+  const fields = PRETTY_FIELDS.filter((k) => record[k] !== undefined && record[k] !== null)
+    .map((k) => {
+      const value = record[k];
+      const text = typeof value === "string" ? value : JSON.stringify(value);
+      return `${k}=${/\s/.test(text) ? JSON.stringify(text) : text}`;
+    });
+  const paint = colour ? `${COLOUR[level as Level] ?? ""}${tag}\x1b[0m` : tag;
+  return [time, paint, String(record.msg), ...fields].join(" ");
+}
+
+/**
+ * Log lines on stderr: JSON (one object a line) or pretty; secrets redacted by field name and
+ * e-mails masked everywhere, in both formats.
+ */
 export function createLogger(
   level: Level,
   base: Record<string, unknown> = {},
   write: (line: string) => void = (line) => console.error(line),
+  format: LogFormat = "json",
 ): Logger {
   const min = ORDER[level];
   const emit = (lvl: Level, msg: string, fields?: Record<string, unknown>) => {
     if (ORDER[lvl] < min) return;
-    const record = { time: new Date().toISOString(), level: lvl, msg, ...base, ...fields };
-    write(JSON.stringify(scrub(record)));
+    const record = scrub({ time: new Date().toISOString(), level: lvl, msg, ...base, ...fields });
+    const fieldsOf = record as Record<string, unknown>;
+    write(format === "pretty" ? prettyLine(fieldsOf) : JSON.stringify(record));
   };
   return {
     debug: (m, f) => emit("debug", m, f),
     info: (m, f) => emit("info", m, f),
     warn: (m, f) => emit("warn", m, f),
     error: (m, f) => emit("error", m, f),
-    child: (fields) => createLogger(level, { ...base, ...fields }, write),
+    child: (fields) => createLogger(level, { ...base, ...fields }, write, format),
   };
 }
