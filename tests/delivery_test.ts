@@ -40,7 +40,8 @@ Deno.test("attempts: retryable failures retry until the last attempt, then give 
     policy,
     begin: (attempt) => Promise.resolve(void seen.push(`begin ${attempt}`)),
     run: () => Promise.reject(new RetryableError("busy", { retryAfterMs: 0 })),
-    retrying: (f, attempt, waitMs) => Promise.resolve(void seen.push(`retry ${attempt} ${waitMs}`)),
+    retrying: (_f, attempt, waitMs) =>
+      Promise.resolve(void seen.push(`retry ${attempt} ${waitMs}`)),
     givingUp: (f, attempt) => Promise.resolve(void seen.push(`give up ${attempt} ${f.message}`)),
   });
   assert.deepEqual(seen, ["begin 2", "retry 2 0", "begin 3", "give up 3 busy"]);

@@ -10,7 +10,7 @@ Deno.test("a private Redis starts with AOF in its folder, keeps data across a re
     let server = await startRedis({ port, dir });
     let redis = connectRedis(server.url);
     await waitReady(redis);
-    assert.equal((await redis.config("GET", "appendonly"))[1], "yes");
+    assert.deepEqual(await redis.config("GET", "appendonly"), ["appendonly", "yes"]);
     await redis.set("kept", "1");
     await closeRedis(redis);
     await server.stop();

@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import { createHmac } from "node:crypto";
 import { Buffer } from "node:buffer";
+import { Webhook } from "standardwebhooks";
 import {
+  checkWebhookHeaders,
   rememberWebhookId,
+  secretProblem,
   signWebhook,
   tokenMatcher,
   tokensEqual,
@@ -103,7 +106,9 @@ Deno.test("timestamps outside the tolerance are stale or future", async () => {
 });
 
 Deno.test("a timestamp that is not whole seconds is bad-timestamp", async () => {
-  for (const value of ["abc", "1700000000.5", "-1700000000", "1e9", "17000000000000000"]) {
+  for (
+    const value of ["abc", "1700000000.5", "-1700000000", "1e9", "17000000000000000", "01700000000"]
+  ) {
     const headers = await signed();
     headers.set("webhook-timestamp", value);
     assert.deepEqual(await verifyWebhook([SECRET], headers, BODY, NOW), {
@@ -152,6 +157,54 @@ Deno.test("rotation: two configured secrets accept signatures from either", asyn
     (await verifyWebhook(secrets, await signed("whsec_" + btoa("x")), BODY, NOW)).ok,
     false,
   );
+});
+
+Deno.test("what this service signs verifies with the standardwebhooks reference, and back", async () => {
+  const now = Math.floor(Date.now() / 1000);
+  for (const secret of [SECRET, "plain-sécret-of-16+-chars"]) {
+    const headers = await webhookHeaders(secret, { id: "msg_ref", timestampS: now, body: BODY });
+    const reference = secret.startsWith("whsec_")
+      ? new Webhook(secret)
+      : new Webhook(new TextEncoder().encode(secret), { format: "raw" });
+    assert.deepEqual(reference.verify(BODY, headers), JSON.parse(BODY), secret);
+    const theirs = new Headers({
+      "webhook-id": "msg_ref",
+      "webhook-timestamp": String(now),
+      "webhook-signature": reference.sign("msg_ref", new Date(now * 1000), BODY),
+    });
+    assert.deepEqual(await verifyWebhook([secret], theirs, BODY, now), {
+      ok: true,
+      id: "msg_ref",
+    });
+  }
+});
+
+Deno.test("the header checks run without the body and share the verifier's reasons", async () => {
+  const headers = await signed();
+  assert.deepEqual(checkWebhookHeaders(headers, NOW), {
+    ok: true,
+    id: "msg_1",
+    timestampS: NOW,
+    signature: headers.get("webhook-signature"),
+  });
+  assert.deepEqual(checkWebhookHeaders(headers, NOW + 301), { ok: false, reason: "stale" });
+  assert.deepEqual(checkWebhookHeaders(headers, NOW - 301), { ok: false, reason: "future" });
+  assert.deepEqual(checkWebhookHeaders(headers, NOW + 61, 60), { ok: false, reason: "stale" });
+  assert.deepEqual(checkWebhookHeaders(new Headers(), NOW), {
+    ok: false,
+    reason: "missing-headers",
+  });
+});
+
+Deno.test("secretProblem accepts what the package can sign with and at least 16 bytes", () => {
+  assert.equal(secretProblem(SECRET), null);
+  assert.equal(secretProblem("plain-text-secret-16"), null);
+  assert.match(secretProblem("short")!, /at least 16 characters/);
+  assert.match(secretProblem("whsec_not base64!")!, /base64/);
+  assert.match(secretProblem("whsec_abc")!, /base64/, "bad padding");
+  assert.match(secretProblem("whsec_")!, /base64/, "empty key");
+  assert.match(secretProblem(`whsec_${btoa("15 bytes long..")}`)!, /16 bytes/);
+  assert.equal(secretProblem(`whsec_${btoa("16 bytes long...")}`), null);
 });
 
 Deno.test("tokensEqual compares tokens of any length", () => {

@@ -1,59 +1,63 @@
 /**
- * Standard Webhooks signatures (https://www.standardwebhooks.com): HMAC-SHA256 over
- * `${id}.${timestamp}.${body}`, sent base64-encoded as "v1,<sig>" entries, space-separated, in
- * `webhook-signature`. Several entries, and several configured secrets, allow key rotation.
+ * Standard Webhooks signatures (https://www.standardwebhooks.com), computed by the reference
+ * implementation (`standardwebhooks` on npm): HMAC-SHA256 over `${id}.${timestamp}.${body}`, sent
+ * base64-encoded as "v1,<sig>" entries, space-separated, in `webhook-signature`. Several entries,
+ * and several configured secrets, allow key rotation.
+ *
+ * Written here rather than taken from the package: its `verify()` reads the wall clock with a fixed
+ * 5-minute tolerance and parses the timestamp leniently (`parseInt`: "1e9" is 1, "17.5" is 17), so
+ * the header and window checks run here first, against the caller's clock and before the body is
+ * read ({@linkcode checkWebhookHeaders}); the package then computes the expected signature, which
+ * is compared here with every offered entry under every configured secret. Plain-text secrets are
+ * handed to it as their UTF-8 bytes (its "raw" format takes a string's UTF-16 code units instead).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
 import type { Redis } from "ioredis";
+import { Webhook } from "standardwebhooks";
 
 const _SECRET_PREFIX = "whsec_";
-const _BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+/** Whole Unix seconds as a sender writes them: no sign, exponent, fraction or leading zero. */
+const _TIMESTAMP = /^(0|[1-9]\d{0,14})$/;
+const utf8 = new TextEncoder();
 
 /** Why a signing secret cannot be used (checked at start, so no request ever fails on it). */
 export function secretProblem(secret: string): string | null {
   if (!secret.startsWith(_SECRET_PREFIX)) {
     return secret.length >= 16 ? null : "must be at least 16 characters (or whsec_<base64>)";
   }
-  const encoded = secret.slice(_SECRET_PREFIX.length);
-  if (!_BASE64.test(encoded)) return 'must be base64 after "whsec_"';
-  return Buffer.from(encoded, "base64").length >= 16 ? null : "must decode to at least 16 bytes";
+  try {
+    new Webhook(secret); // the package decodes the key: what it refuses, signing would too
+  } catch {
+    return 'must be base64 after "whsec_"';
+  }
+  return Buffer.from(secret.slice(_SECRET_PREFIX.length), "base64").length >= 16
+    ? null
+    : "must decode to at least 16 bytes";
 }
 
-/** A "whsec_" secret carries base64 key bytes; any other secret is used as UTF-8 text. */
-function _keyBytes(secret: string): Uint8Array<ArrayBuffer> {
-  if (!secret.startsWith(_SECRET_PREFIX)) return new TextEncoder().encode(secret);
-  const encoded = secret.slice(_SECRET_PREFIX.length);
-  // The secret itself stays out of the message: errors end up in logs.
-  if (!_BASE64.test(encoded)) throw new Error('Webhook secret with prefix "whsec_" is not base64');
-  return new Uint8Array(Buffer.from(encoded, "base64"));
-}
-
-async function _digest(
-  secret: string,
-  id: string,
-  timestampS: number | string,
-  body: string,
-): Promise<Buffer> {
-  const key = await crypto.subtle.importKey(
-    "raw",
-    _keyBytes(secret),
-    { name: "HMAC", hash: "SHA-256" },
-    false,
-    ["sign"],
-  );
-  const content = new TextEncoder().encode(`${id}.${timestampS}.${body}`);
-  return Buffer.from(await crypto.subtle.sign("HMAC", key, content));
+/** The package's signer: a "whsec_" secret carries base64 key bytes, any other is UTF-8 text. */
+function _signer(secret: string): Webhook {
+  if (!secret.startsWith(_SECRET_PREFIX)) {
+    return new Webhook(utf8.encode(secret), { format: "raw" });
+  }
+  try {
+    return new Webhook(secret);
+  } catch (error) {
+    // The secret itself stays out of the message: errors end up in logs.
+    throw new Error('Webhook secret with prefix "whsec_" is not base64', { cause: error });
+  }
 }
 
 /** Signs a webhook; returns one signature entry, "v1,<base64>". */
+// deno-lint-ignore require-await -- async so that a bad secret rejects, as callers expect
 export async function signWebhook(
   secret: string,
   id: string,
   timestampS: number,
   body: string,
 ): Promise<string> {
-  return `v1,${(await _digest(secret, id, timestampS, body)).toString("base64")}`;
+  return _signer(secret).sign(id, new Date(timestampS * 1000), body);
 }
 
 /** The three Standard Webhooks headers for a body sent with one secret. */
@@ -77,9 +81,33 @@ export type VerifyFailure =
   | "bad-signature";
 
 /**
- * Verifies a signed webhook against any of `secrets` (more than one while rotating). The timestamp
- * must lie within `toleranceS` of `nowS` either way. Replays inside that window are not detected
- * here: pass the returned id to {@linkcode rememberWebhookId}.
+ * What can be checked of a signed webhook before its body is read: the three headers are present,
+ * the timestamp is whole seconds and lies within `toleranceS` of `nowS` either way. The signature
+ * itself is only looked at by {@linkcode verifyWebhook}.
+ */
+export function checkWebhookHeaders(
+  headers: Headers,
+  nowS: number,
+  toleranceS = 300,
+):
+  | { ok: true; id: string; timestampS: number; signature: string }
+  | { ok: false; reason: Exclude<VerifyFailure, "bad-signature"> } {
+  const id = headers.get("webhook-id");
+  const timestamp = headers.get("webhook-timestamp")?.trim();
+  const signature = headers.get("webhook-signature");
+  if (!id || !timestamp || !signature) return { ok: false, reason: "missing-headers" };
+  if (!_TIMESTAMP.test(timestamp)) return { ok: false, reason: "bad-timestamp" };
+  const timestampS = Number(timestamp);
+  if (nowS - timestampS > toleranceS) return { ok: false, reason: "stale" };
+  if (timestampS - nowS > toleranceS) return { ok: false, reason: "future" };
+  return { ok: true, id, timestampS, signature };
+}
+
+/**
+ * Verifies a signed webhook against any of `secrets` (more than one while rotating): the checks of
+ * {@linkcode checkWebhookHeaders}, then any "v1" entry of `webhook-signature` must equal the
+ * package's signature under one of the secrets. Replays inside the window are not detected here:
+ * pass the returned id to {@linkcode rememberWebhookId}.
  */
 export async function verifyWebhook(
   secrets: string[],
@@ -88,37 +116,26 @@ export async function verifyWebhook(
   nowS: number,
   toleranceS = 300,
 ): Promise<{ ok: true; id: string } | { ok: false; reason: VerifyFailure }> {
-  const fail = (reason: VerifyFailure) => ({ ok: false as const, reason });
-  const id = headers.get("webhook-id");
-  const timestamp = headers.get("webhook-timestamp");
-  const signature = headers.get("webhook-signature");
-  if (!id || !timestamp || !signature) return fail("missing-headers");
-  if (!/^\d{1,15}$/.test(timestamp.trim())) return fail("bad-timestamp");
-  const timestampS = Number(timestamp.trim());
-  if (nowS - timestampS > toleranceS) return fail("stale");
-  if (timestampS - nowS > toleranceS) return fail("future");
-
-  const offered: Buffer[] = [];
-  for (const entry of signature.trim().split(/\s+/)) {
-    const comma = entry.indexOf(",");
-    if (comma < 0 || entry.slice(0, comma) !== "v1") continue; // other schemes: not ours to judge
-    const encoded = entry.slice(comma + 1);
-    if (_BASE64.test(encoded)) offered.push(Buffer.from(encoded, "base64"));
-  }
+  const checked = checkWebhookHeaders(headers, nowS, toleranceS);
+  if (!checked.ok) return checked;
+  const { id, timestampS, signature } = checked;
+  // Parsed as the package's verify() does: "<version>,<base64>" entries; other versions ignored.
+  const offered = signature.split(" ").flatMap((entry) => {
+    const [version, encoded] = entry.split(",");
+    return version === "v1" && encoded ? [utf8.encode(encoded)] : [];
+  });
   let matched = false;
   for (const secret of secrets) {
-    // Signed over the timestamp text as sent, so a reformatted number cannot verify.
-    const expected = await _digest(secret, id, timestamp.trim(), body);
+    const expected = utf8.encode((await signWebhook(secret, id, timestampS, body)).slice(3));
     for (const candidate of offered) {
+      // No early exit: every entry is compared under every secret.
       if (candidate.length === expected.length && timingSafeEqual(candidate, expected)) {
         matched = true;
       }
     }
   }
-  return matched ? { ok: true, id } : fail("bad-signature");
+  return matched ? { ok: true, id } : { ok: false, reason: "bad-signature" };
 }
-
-const utf8 = new TextEncoder();
 
 /**
  * A constant-time check against one expected token (a header token is compared on every
