@@ -86,7 +86,8 @@ async function main(command: string | undefined): Promise<number> {
     // Several `serve` processes may share the port (HTTP_PROCESSES), the kernel spreads connections.
     reusePort: command === "serve" && config.HTTP_PROCESSES > 1,
     onListen: ({ hostname, port }) => log.info("Listening", { url: `http://${hostname}:${port}` }),
-  }, services.app.fetch);
+    onError: services.uploads.onError,
+  }, services.uploads.wrap(services.app.fetch));
   const siblings = command === "serve" && !Deno.env.get("HTTP_PROCESS_CHILD")
     ? Array.from({ length: config.HTTP_PROCESSES - 1 }, () =>
       new Deno.Command(Deno.execPath(), {

@@ -26,3 +26,20 @@ export class Samples {
     this.#count = 0;
   }
 }
+
+/** A count since the process started (or the last reset). */
+export class Counter {
+  #value = 0;
+
+  add(by = 1): void {
+    this.#value += by;
+  }
+
+  get value(): number {
+    return this.#value;
+  }
+
+  reset(): void {
+    this.#value = 0;
+  }
+}

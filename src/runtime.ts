@@ -2,6 +2,7 @@ import { hostname } from "node:os";
 import { type Config, providerMode } from "./config.ts";
 import { EventStore } from "./event_store.ts";
 import { createApp } from "./http/app.ts";
+import { UploadGuard } from "./http/guard.ts";
 import { createKeys } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import type { Ports, VideoHistory } from "./pipeline/step.ts";
@@ -20,8 +21,8 @@ export function consumerName(): string {
 /** The store, views and HTTP app for one process; built once from the config. */
 export function createServices(config: Config, log: Logger) {
   const keys = createKeys(config.KEY_PREFIX);
-  // Requests must never hang on a down Redis: commands give up after 1 s (answered as 503 well
-  // within the 2 s promised).
+  // Requests must never hang on a down Redis: while it is known to be down commands fail at once
+  // (see connectRedis), and one that gets no answer gives up after 1 s; both answer 503.
   const redis = connectRedis(config.REDIS_URL, { commandTimeoutMs: 1_000, name: "commands" });
   const store = new EventStore(redis, keys, {
     idempotencyTtlS: config.IDEMPOTENCY_TTL_S,
@@ -35,6 +36,12 @@ export function createServices(config: Config, log: Logger) {
       schema: config.SUPABASE_SCHEMA,
     })
     : null;
+  // Body-read caps and deadline; main.ts wraps the app's fetch with it (uploads.wrap).
+  const uploads = new UploadGuard({
+    timeoutMs: config.REQUEST_TIMEOUT_MS,
+    readsMax: config.BODY_READS_MAX,
+    readsPerAddress: config.BODY_READS_PER_ADDRESS,
+  }, log);
   const app = createApp({
     redis,
     store,
@@ -50,8 +57,10 @@ export function createServices(config: Config, log: Logger) {
         maxBodyBytes: config.MAX_BODY_BYTES,
         maxDepth: config.MAX_JSON_DEPTH,
         promptMaxChars: config.PROMPT_MAX_CHARS,
+        unknownFieldsMaxBytes: config.UNKNOWN_FIELDS_MAX_BYTES,
         ratePerMinute: config.RATE_LIMIT_PER_MINUTE,
       },
+      uploads,
       allowPrivateUrls: config.ALLOW_PRIVATE_CALLBACKS,
       trustProxy: config.TRUST_PROXY,
     },
@@ -74,7 +83,7 @@ export function createServices(config: Config, log: Logger) {
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
   });
-  return { keys, redis, store, app, mode, supabase, close: () => closeRedis(redis) };
+  return { keys, redis, store, app, uploads, mode, supabase, close: () => closeRedis(redis) };
 }
 
 export type Services = ReturnType<typeof createServices>;

@@ -37,7 +37,8 @@ const stringish = z.union([z.string(), z.number()]).transform(String).pipe(z.str
 
 /**
  * A video request as posted to /webhook (after unwrapping n8n's envelope).
- * Unknown fields are kept: they travel in the event untouched.
+ * Unknown fields are kept: they travel in the event untouched, within UNKNOWN_FIELDS_MAX_BYTES
+ * (see {@linkcode boundUnknownFields}).
  */
 export const VideoRequestSchema = z.looseObject({
   // Its length limit is PROMPT_MAX_CHARS, checked at ingest, so a later change never strands
@@ -76,6 +77,46 @@ export function unwrapEnvelope(value: Record<string, unknown>): Record<string, u
     webhookUrl: inner.webhookUrl ?? value.webhookUrl,
     executionMode: inner.executionMode ?? value.executionMode,
   };
+}
+
+const KNOWN_FIELDS = new Set(Object.keys(VideoRequestSchema.shape));
+const utf8 = new TextEncoder();
+
+/**
+ * Keeps the fields the schema does not know while their JSON takes at most `maxBytes` in all (0
+ * drops them). Past the bound nothing is kept and `errors` names the largest unknown fields, as
+ * many as must go for the rest to fit (at most 20).
+ */
+export function boundUnknownFields(
+  request: VideoRequest,
+  maxBytes: number,
+): { request: VideoRequest; errors: FieldError[] } {
+  const unknown = Object.keys(request).filter((key) => !KNOWN_FIELDS.has(key));
+  if (!unknown.length) return { request, errors: [] };
+  if (maxBytes === 0) {
+    const known = Object.fromEntries(
+      Object.entries(request).filter(([key]) => KNOWN_FIELDS.has(key)),
+    ) as VideoRequest;
+    return { request: known, errors: [] };
+  }
+  // Each field as it is stored: `"key":value` plus a separating comma.
+  const sizes = unknown.map((key) => ({
+    key,
+    bytes: utf8.encode(JSON.stringify({ [key]: request[key] })).byteLength - 1,
+  }));
+  let total = sizes.reduce((sum, field) => sum + field.bytes, 0);
+  if (total <= maxBytes) return { request, errors: [] };
+  const errors: FieldError[] = [];
+  for (const field of sizes.sort((a, b) => b.bytes - a.bytes)) {
+    if (total <= maxBytes || errors.length === 20) break;
+    total -= field.bytes;
+    errors.push({
+      field: field.key,
+      message:
+        `unknown fields may take ${maxBytes} bytes of JSON in all; this one takes ${field.bytes}`,
+    });
+  }
+  return { request, errors };
 }
 
 export interface FieldError {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { fixture, FIXTURES, readStream, testEnv } from "./_helpers.ts";
+import { fixture, FIXTURES, readStream, type TestEnv, testEnv } from "./_helpers.ts";
 
 const GOOD = ["minimal.json", "n8n-envelope.json", "new-video.json", "revision.json"];
 
@@ -211,4 +211,67 @@ Deno.test("a task is visible as queued right after its 202, before any projectio
   assert.equal(missing.status, 404);
   assert.equal(missing.headers.get("content-type"), "application/problem+json");
   await missing.body?.cancel();
+});
+
+Deno.test("a 1 MB unknown field is refused naming it, and nothing is stored", async () => {
+  await using env = await testEnv("unknown-bound");
+  const base = JSON.parse(await fixture("minimal.json"));
+  const res = await env.post({ ...base, attachment: "x".repeat(1_000_000), note: "small" });
+  assert.equal(res.status, 422);
+  const problem = await res.json();
+  assert.deepEqual(problem.errors.map((e: { field: string }) => e.field), ["attachment"]);
+  assert.match(problem.detail, /attachment/);
+  assert.equal(await env.services.redis.exists(env.services.keys.webhookStream), 0);
+  assert.equal(await env.services.redis.exists(env.services.keys.eventStream), 0);
+  // Within the bound (16 KiB by default) unknown fields are still kept.
+  const kept = await env.post({ ...base, note: "y".repeat(16_000) });
+  assert.equal(kept.status, 202);
+  await kept.body?.cancel();
+  const [entry] = await readStream(env.services.redis, env.services.keys.webhookStream);
+  assert.equal(JSON.parse(entry.payload).note.length, 16_000);
+});
+
+Deno.test("UNKNOWN_FIELDS_MAX_BYTES=0 drops unknown fields and keeps the known ones", async () => {
+  await using env = await testEnv("unknown-drop", { UNKNOWN_FIELDS_MAX_BYTES: "0" });
+  const base = JSON.parse(await fixture("n8n-envelope.json"));
+  base.body.campaign = { id: "c-9" };
+  const res = await env.post(base);
+  assert.equal(res.status, 202);
+  await res.body?.cancel();
+  const [entry] = await readStream(env.services.redis, env.services.keys.webhookStream);
+  const payload = JSON.parse(entry.payload);
+  assert.equal(payload.campaign, undefined);
+  assert.equal(payload.webhookUrl, "https://n8n.example.com/webhook/video-request");
+});
+
+Deno.test("another sender cannot exhaust a user's rate limit bucket", async () => {
+  const from = (env: TestEnv, address: string, body: object, headers = {}) =>
+    env.post(body, { "x-forwarded-for": address, ...headers });
+  const drain = async (res: Response) => {
+    await res.body?.cancel();
+    return res.status;
+  };
+  const base = JSON.parse(await fixture("minimal.json"));
+  // Open endpoint: the per-user bucket is per (sender, user).
+  await using open = await testEnv("rate-aim", { RATE_LIMIT_PER_MINUTE: "2", TRUST_PROXY: "true" });
+  assert.equal(await drain(await from(open, "203.0.113.66", base)), 202);
+  assert.equal(await drain(await from(open, "203.0.113.66", base)), 202);
+  assert.equal(await drain(await from(open, "203.0.113.66", base)), 429, "the attacker's own");
+  assert.equal(await drain(await from(open, "198.51.100.7", base)), 202, "the user's sender");
+  assert.equal(await drain(await from(open, "198.51.100.7", base)), 202);
+
+  // Authentication on: requests without credentials never reach the buckets.
+  const token = "n8n-header-token-0123456789";
+  await using authed = await testEnv("rate-aim-auth", {
+    RATE_LIMIT_PER_MINUTE: "2",
+    TRUST_PROXY: "true",
+    WEBHOOK_TOKEN: token,
+  });
+  for (let i = 0; i < 5; i++) {
+    assert.equal(await drain(await from(authed, "203.0.113.66", base)), 401);
+  }
+  const signed = { "x-webhook-token": token };
+  assert.equal(await drain(await from(authed, "198.51.100.7", base, signed)), 202);
+  assert.equal(await drain(await from(authed, "198.51.100.8", base, signed)), 202);
+  assert.equal(await drain(await from(authed, "198.51.100.9", base, signed)), 429, "per user");
 });

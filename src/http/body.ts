@@ -2,12 +2,25 @@ import { ProblemError } from "../errors.ts";
 
 const JSON_TYPE = /^application\/([\w.+-]+\+)?json\s*(;|$)/i;
 
+/** The body did not arrive within the deadline; the caller answers 408 and closes. */
+export class BodyTimeoutError extends Error {
+  constructor(readonly timeoutMs: number) {
+    super(`The body did not arrive within ${timeoutMs} ms`);
+  }
+}
+
+/** The client went away before the body was complete (nobody reads the answer). */
+export class BodyAbortedError extends ProblemError {
+  constructor(cause: unknown) {
+    super(400, "Incomplete body", "The upload ended before the body was complete", {}, { cause });
+  }
+}
+
 /**
- * Reads a JSON body as text, enforcing content type, size and UTF-8 (not yet parsed, so a
- * signature can be checked over the exact bytes). Throws ProblemError 415, 413 or 400; never
- * buffers more than `maxBytes` + one chunk.
+ * What can be checked of a JSON body before reading it: the content type (415) and a declared
+ * Content-Length (413).
  */
-export async function readJsonText(request: Request, maxBytes: number): Promise<string> {
+export function checkJsonHead(request: Request, maxBytes: number): void {
   const type = request.headers.get("content-type") ?? "";
   if (!JSON_TYPE.test(type)) {
     throw new ProblemError(415, "Unsupported media type", "Send the body as application/json", {
@@ -16,11 +29,21 @@ export async function readJsonText(request: Request, maxBytes: number): Promise<
   }
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > maxBytes) throw tooLarge(maxBytes);
-  // With a Content-Length the server already frames the body to exactly that many bytes: read it
-  // in one go. Without one (chunked), count while streaming and stop at the limit.
-  const bytes = Number.isFinite(declared) && request.body
-    ? new Uint8Array(await request.arrayBuffer())
-    : await readCapped(request, maxBytes);
+}
+
+/**
+ * Reads a JSON body as text, enforcing content type, size, UTF-8 and, with `timeoutMs`, a deadline
+ * (not yet parsed, so a signature can be checked over the exact bytes). Throws ProblemError 415,
+ * 413 or 400, {@linkcode BodyAbortedError} when the client goes away, or
+ * {@linkcode BodyTimeoutError}; never buffers more than `maxBytes` + one chunk.
+ */
+export async function readJsonText(
+  request: Request,
+  maxBytes: number,
+  options: { timeoutMs?: number } = {},
+): Promise<string> {
+  checkJsonHead(request, maxBytes);
+  const bytes = await readCapped(request, maxBytes, options.timeoutMs);
   try {
     return new TextDecoder("utf-8", { fatal: true }).decode(bytes);
   } catch {
@@ -56,22 +79,48 @@ function depth(root: unknown, limit: number): number {
   return deepest;
 }
 
-async function readCapped(request: Request, maxBytes: number): Promise<Uint8Array> {
+/**
+ * Reads the body chunk by chunk (the server frames a Content-Length body to exactly that many
+ * bytes; a chunked one is counted here), stopping at `maxBytes` or the deadline.
+ */
+async function readCapped(
+  request: Request,
+  maxBytes: number,
+  timeoutMs?: number,
+): Promise<Uint8Array> {
+  if (!request.body) return new Uint8Array(0);
+  const reader = request.body.getReader();
+  const deadline = Promise.withResolvers<never>();
+  const timer = timeoutMs === undefined
+    ? undefined
+    : setTimeout(() => deadline.reject(new BodyTimeoutError(timeoutMs)), timeoutMs);
+  deadline.promise.catch(() => {}); // raced below; never an unhandled rejection
   const chunks: Uint8Array[] = [];
   let size = 0;
-  if (request.body) {
-    const reader = request.body.getReader();
+  try {
     while (true) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      size += value.byteLength;
-      if (size > maxBytes) {
-        await reader.cancel().catch(() => {});
-        throw tooLarge(maxBytes);
+      let next: ReadableStreamReadResult<Uint8Array>;
+      try {
+        next = await (timer === undefined
+          ? reader.read()
+          : Promise.race([reader.read(), deadline.promise]));
+      } catch (error) {
+        if (error instanceof BodyTimeoutError) throw error;
+        throw new BodyAbortedError(error);
       }
-      chunks.push(value);
+      if (next.done) break;
+      size += next.value.byteLength;
+      if (size > maxBytes) throw tooLarge(maxBytes);
+      chunks.push(next.value);
     }
+  } catch (error) {
+    // Awaited: until the body is released, Deno keeps the connection open after a closing answer.
+    await reader.cancel().catch(() => {});
+    throw error;
+  } finally {
+    clearTimeout(timer);
   }
+  if (chunks.length === 1) return chunks[0];
   const bytes = new Uint8Array(size);
   let offset = 0;
   for (const chunk of chunks) {

@@ -7,9 +7,22 @@ import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { checkUrlSyntax } from "../security/outbound.ts";
 import { rememberWebhookId, tokenMatcher } from "../security/signature.ts";
-import { fieldErrors, unwrapEnvelope, VideoRequestSchema } from "../webhook.ts";
-import { authenticate, unauthorized, type WebhookAuth } from "./auth.ts";
-import { parseJson, readJsonText } from "./body.ts";
+import {
+  boundUnknownFields,
+  fieldErrors,
+  unwrapEnvelope,
+  type VideoRequest,
+  VideoRequestSchema,
+} from "../webhook.ts";
+import { authenticate, authenticateHeaders, unauthorized, type WebhookAuth } from "./auth.ts";
+import {
+  BodyAbortedError,
+  BodyTimeoutError,
+  checkJsonHead,
+  parseJson,
+  readJsonText,
+} from "./body.ts";
+import type { UploadGuard } from "./guard.ts";
 import { fromRedis } from "./problems.ts";
 
 export interface WebhookRouteDeps {
@@ -23,9 +36,16 @@ export interface WebhookRouteDeps {
     maxBodyBytes: number;
     maxDepth: number;
     promptMaxChars: number;
-    /** Per user_id and per client address; 0 turns rate limiting off. */
+    /** JSON bytes of the fields the schema does not know, in all; 0 drops them. */
+    unknownFieldsMaxBytes: number;
+    /**
+     * Per client address, and per user: per user_id when the request passed authentication, per
+     * (client address, user_id) when authentication is off. 0 turns rate limiting off.
+     */
     ratePerMinute: number;
   };
+  /** Body-read caps and deadline; refusals before the body was read close the connection. */
+  uploads: UploadGuard;
   /** Accept private and loopback addresses in image_url and callback_url. */
   allowPrivateUrls: boolean;
   /** Take the client address from X-Forwarded-For (behind a trusted proxy only). */
@@ -68,22 +88,71 @@ function policyErrors(request: Record<string, unknown>, deps: WebhookRouteDeps) 
 }
 
 /**
- * POST /webhook: content type, size, authentication, JSON, schema, policy, rate limits, then one
- * atomic ingest script. Nothing is appended unless every check passed.
+ * The per-user bucket's id: the user alone for authenticated requests; with authentication off,
+ * the user together with the sender, so one sender cannot spend another's budget for that user.
+ * The address's length comes first, so no (address, user) pair can pass for another.
+ */
+function userBucket(userId: string, address: string, authenticated: boolean): string {
+  return authenticated ? userId : `${address.length}:${address}:${userId}`;
+}
+
+/**
+ * POST /webhook: credentials (as far as the headers go), content type, declared size, a body-read
+ * slot, the body within its deadline and size, the signature, JSON, schema, policy, rate limits,
+ * then one atomic ingest script. Nothing is appended unless every check passed, and no body is
+ * read for a sender that lacks credentials.
  */
 export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
-  const { store, redis, keys, log, limits } = deps;
+  const { store, redis, keys, log, limits, uploads } = deps;
   const tokenMatches = deps.auth.token ? tokenMatcher(deps.auth.token) : null;
   app.post("/webhook", async (c) => {
-    const text = await readJsonText(c.req.raw, limits.maxBodyBytes);
     const nowMs = deps.now().getTime();
-    const { webhookId } = await authenticate(
-      deps.auth,
-      tokenMatches,
-      c.req.raw.headers,
-      text,
-      Math.floor(nowMs / 1000),
-    );
+    const nowS = Math.floor(nowMs / 1000);
+    const address = clientAddress(c, deps.trustProxy);
+    let text: string;
+    let credentials: "open" | "token" | "signature";
+    try {
+      credentials = authenticateHeaders(deps.auth, tokenMatches, c.req.raw.headers, nowS);
+      checkJsonHead(c.req.raw, limits.maxBodyBytes);
+      const release = await uploads.admit(address);
+      if (!release) {
+        throw new ProblemError(
+          503,
+          "Service unavailable",
+          "Too many uploads at once; retry shortly",
+        );
+      }
+      try {
+        text = await readJsonText(c.req.raw, limits.maxBodyBytes, {
+          timeoutMs: uploads.limits.timeoutMs,
+        });
+      } finally {
+        release();
+      }
+    } catch (error) {
+      // Answered before the body was read to its end: close the connection rather than drain it.
+      uploads.closeAfter(c.req.raw);
+      if (error instanceof BodyAbortedError) {
+        uploads.counters.aborted.add();
+        log.debug("Upload aborted by the client", { address, error: String(error.cause) });
+      }
+      if (!(error instanceof BodyTimeoutError)) throw error;
+      uploads.counters.timedOut.add();
+      log.debug("Upload cut at the deadline", { address, timeout_ms: error.timeoutMs });
+      return c.body(
+        JSON.stringify({
+          type: "about:blank",
+          title: "Request timeout",
+          status: 408,
+          detail: error.message,
+        }),
+        408,
+        { "content-type": "application/problem+json" },
+      );
+    }
+    const { webhookId } = credentials === "signature"
+      ? await authenticate(deps.auth, null, c.req.raw.headers, text, nowS)
+      : { webhookId: null };
     const raw = parseJson(text, limits.maxDepth);
     if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
       throw new ProblemError(422, "Invalid request", "The body must be a JSON object", {
@@ -92,10 +161,17 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
     }
     const fields = unwrapEnvelope(raw as Record<string, unknown>);
     const parsed = VideoRequestSchema.safeParse(fields);
-    const errors = parsed.success ? policyErrors(parsed.data, deps) : fieldErrors(parsed.error);
+    const bounded = parsed.success
+      ? boundUnknownFields(parsed.data, limits.unknownFieldsMaxBytes)
+      : null;
+    const errors = parsed.success
+      ? [...policyErrors(parsed.data, deps), ...bounded!.errors]
+      : fieldErrors(parsed.error);
     if (!parsed.success) {
       const named = new Set(errors.map((e) => e.field));
       errors.push(...policyErrors(fields, deps).filter((e) => !named.has(e.field)));
+      const unknown = boundUnknownFields(fields as VideoRequest, limits.unknownFieldsMaxBytes);
+      errors.push(...unknown.errors.filter((e) => !named.has(e.field)));
     }
     if (!parsed.success || errors.length) {
       throw new ProblemError(
@@ -105,7 +181,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
         { errors },
       );
     }
-    const request = parsed.data;
+    const request = bounded!.request;
     if (webhookId) {
       const first = await fromRedis(() =>
         rememberWebhookId(redis, keys.webhookId(webhookId), REPLAY_WINDOW_S)
@@ -116,8 +192,8 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
     const rateLimits = limits.ratePerMinute > 0
       ? {
         buckets: [
-          keys.rateLimit("address", clientAddress(c, deps.trustProxy)),
-          keys.rateLimit("user", request.user_id),
+          keys.rateLimit("address", address),
+          keys.rateLimit("user", userBucket(request.user_id, address, credentials !== "open")),
         ],
         perMinute: limits.ratePerMinute,
         nowMs,
