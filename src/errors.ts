@@ -1,7 +1,7 @@
 /** An error the HTTP layer turns into application/problem+json with its status. */
 export class ProblemError extends Error {
   constructor(
-    readonly status: 400 | 401 | 404 | 409 | 413 | 415 | 422 | 429 | 500 | 503,
+    readonly status: 400 | 401 | 404 | 408 | 409 | 413 | 415 | 422 | 429 | 500 | 503,
     readonly title: string,
     message: string,
     readonly extra: Record<string, unknown> = {},

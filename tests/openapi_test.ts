@@ -25,12 +25,16 @@ Deno.test("the OpenAPI document describes every route", async () => {
   for (const field of ["prompt", "image_url", "video_id", "user_id", "user_email"]) {
     assert.ok(schema.required.includes(field), field);
   }
+  // Every status POST /webhook answers (401 auth, 408 slow body, 429 rate limit included).
   assert.deepEqual(Object.keys(webhook.responses).sort(), [
     "202",
     "400",
+    "401",
+    "408",
     "413",
     "415",
     "422",
+    "429",
     "503",
   ]);
   // The read routes declare the read token (header or bearer) and its 401.

@@ -73,10 +73,22 @@ export function describeRoutes(
     responses: {
       202: json(AcceptedSchema, "Accepted: the task is in the log"),
       400: problem("The body is not valid JSON or UTF-8"),
+      401: problem(
+        "Authentication is on and the token or Standard Webhooks signature is missing, wrong, " +
+          "outside the 5-minute window, or a replay; answered before the body is read",
+      ),
+      408: problem("The body did not arrive within REQUEST_TIMEOUT_MS"),
       413: problem("The body exceeds MAX_BODY_BYTES"),
       415: problem("The content type is not JSON"),
-      422: problem("Fields are missing or invalid; `errors` names each"),
-      503: problem("Redis is unreachable; retry after the Retry-After seconds"),
+      422: problem(
+        "Fields are missing or invalid, or unknown fields exceed UNKNOWN_FIELDS_MAX_BYTES; " +
+          "`errors` names each",
+      ),
+      429: problem("A rate limit is reached; retry after the Retry-After seconds"),
+      503: problem(
+        "Redis is unreachable, or too many bodies are being read at once; retry after the " +
+          "Retry-After seconds",
+      ),
     },
   });
   for (const route of projectionRoutes) describeProjectionRoute(r, route);

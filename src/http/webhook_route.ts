@@ -139,16 +139,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       if (!(error instanceof BodyTimeoutError)) throw error;
       uploads.counters.timedOut.add();
       log.debug("Upload cut at the deadline", { address, timeout_ms: error.timeoutMs });
-      return c.body(
-        JSON.stringify({
-          type: "about:blank",
-          title: "Request timeout",
-          status: 408,
-          detail: error.message,
-        }),
-        408,
-        { "content-type": "application/problem+json" },
-      );
+      throw new ProblemError(408, "Request timeout", error.message);
     }
     const { webhookId } = credentials === "signature"
       ? await authenticate(deps.auth, null, c.req.raw.headers, text, nowS)
