@@ -1,6 +1,8 @@
-import { ConfigError, loadConfig } from "./src/config.ts";
+import { type Config, ConfigError, loadConfig } from "./src/config.ts";
+import { devRedis } from "./src/dev/dev_redis.ts";
+import { MissingBinary } from "./src/dev/local_services.ts";
 import { authMode } from "./src/http/auth.ts";
-import { createLogger } from "./src/log.ts";
+import { createLogger, logFormat } from "./src/log.ts";
 import { aofEnabled, waitReady } from "./src/redis/client.ts";
 import { createServices } from "./src/runtime.ts";
 import { startConsumers } from "./consumers/kinds.ts";
@@ -26,13 +28,36 @@ async function main(command: string | undefined): Promise<number> {
     }
     throw error;
   }
+  // `dev` brings its own Redis when none is configured or running; `serve` and `worker` never do.
+  let privateRedis = null;
+  if (command === "dev") {
+    try {
+      privateRedis = await devRedis(Deno.env.get("REDIS_URL"));
+    } catch (error) {
+      if (!(error instanceof MissingBinary)) throw error;
+      console.error(`No Redis runs on 127.0.0.1:6379 and none can be started. ${error.message}`);
+      return 1;
+    }
+    if (privateRedis) config = { ...config, REDIS_URL: privateRedis.url };
+  }
   // Listen for signals before anything starts: a SIGTERM that arrives while the consumers are
   // starting (they may already run a task) must still mean a graceful stop, not the default exit.
   const stopped = Promise.withResolvers<string>();
   for (const signal of ["SIGTERM", "SIGINT"] as const) {
     Deno.addSignalListener(signal, () => stopped.resolve(signal));
   }
-  const log = createLogger(config.LOG_LEVEL, { service: "video-pipeline", role: command });
+  const format = logFormat(config.LOG_FORMAT);
+  const log = createLogger(
+    config.LOG_LEVEL,
+    format === "json" ? { service: "video-pipeline", role: command } : {},
+    undefined,
+    format,
+  );
+  if (privateRedis) {
+    log.info("Started a private Redis for dev (AOF on, data in .dev/redis)", {
+      url: privateRedis.url,
+    });
+  }
   const services = createServices(config, log);
   const level = services.mode === "offline" ? "warn" : "info";
   log[level](`Provider mode: ${services.mode.toUpperCase()}`, {
@@ -58,13 +83,20 @@ async function main(command: string | undefined): Promise<number> {
       });
     } else log.info("Read authentication on", { read_auth: "token" });
   }
-  const ready = await waitReady(services.redis, 10_000).then(() => true, (error) => {
-    log.warn("Redis is not reachable yet; requests answer 503 until it is", {
-      error: String(error),
+  // Fail fast with a clear message rather than after a long timeout: production connects to the
+  // Redis it is given, and a wrong address should not look like a slow start.
+  const ready = await waitReady(services.redis, 3_000).then(() => true, () => false);
+  if (!ready) {
+    log.error(`Redis is not reachable at ${redactUrl(config.REDIS_URL)}`, {
+      detail: command === "dev"
+        ? "start it, or unset REDIS_URL to let dev start a private one"
+        : "start Redis or set REDIS_URL to where it runs",
     });
-    return false;
-  });
-  if (ready && await aofEnabled(services.redis).catch(() => null) === false) {
+    await services.close();
+    await privateRedis?.stop();
+    return 1;
+  }
+  if (await aofEnabled(services.redis).catch(() => null) === false) {
     log.warn("Redis runs without AOF: an acknowledged webhook is lost if Redis restarts", {
       detail: "set appendonly yes (appendfsync everysec or always) on the Redis server",
     });
@@ -77,6 +109,7 @@ async function main(command: string | undefined): Promise<number> {
     } catch (error) {
       log.error("Consumers could not start", { error: String(error) });
       await services.close();
+      await privateRedis?.stop();
       return 1;
     }
   }
@@ -85,7 +118,15 @@ async function main(command: string | undefined): Promise<number> {
     hostname: config.HOST,
     // Several `serve` processes may share the port (HTTP_PROCESSES), the kernel spreads connections.
     reusePort: command === "serve" && config.HTTP_PROCESSES > 1,
-    onListen: ({ hostname, port }) => log.info("Listening", { url: `http://${hostname}:${port}` }),
+    onListen: ({ hostname, port }) => {
+      const url = `http://${hostname === "0.0.0.0" ? "localhost" : hostname}:${port}`;
+      log.info("Listening", { url, docs: `${url}/docs` });
+      if (format === "pretty" && !Deno.env.get("HTTP_PROCESS_CHILD")) {
+        console.error(
+          banner({ command, url, config, services, privateRedis: Boolean(privateRedis) }),
+        );
+      }
+    },
     onError: services.uploads.onError,
   }, services.uploads.wrap(services.app.fetch));
   const siblings = command === "serve" && !Deno.env.get("HTTP_PROCESS_CHILD")
@@ -135,7 +176,45 @@ async function main(command: string | undefined): Promise<number> {
     });
   }
   await services.close();
+  await privateRedis?.stop();
   return 0;
+}
+
+/** The URL without its password, for messages. */
+function redactUrl(url: string): string {
+  return url.replace(/\/\/([^@/]*)@/, "//***@");
+}
+
+/** What runs where, for a person at a terminal (pretty logs only). */
+function banner(
+  options: {
+    command: string;
+    url: string;
+    config: Config;
+    services: ReturnType<typeof createServices>;
+    privateRedis: boolean;
+  },
+): string {
+  const { command, url, config, services } = options;
+  const auth = authMode({
+    secrets: config.WEBHOOK_SECRET,
+    token: config.WEBHOOK_TOKEN,
+    tokenHeader: config.WEBHOOK_TOKEN_HEADER,
+  });
+  const rows = [
+    ["API", url],
+    ["Docs", `${url}/docs`],
+    ["Providers", services.mode === "offline" ? "offline (no API keys)" : "live: fal.ai, OpenAI"],
+    ["Webhook auth", auth === "none" ? "none (open)" : auth],
+    ["Reads", config.READ_TOKEN ? "token" : "open"],
+    ["Consumers", command === "serve" ? "none (serve)" : config.CONSUMERS.join(", ")],
+    [
+      "Redis",
+      `${redactUrl(config.REDIS_URL)}${options.privateRedis ? " (started by dev)" : ""}`,
+    ],
+  ];
+  const width = Math.max(...rows.map(([k]) => k.length));
+  return ["", ...rows.map(([k, v]) => `  ${k.padEnd(width)}  ${v}`), ""].join("\n");
 }
 
 if (import.meta.main) Deno.exit(await main(Deno.args[0]));

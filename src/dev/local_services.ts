@@ -151,6 +151,8 @@ export async function startRedis(options: { port: number; dir: string }): Promis
     stdout: "null",
     stderr: "null",
     stdin: "null",
+    // Its own process group: a Ctrl-C at the terminal stops us, and we stop it after our work.
+    detached: true,
   }).spawn();
   try {
     await waitUntil(() => redisAnswers(options.port), `redis-server on port ${options.port}`);
@@ -216,6 +218,8 @@ export async function startPostgres(
     stdout: "null",
     stderr: "null",
     stdin: "null",
+    // Its own process group: a Ctrl-C at the terminal stops us, and we stop it after our work.
+    detached: true,
   }).spawn();
   try {
     await waitUntil(() => listening(options.port), `postgres on port ${options.port}`);
