@@ -71,6 +71,20 @@ export const ConfigSchema = z.object({
   CALLBACK_MAX_ATTEMPTS: int(1, 5),
   CALLBACK_TIMEOUT_MS: int(1, 15_000),
   ALLOW_PRIVATE_CALLBACKS: bool(false),
+  // An outcome older than this when the callback sender reaches it is recorded as expired, not sent.
+  CALLBACK_MAX_AGE_S: int(1, 3_600),
+  // /health answers 503 when a group this deployment runs has an entry pending longer than this,
+  // or has had no consumer for longer than HEALTH_MAX_CONSUMERLESS_S.
+  HEALTH_MAX_PENDING_AGE_S: int(1, 900),
+  HEALTH_MAX_CONSUMERLESS_S: int(1, 300),
+  // Server-Sent Events: clients one server process serves at once (past it: 503), and the events
+  // a slow client may have waiting before it is disconnected.
+  SSE_MAX_CLIENTS: int(1, 10_000),
+  SSE_BUFFER_EVENTS: int(1, 1_000),
+  // Prometheus /metrics on a worker process (0: off; the server serves it on PORT), and an optional
+  // token for /metrics (header METRICS_TOKEN_HEADER or Bearer).
+  METRICS_PORT: int(0, 0).pipe(z.number().max(65_535)),
+  METRICS_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   // Several secrets, space- or comma-separated, while rotating.
   WEBHOOK_SECRET: z.string().optional()
     .transform((v) => v?.split(/[\s,]+/).filter(Boolean))
