@@ -82,7 +82,7 @@ export const ConfigSchema = z.object({
   SSE_MAX_CLIENTS: int(1, 10_000),
   SSE_BUFFER_EVENTS: int(1, 1_000),
   // Prometheus /metrics on a worker process (0: off; the server serves it on PORT), and an optional
-  // token for /metrics (header METRICS_TOKEN_HEADER or Bearer).
+  // token for /metrics (Authorization: Bearer, as Prometheus's bearer_token sends it).
   METRICS_PORT: int(0, 0).pipe(z.number().max(65_535)),
   METRICS_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   // Several secrets, space- or comma-separated, while rotating.
