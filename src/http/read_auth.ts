@@ -17,6 +17,20 @@ export interface ReadAuth {
   allows(headers: Headers): boolean;
   /** Middleware answering 401 problem+json to a request that may not read. */
   guard: MiddlewareHandler;
+  /**
+   * The guard of the SSE streams: also accepts the token as the `access_token` query parameter,
+   * for `EventSource`, which cannot set headers. Only the stream routes take it; nothing logs a
+   * request's query string.
+   */
+  streamGuard: MiddlewareHandler;
+}
+
+/** The query parameter carrying a token on the SSE routes (`?access_token=`). */
+export const ACCESS_TOKEN_PARAM = "access_token";
+
+/** The `access_token` query parameter of a request, if any. */
+export function queryToken(url: string): string | null {
+  return new URL(url).searchParams.get(ACCESS_TOKEN_PARAM);
 }
 
 /**
@@ -33,13 +47,26 @@ export function readAuth(options: ReadAuthOptions): ReadAuth {
     const bearer = /^Bearer +(.+)$/i.exec(authorization)?.[1]?.trim();
     return bearer !== undefined && matches(bearer);
   };
+  const refuse = (): never => {
+    throw new ProblemError(401, "Unauthorized", "A valid read token is required");
+  };
   return {
     mode: matches ? "token" : "none",
     allows,
     guard: async function readTokenAuth(c, next) {
       if (!allows(c.req.raw.headers)) {
         c.header("www-authenticate", 'Bearer realm="read"');
-        throw new ProblemError(401, "Unauthorized", "A valid read token is required");
+        refuse();
+      }
+      await next();
+    },
+    streamGuard: async function readTokenStreamAuth(c, next) {
+      if (!allows(c.req.raw.headers)) {
+        const sent = queryToken(c.req.url);
+        if (sent === null || !matches!(sent)) {
+          c.header("www-authenticate", 'Bearer realm="read"');
+          refuse();
+        }
       }
       await next();
     },

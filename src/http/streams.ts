@@ -1,0 +1,373 @@
+/**
+ * Server-Sent Events: GET /task/{task_id}/stream (one task, READ_TOKEN) and GET /events/stream
+ * (all tasks, ADMIN_TOKEN), both fed by the process's one EventFeed.
+ *
+ * The resume seam: a stream subscribes to the feed first and waits until the feed's position is
+ * known (`startId`); every event after it is then queued for the subscriber. Only then does it read
+ * the log (the task's timeline, or XRANGE up to `startId`), write what follows the client's
+ * position, and switch to the queue, skipping what it already wrote. An event is either in what
+ * was read or queued (or both, and then written once), so none is missed or repeated.
+ */
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import type { Context, MiddlewareHandler } from "hono";
+import { type SSEStreamingApi, streamSSE } from "hono/streaming";
+import type { Redis } from "ioredis";
+import { z } from "zod";
+import { ProblemError } from "../errors.ts";
+import type { EventStore } from "../event_store.ts";
+import { compareIds, decodeEvent, type StoredEvent } from "../events.ts";
+import type { EventFeed } from "../feed/event_feed.ts";
+import { changesStatus, eventFrame, namedFrame, StreamEnd } from "../feed/rules.ts";
+import { type FeedItem, HEARTBEAT, type Subscription } from "../feed/subscription.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import { readTaskView } from "../projections/task_view/projection.ts";
+import { foldTaskView } from "../projections/task_view/view.ts";
+import { tokensEqual } from "../security/signature.ts";
+import { fromRedis, problemResponse } from "./problems.ts";
+import { ACCESS_TOKEN_PARAM, queryToken, type ReadAuth } from "./read_auth.ts";
+import { ProblemSchema } from "./schemas.ts";
+
+export interface StreamDeps {
+  redis: Redis;
+  store: EventStore;
+  keys: Keys;
+  log: Logger;
+  feed: EventFeed;
+  read: ReadAuth;
+  /** ADMIN_TOKEN; without it GET /events/stream answers 404, as the admin API does. */
+  adminToken?: string;
+  /** The `retry:` hint, in ms (default 3 s). */
+  retryMs?: number;
+}
+
+const encoder = new TextEncoder();
+const HEARTBEAT_FRAME = encoder.encode(": heartbeat\n\n");
+const STREAM_ID = /^\d+-\d+$/;
+
+/** Mounts both stream routes and describes them in the OpenAPI document. */
+export function streamRoutes(app: OpenAPIHono, deps: StreamDeps): void {
+  // Hono answers HEAD with the GET handler's response minus its body, which it never cancels: a
+  // stream started for a HEAD would hold its slot until shutdown, so HEAD gets the head only.
+  const head = (c: Context) => c.body(null, 200, { "content-type": "text/event-stream" });
+  app.get(
+    "/task/:task_id/stream",
+    deps.read.streamGuard,
+    (c) => c.req.method === "HEAD" ? head(c) : taskStream(c, deps),
+  );
+  app.get(
+    "/events/stream",
+    adminStreamAuth(deps.adminToken),
+    (c) => c.req.method === "HEAD" ? head(c) : allStream(c, deps),
+  );
+  describeStreamRoutes(app);
+}
+
+/** GET /task/{task_id}/stream: a snapshot, then the task's events until it is over. */
+async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
+  const { redis, keys, store } = deps;
+  const taskId = c.req.param("task_id")!;
+  const follow = flag(c.req.query("follow"));
+  const resume = lastEventId(c);
+  const sub = subscribe(deps.feed, taskId);
+  if (sub instanceof Full) return sub.response(c);
+  let snapshot: unknown = null;
+  let history: StoredEvent[];
+  let after: string | null = resume;
+  try {
+    await fromRedis(() => within(sub.ready, 2_000));
+    // The view first, then the timeline: the timeline then holds every event the view folds.
+    const projected = resume ? null : await fromRedis(() => readTaskView(redis, keys, taskId));
+    history = await fromRedis(() => store.timeline(taskId));
+    if (!history.length && !projected) {
+      throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
+    }
+    if (!resume) {
+      const view = projected ?? foldTaskView(taskId, history);
+      snapshot = view;
+      after = view.last_event_id;
+    }
+  } catch (error) {
+    sub.close("ended");
+    throw error;
+  }
+  const end = new StreamEnd();
+  for (const event of history) end.see(event);
+  const pending = history.filter((e) => after === null || compareIds(e.id, after) > 0);
+  const status = () => ({ task_id: taskId, reason: "finished" });
+  // A client resuming a finished task has everything: 204 tells EventSource not to reconnect.
+  if (resume && end.ended && !follow && pending.length === 0) {
+    sub.close("ended");
+    return c.body(null, 204);
+  }
+  return sse(c, deps, sub, async (stream) => {
+    if (snapshot) await stream.write(namedFrame("snapshot", snapshot, after));
+    for (const event of pending) await stream.write(eventFrame(event));
+    if (end.ended && !follow) return await stream.write(namedFrame("end", status()));
+    // `end` has folded the timeline; the client has everything up to `after` and `pending`.
+    const tracked = history.at(-1)?.id ?? null;
+    await live(stream, sub, async (item) => {
+      if (tracked !== null && compareIds(item.id, tracked) <= 0) return false;
+      if (after === null || compareIds(item.id, after) > 0) await stream.write(item.frame);
+      if (!end.see(item.event) || follow) return false;
+      await stream.write(namedFrame("end", status()));
+      return true;
+    });
+  });
+}
+
+/** GET /events/stream: every task's events as they are appended, optionally filtered. */
+async function allStream(c: Context, deps: StreamDeps): Promise<Response> {
+  const { feed, redis, keys } = deps;
+  const statusChanges = flag(c.req.query("status_changes"));
+  const videoId = c.req.query("video_id") || null;
+  const userId = c.req.query("user_id") || null;
+  const resume = lastEventId(c);
+  const byOwner = videoId !== null || userId !== null;
+  const owned = (owner: { video_id: string; user_id: string } | null) =>
+    owner !== null && (!videoId || owner.video_id === videoId) &&
+    (!userId || owner.user_id === userId);
+  // At dispatch: what can be decided without waiting (an unknown task's owner is looked up later).
+  const accepts = (item: FeedItem) => {
+    if (statusChanges && !changesStatus(item.event)) return false;
+    const owner = byOwner ? feed.directory.peek(item.event.task_id) : undefined;
+    return owner === undefined || owned(owner);
+  };
+  const matches = async (event: StoredEvent) => {
+    if (statusChanges && !changesStatus(event)) return false;
+    if (!byOwner) return true;
+    return owned(await feed.directory.owner(event.task_id).catch(() => null));
+  };
+  const sub = subscribe(feed, null, accepts);
+  if (sub instanceof Full) return sub.response(c);
+  try {
+    await fromRedis(() => within(sub.ready, 2_000));
+  } catch (error) {
+    sub.close("ended");
+    throw error;
+  }
+  return sse(c, deps, sub, async (stream) => {
+    let cursor = resume;
+    // Catch up from the log: after the client's id, up to where the feed took over.
+    while (cursor !== null && compareIds(cursor, sub.startId!) < 0 && !sub.reason) {
+      const entries = await redis.xrange(
+        keys.eventStream,
+        `(${cursor}`,
+        sub.startId!,
+        "COUNT",
+        500,
+      );
+      if (!entries.length) break;
+      for (const [id, fields] of entries) {
+        cursor = id;
+        let event: StoredEvent;
+        try {
+          event = decodeEvent(id, fields);
+        } catch {
+          continue;
+        }
+        feed.directory.observe(event);
+        if (await matches(event)) await stream.write(eventFrame(event));
+      }
+    }
+    const sent = latest(resume, cursor);
+    await live(stream, sub, async (item) => {
+      if (sent !== null && compareIds(item.id, sent) <= 0) return false;
+      if (await matches(item.event)) await stream.write(item.frame);
+      return false;
+    });
+  });
+}
+
+/** Writes queued items through `handle` until the subscription closes or `handle` says done. */
+async function live(
+  stream: SSEStreamingApi,
+  sub: Subscription,
+  handle: (item: FeedItem) => Promise<boolean>,
+): Promise<void> {
+  for (;;) {
+    const item = await sub.next();
+    if (item === null) return;
+    if (item === HEARTBEAT) await stream.write(HEARTBEAT_FRAME);
+    else if (await handle(item)) return;
+  }
+}
+
+/**
+ * The SSE response: the `retry:` hint, then `body`. A subscription closed for overflow or
+ * shutdown cuts the stream at once (even mid-write to a slow client); a client going away closes
+ * the subscription.
+ */
+function sse(
+  c: Context,
+  deps: StreamDeps,
+  sub: Subscription,
+  body: (stream: SSEStreamingApi) => Promise<unknown>,
+): Response {
+  c.header("x-accel-buffering", "no");
+  return streamSSE(c, async (stream) => {
+    sub.onClose((reason) => {
+      if (reason === "overflow" || reason === "shutdown") stream.abort();
+    });
+    stream.onAbort(() => sub.close("client"));
+    try {
+      await stream.write(`retry: ${deps.retryMs ?? 3_000}\n\n`);
+      await body(stream);
+    } catch (error) {
+      deps.log.warn("SSE stream ended by an error", { error: String(error) });
+    } finally {
+      sub.close("ended");
+    }
+  });
+}
+
+/** No room for a stream (SSE_MAX_CLIENTS, or shutting down): 503 with its Retry-After. */
+class Full {
+  constructor(readonly retryAfterS: number, readonly detail: string) {}
+  response(c: Context): Response {
+    const res = problemResponse(c, new ProblemError(503, "Service unavailable", this.detail));
+    res.headers.set("retry-after", String(this.retryAfterS));
+    return res;
+  }
+}
+
+function subscribe(
+  feed: EventFeed,
+  taskId: string | null,
+  accepts?: (item: FeedItem) => boolean,
+): Subscription | Full {
+  const sub = feed.subscribe(taskId, accepts);
+  if (sub === "full") return new Full(5, "Too many event streams are open; retry later");
+  if (sub === "closed") return new Full(1, "The server is shutting down; reconnect");
+  return sub;
+}
+
+/** The client's position: the Last-Event-ID header, or `?last_event_id=` (EventSource-free). */
+function lastEventId(c: Context): string | null {
+  const id = c.req.header("last-event-id") || c.req.query("last_event_id") || null;
+  if (id !== null && !STREAM_ID.test(id)) {
+    throw new ProblemError(400, "Invalid request", "Last-Event-ID must be an event id (ms-seq)");
+  }
+  return id;
+}
+
+const flag = (value: string | undefined) => value === "true" || value === "1";
+
+/** The later of two ids (null: none). */
+function latest(a: string | null, b: string | null): string | null {
+  if (a === null) return b;
+  if (b === null) return a;
+  return compareIds(a, b) >= 0 ? a : b;
+}
+
+function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  return Promise.race([
+    promise,
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`Not ready within ${ms} ms`)), ms);
+    }),
+  ]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * ADMIN_TOKEN as the admin API checks it (404 without one, 401 when wrong), as a bearer token or
+ * `?access_token=` (EventSource cannot set headers).
+ */
+function adminStreamAuth(token: string | undefined): MiddlewareHandler {
+  return async function adminStreamAuth(c, next) {
+    if (!token) throw new ProblemError(404, "Not found", "The admin API is disabled");
+    const header = c.req.header("authorization") ?? "";
+    const sent = header.startsWith("Bearer ") ? header.slice(7) : queryToken(c.req.url);
+    if (!sent || !tokensEqual(sent, token)) {
+      c.header("www-authenticate", 'Bearer realm="admin"');
+      throw new ProblemError(401, "Unauthorized", "A valid admin bearer token is required");
+    }
+    await next();
+  };
+}
+
+/** The two stream routes in the OpenAPI document (text/event-stream, their tokens, problems). */
+export function describeStreamRoutes(app: OpenAPIHono): void {
+  const r = app.openAPIRegistry;
+  const problem = (description: string) => ({
+    description,
+    content: { "application/problem+json": { schema: ProblemSchema } },
+  });
+  const events = (description: string) => ({
+    description,
+    content: { "text/event-stream": { schema: z.string() } },
+  });
+  r.registerComponent("securitySchemes", "readQuery", {
+    type: "apiKey",
+    in: "query",
+    name: ACCESS_TOKEN_PARAM,
+    description: "READ_TOKEN as a query parameter, on the task stream only (for EventSource)",
+  });
+  r.registerComponent("securitySchemes", "adminQuery", {
+    type: "apiKey",
+    in: "query",
+    name: ACCESS_TOKEN_PARAM,
+    description: "ADMIN_TOKEN as a query parameter, on /events/stream only (for EventSource)",
+  });
+  const resume = {
+    headers: z.object({
+      "last-event-id": z.string().optional().describe("Resume after this event id"),
+    }),
+  };
+  const position = z.string().optional().describe("Last-Event-ID for clients that cannot set it");
+  const unavailable = problem("SSE_MAX_CLIENTS streams are open, or Redis is unreachable");
+  r.registerPath({
+    method: "get",
+    path: "/task/{task_id}/stream",
+    summary: "A task's events as Server-Sent Events: a snapshot, then each event until it is over",
+    description: "First `event: snapshot` (the task as GET /task/{task_id} returns it, " +
+      "id = its last event), then one SSE event per task event (`id` the event id, `event` its " +
+      "type, `data` the public event as JSON), and `event: end` after the final outcome and its " +
+      "callback result, unless `follow=true`. A comment line every 15 s keeps idle connections " +
+      "open. With Last-Event-ID it resumes right after that event (no snapshot); 204 when the " +
+      "task is over and nothing follows it.",
+    security: [{ readToken: [] }, { readBearer: [] }, { readQuery: [] }],
+    request: {
+      params: z.object({ task_id: z.string() }),
+      query: z.object({
+        follow: z.enum(["true", "false"]).optional().describe("Keep streaming after the outcome"),
+        last_event_id: position,
+      }),
+      ...resume,
+    },
+    responses: {
+      200: events("The task's events"),
+      204: { description: "Resumed after the task's last event: nothing more will come" },
+      400: problem("Last-Event-ID is not an event id"),
+      401: problem("READ_TOKEN is set and the read token is missing or wrong"),
+      404: problem("Unknown task"),
+      503: unavailable,
+    },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/events/stream",
+    summary: "Every task's events as Server-Sent Events (admin), optionally filtered",
+    security: [{ adminBearer: [] }, { adminQuery: [] }],
+    tags: ["admin"],
+    request: {
+      query: z.object({
+        status_changes: z.enum(["true", "false"]).optional().describe(
+          "Only events that change a task's status (queued, processing, completed, failed)",
+        ),
+        video_id: z.string().optional(),
+        user_id: z.string().optional(),
+        last_event_id: position,
+      }),
+      ...resume,
+    },
+    responses: {
+      200: events("Events as they are appended"),
+      400: problem("Last-Event-ID is not an event id"),
+      401: problem("Missing or wrong admin token"),
+      404: problem("ADMIN_TOKEN is not set: the admin API is disabled"),
+      503: unavailable,
+    },
+  });
+}
