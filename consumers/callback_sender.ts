@@ -1,6 +1,11 @@
 import type { EventStore } from "../src/event_store.ts";
 import { event, requestEntryId, type StoredEvent } from "../src/events.ts";
-import { announcesOutcome, decideCallback, isFinalOutcome } from "../src/decisions/callback.ts";
+import {
+  announcesOutcome,
+  decideCallback,
+  EXPIRED,
+  isFinalOutcome,
+} from "../src/decisions/callback.ts";
 import { parseRetryAfter, type RetryPolicy } from "../src/retry.ts";
 import { outboundReason, RefusedUrlError, safeFetch } from "../src/security/outbound.ts";
 import { signWebhook } from "../src/security/signature.ts";
@@ -18,6 +23,8 @@ export interface CallbackSenderOptions {
   /** Host resolution for the SSRF check; tests map names to loopback. */
   resolve?: (host: string) => Promise<string[]>;
   clock: () => Date;
+  /** CALLBACK_MAX_AGE_S in ms: an older outcome is recorded as expired, never sent. */
+  maxAgeMs: number;
 }
 
 const RETRY_STATUS = (status: number) => status === 408 || status === 429 || status >= 500;
@@ -61,7 +68,11 @@ export function callbackSender(options: CallbackSenderOptions): Handler {
       }
       const history = await options.store.timeline(outcome.task_id);
       const request = await requestOf(options.store, history);
-      await send(delivery, outcome, decideCallback(outcome, history, request), options);
+      const decision = decideCallback(outcome, history, request, {
+        now: options.clock(),
+        maxAgeMs: options.maxAgeMs,
+      });
+      await send(delivery, outcome, decision, options);
     },
   };
 }
@@ -88,6 +99,20 @@ async function send(
   }
   const { webhookId } = decision;
   const log = delivery.log.child({ task_id: taskId });
+  if (decision.type === "expire") {
+    const detail = `The outcome is ${Math.round(decision.ageMs / 1000)} s old, older than ` +
+      `CALLBACK_MAX_AGE_S (${Math.round(options.maxAgeMs / 1000)} s): not sent`;
+    await delivery.settle(taskId, "ack", [
+      event("callback.failed", delivery.now(), {
+        webhook_id: webhookId,
+        attempts: decision.attempts,
+        error: EXPIRED,
+        detail,
+      }),
+    ]);
+    log.warn("Callback expired", { detail });
+    return;
+  }
   const attempted = (failure: DeliveryFailure, attempt: number, waitMs: number | null) =>
     event("callback.attempted", delivery.now(), {
       webhook_id: webhookId,

@@ -1,4 +1,5 @@
 import type { Redis } from "ioredis";
+import { isMissingGroup } from "../src/consumer_registry.ts";
 import { ClaimLostError } from "../src/event_store.ts";
 import { decodeEvent, type StoredEvent } from "../src/events.ts";
 import type { Logger } from "../src/log.ts";
@@ -60,6 +61,8 @@ export class GroupConsumer {
   #loop: Promise<void> | null = null;
   /** Where the next XAUTOCLAIM scan resumes, so a busy consumer still reaches the whole list. */
   #claimCursor = "0-0";
+  /** When a read of the group last succeeded (ms), to tell a reset log from a dropped group. */
+  #lastRead = 0;
 
   constructor(readonly options: GroupConsumerOptions) {}
 
@@ -75,6 +78,7 @@ export class GroupConsumer {
       this.options.group,
       this.options.startAt ?? "0",
     );
+    this.#lastRead = Date.now();
     this.#loop = this.#run();
   }
 
@@ -100,14 +104,43 @@ export class GroupConsumer {
           // Short blocks keep a stop prompt; an idle consumer costs Redis four reads a second.
           blockMs: Math.min(250, Math.max(50, Math.floor(claimIdleMs / 2))),
         });
+        this.#lastRead = Date.now();
         // Entries read while stopping stay pending; another consumer reclaims them.
         if (!this.#stop.signal.aborted) await this.#dispatch(entries);
       } catch (error) {
         if (this.#stop.signal.aborted) break;
-        log.error("Consumer read failed", { group, error: String(error) });
+        const failure = isMissingGroup(error)
+          ? await this.#recreate().then(() => null, (e) => e)
+          : error;
+        if (failure === null) continue;
+        log.error("Consumer read failed", { group, error: String(failure) });
         await sleep(500).catch(() => {});
       }
     }
+  }
+
+  /**
+   * Recreates the group after Redis lost it (restarted empty, FLUSHALL, a fresh replica promoted,
+   * or the stream or group deleted): at `startAt`, except that a log holding only entries newer
+   * than this consumer's last read was reset while it read, so all of it is new (a downstream
+   * group starting at "$" would otherwise miss what a worker appended before it noticed). Another
+   * process may recreate it first: that is fine.
+   */
+  async #recreate(): Promise<void> {
+    const { redis, stream, group, log } = this.options;
+    let start = this.options.startAt ?? "0";
+    if (start === "$") {
+      const [first] = await redis.xrange(stream, "-", "+", "COUNT", 1);
+      // A second of slack for clocks: erring towards "0" repeats a few entries this group has
+      // handled already, which its idempotent handlers absorb.
+      if (first && Number(first[0].split("-")[0]) >= this.#lastRead - 1_000) start = "0";
+    }
+    await ensureGroup(redis, stream, group, start);
+    this.#claimCursor = "0-0";
+    log.warn("Consumer group was missing (Redis lost its data?); recreated it", {
+      group,
+      start_at: start,
+    });
   }
 
   async #dispatch(entries: StreamEntry[]): Promise<void> {

@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis";
 import type { Config, ConsumerName } from "../src/config.ts";
+import { type GroupRef, REPORT_MS, reportRunning } from "../src/consumer_registry.ts";
 import type { Keys } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { Samples } from "../src/metrics.ts";
@@ -34,6 +35,8 @@ export interface KindContext {
 /** A running consumer: stopping lets in-flight work finish for up to `timeoutMs`. */
 export interface Running {
   stop(timeoutMs: number): Promise<{ finished: number; abandoned: number }>;
+  /** The consumer groups it reads now, reported to the consumer registry. */
+  groups(): GroupRef[];
 }
 
 /** A consumer group of one stream, and where the group starts when it is created. */
@@ -95,6 +98,7 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
         allowPrivate: config.ALLOW_PRIVATE_CALLBACKS,
         resolve: options.resolve,
         clock,
+        maxAgeMs: config.CALLBACK_MAX_AGE_S * 1000,
       }),
   ),
   projections: {
@@ -109,10 +113,16 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
         lag: projectionLag,
       });
       await runner.start();
+      // While the runner switches generations it runs none: report the last ones until then.
+      let last: string[] = [];
       return {
         stop: async () => {
           await runner.stop();
           return { finished: 0, abandoned: 0 };
+        },
+        groups: () => {
+          if (runner.groups.length) last = runner.groups;
+          return last.map((group) => ({ stream: "events" as const, group }));
         },
       };
     },
@@ -143,7 +153,11 @@ function groupKind(group: GroupSpec, handler: (context: KindContext) => Handler)
         handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
       });
       await loop.start();
-      return { stop: (timeoutMs) => loop.stop(timeoutMs) };
+      const ref: GroupRef = {
+        stream: stream === services.keys.webhookStream ? "webhooks" : "events",
+        group: group.name,
+      };
+      return { stop: (timeoutMs) => loop.stop(timeoutMs), groups: () => [ref] };
     },
   };
 }
@@ -170,7 +184,10 @@ export interface ConsumerOptions {
  * Starts the consumers a worker process runs, each on its own blocking connection, plus stream
  * retention. Every group exists before any consumer runs, also the groups of kinds this process
  * does not run: a downstream group starting at "$" then sees every event a worker appends,
- * whichever process starts first.
+ * whichever process starts first. A group of a kind no process runs does not hold the streams
+ * back for good: retention stops waiting for it after HEALTH_MAX_CONSUMERLESS_S. Every REPORT_MS
+ * the process reports the kinds it runs to the consumer registry, which /health and retention
+ * read.
  */
 export async function startConsumers(
   config: Config,
@@ -202,14 +219,27 @@ export async function startConsumers(
     }
   }
   const selected = kinds.filter(([name]) => (options.run ?? config.CONSUMERS).includes(name));
-  const running: Running[] = [];
-  for (const [, kind] of selected) running.push(await kind.start(context));
+  const running: [ConsumerName, Running][] = [];
+  for (const [name, kind] of selected) running.push([name, await kind.start(context)]);
+  const report = () =>
+    reportRunning(
+      redis,
+      keys,
+      Object.fromEntries(running.map(([name, r]) => [name, r.groups()])),
+      Date.now(),
+    ).catch(() => {
+      // Redis unreachable: the next report says it.
+    });
+  await report();
+  const reporter = setInterval(report, REPORT_MS);
   const stopRetention = startRetention({
     redis,
     keys,
     retentionMs: config.STREAM_RETENTION_S * 1000,
     intervalMs: 60_000,
     owner: consumer,
+    abandonAfterMs: config.HEALTH_MAX_CONSUMERLESS_S * 1000,
+    log,
     onError: (error) => log.warn("Stream trimming failed", { error: String(error) }),
   });
   return {
@@ -222,9 +252,10 @@ export async function startConsumers(
      */
     async stop(timeoutMs: number) {
       stopRetention();
+      clearInterval(reporter);
       const deadline = Date.now() + timeoutMs;
       const total = { finished: 0, abandoned: 0 };
-      for (const r of running) {
+      for (const [, r] of running) {
         const outcome = await r.stop(Math.max(0, deadline - Date.now()));
         total.finished += outcome.finished;
         total.abandoned += outcome.abandoned;

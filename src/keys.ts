@@ -29,6 +29,8 @@ export function createKeys(prefix: string) {
     views: (generation: number) => viewSpace(p, generation),
     /** Taken by the process that trims the streams this round. */
     retentionLease: `${p}:retention-lease`,
+    /** Which consumer kinds some process runs (kind → groups and when it last said so). */
+    consumerKinds: `${p}:consumer-kinds`,
     /** Held while a projection rebuild runs, so two cannot race. */
     rebuildLock: `${p}:view-rebuild-lock`,
     /** A verified Standard Webhooks id, kept for replay detection. */

@@ -1,10 +1,12 @@
 import { hostname } from "node:os";
 import { type Config, providerMode } from "./config.ts";
 import { EventStore } from "./event_store.ts";
+import { EventFeed } from "./feed/event_feed.ts";
 import { createApp } from "./http/app.ts";
 import { UploadGuard } from "./http/guard.ts";
 import { createKeys } from "./keys.ts";
 import type { Logger } from "./log.ts";
+import { createMetrics } from "./metrics/registry.ts";
 import type { Ports, VideoHistory } from "./pipeline/step.ts";
 import { bindPipeline, type Pipeline } from "./pipeline/steps.ts";
 import { createSupabaseScenes, scenesOf } from "./providers/supabase_scenes.ts";
@@ -21,6 +23,8 @@ export function consumerName(): string {
 /** The store, views and HTTP app for one process; built once from the config. */
 export function createServices(config: Config, log: Logger) {
   const keys = createKeys(config.KEY_PREFIX);
+  // This process's Prometheus registry: /metrics on the app, METRICS_PORT on workers.
+  const metrics = createMetrics();
   // Requests must never hang on a down Redis: while it is known to be down commands fail at once
   // (see connectRedis), and one that gets no answer gives up after 1 s; both answer 503.
   const redis = connectRedis(config.REDIS_URL, { commandTimeoutMs: 1_000, name: "commands" });
@@ -42,7 +46,18 @@ export function createServices(config: Config, log: Logger) {
     readsMax: config.BODY_READS_MAX,
     readsPerAddress: config.BODY_READS_PER_ADDRESS,
   }, log);
+  // The SSE routes' one reader of the event stream; its blocking connection opens with the first
+  // stream client (so worker processes never open it).
+  const feed = new EventFeed({
+    keys,
+    redis,
+    connect: () => connectRedis(config.REDIS_URL, { name: "event-feed" }),
+    log,
+    maxClients: config.SSE_MAX_CLIENTS,
+    bufferEvents: config.SSE_BUFFER_EVENTS,
+  });
   const app = createApp({
+    feed,
     redis,
     store,
     keys,
@@ -63,6 +78,7 @@ export function createServices(config: Config, log: Logger) {
       uploads,
       allowPrivateUrls: config.ALLOW_PRIVATE_CALLBACKS,
       trustProxy: config.TRUST_PROXY,
+      metrics,
     },
     read: { token: config.READ_TOKEN, tokenHeader: config.READ_TOKEN_HEADER },
     corsOrigins: config.CORS_ORIGINS,
@@ -82,8 +98,16 @@ export function createServices(config: Config, log: Logger) {
     },
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
+    health: {
+      maxConsumerlessMs: config.HEALTH_MAX_CONSUMERLESS_S * 1000,
+      maxPendingAgeMs: config.HEALTH_MAX_PENDING_AGE_S * 1000,
+    },
   });
-  return { keys, redis, store, app, uploads, mode, supabase, close: () => closeRedis(redis) };
+  const close = async () => {
+    await feed.close();
+    await closeRedis(redis);
+  };
+  return { keys, redis, store, app, uploads, mode, supabase, feed, metrics, close };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -122,7 +146,7 @@ export function videoHistory(services: Services, revisionTtlS: number): VideoHis
 
 /** What steps use besides their providers. */
 export function createPorts(config: Config, services: Services): Ports {
-  return { videos: videoHistory(services, config.VIEW_RETENTION_S) };
+  return { videos: videoHistory(services, config.VIEW_RETENTION_S), metrics: services.metrics };
 }
 
 /** The worker's steps, with the providers of the configured mode. */

@@ -205,6 +205,38 @@ Deno.test("callback: attempts of this outcome's webhook-id count, other outcomes
   given(history).when((h) => decideCallback(outcome, h, REQUEST)).then({ attempt: 2 });
 });
 
+Deno.test("callback: an outcome older than the maximum age expires instead of being sent", () => {
+  const outcome = failed(true);
+  const at = Date.parse(outcome.at);
+  const limits = (ageMs: number) => ({ now: new Date(at + ageMs), maxAgeMs: 3_600_000 });
+  given([queued(), outcome]).when((h) => decideCallback(outcome, h, REQUEST, limits(3_600_000)))
+    .then({ type: "deliver", attempt: 1 });
+  given([queued(), outcome]).when((h) => decideCallback(outcome, h, REQUEST, limits(3_600_001)))
+    .then({ type: "expire", webhookId: `t.${outcome.id}`, attempts: 0, ageMs: 3_600_001 });
+  // Attempts made before it grew too old are counted; a settled one stays acknowledged.
+  const attempted = ev("callback.attempted", {
+    webhook_id: `t.${outcome.id}`,
+    attempt: 1,
+    status_code: 503,
+    error: "HTTP 503",
+    retry_in_ms: 10,
+  });
+  given([outcome, attempted]).when((h) => decideCallback(outcome, h, REQUEST, limits(7_200_000)))
+    .then({ type: "expire", attempts: 1 });
+  const gaveUp = ev("callback.failed", {
+    webhook_id: `t.${outcome.id}`,
+    attempts: 1,
+    error: "expired",
+  });
+  given([outcome, attempted, gaveUp])
+    .when((h) => decideCallback(outcome, h, REQUEST, limits(7_200_000)))
+    .then({ type: "acknowledge" });
+  // Without a callback_url nothing expires: there was nothing to send.
+  given([outcome]).when((h) =>
+    decideCallback(outcome, h, { ...REQUEST, callback_url: undefined }, limits(7_200_000))
+  ).then({ type: "acknowledge" });
+});
+
 Deno.test("callback: raw entries that cannot need a callback are skipped unread", () => {
   const raw = (
     e: StoredEvent,

@@ -8,7 +8,7 @@ import { type TaskView, taskViewKey } from "../src/projections/task_view/view.ts
 import { rebuildProjections, RebuildRefused } from "../src/projections/rebuild.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { redrive } from "../src/replay/reprocess.ts";
-import { trimStream } from "../src/replay/retention.ts";
+import { applyRetention, startRetention, trimStream } from "../src/replay/retention.ts";
 import { createPipeline } from "../src/runtime.ts";
 import {
   caughtUp,
@@ -205,6 +205,93 @@ Deno.test("trimming keeps every pending or unread entry, whatever its age", asyn
   ]);
 });
 
+Deno.test("a deployment without callbacks lets retention trim the event stream", async () => {
+  await using env = await testEnv("trim-unrun", { HEALTH_MAX_CONSUMERLESS_S: "1" });
+  const { redis, keys } = env.services;
+  // Every process creates every group, so "callbacks" exists; no process runs it.
+  const consumers = await runConsumers(env, { run: ["tasks", "scenes", "projections"] });
+  try {
+    for (let i = 0; i < 3; i++) await submit(env);
+    const run = ["workers", "scene-sink", "task-view", "video-scenes", "stats"];
+    await waitFor(async () => {
+      const events = await readStream(redis, keys.eventStream);
+      return events.filter((e) => e.type === "task.completed").length === 3 &&
+        await caughtUp(redis, [keys.webhookStream, keys.eventStream], run);
+    }, { what: "three tasks completed and projected" });
+    const groups = await groupInfo(redis, keys.eventStream);
+    assert.ok((groups.find((g) => g.name === "callbacks")?.lag ?? 0) > 0, "callbacks is behind");
+    const length = await redis.xlen(keys.eventStream);
+
+    // Within the bound it still holds the stream back.
+    const early = await applyRetention(redis, keys, 1, Date.now(), { abandonAfterMs: 60_000 });
+    assert.equal(early.events, 0);
+    assert.deepEqual(early.abandoned, []);
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    // Past it, retention goes on without it (the running groups have read everything).
+    const result = await applyRetention(redis, keys, 1, Date.now(), {
+      abandonAfterMs: env.config.HEALTH_MAX_CONSUMERLESS_S * 1000,
+    });
+    assert.deepEqual(result.abandoned, ["callbacks"]);
+    assert.equal(result.events, length);
+    assert.equal(await redis.xlen(keys.eventStream), 0);
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("a group some process runs holds the stream back however long ago it last read", async () => {
+  await using env = await testEnv("trim-live");
+  const redis: Redis = env.services.redis;
+  const stream = env.services.keys.eventStream;
+  for (let i = 1; i <= 6; i++) await redis.xadd(stream, `${i * 1000}-0`, "n", String(i));
+  await redis.xgroup("CREATE", stream, "done", "$");
+  await redis.xgroup("CREATE", stream, "slow", "0");
+  await redis.xreadgroup("GROUP", "slow", "c", "COUNT", 2, "STREAMS", stream, ">");
+  await redis.xack(stream, "slow", "1000-0");
+  // "slow" has entry 2 pending and 3 to 6 unread, all long ago; it is reported running.
+  const rule = (live: string[]) => ({ live: new Set(live), afterMs: 10_000, nowMs: 1_000_000 });
+  const abandoned: string[] = [];
+  assert.equal(await trimStream(redis, stream, 1, 1_000_000, { abandon: rule(["slow"]) }), 1);
+  assert.equal((await redis.xrange(stream, "-", "+"))[0][0], "2000-0");
+  // Once nobody reports running it, it no longer holds anything back.
+  await trimStream(redis, stream, 1, 1_000_000, { abandon: rule([]), abandoned });
+  assert.deepEqual(abandoned, ["slow"]);
+  assert.equal(await redis.xlen(stream), 0);
+});
+
+Deno.test("retention runs every round it is due, from one process at a time", async () => {
+  await using env = await testEnv("rounds");
+  const { redis, keys } = env.services;
+  const rounds: number[] = [];
+  const intervalMs = 300;
+  const stops = ["a", "b", "c"].map((owner) =>
+    startRetention({
+      redis,
+      keys,
+      retentionMs: 60_000,
+      intervalMs,
+      owner,
+      onError: (error) => {
+        throw error;
+      },
+      onRound: () => rounds.push(performance.now()),
+    })
+  );
+  const t0 = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, 3_050));
+  for (const stop of stops) stop();
+  const elapsed = performance.now() - t0;
+  const due = Math.floor(elapsed / intervalMs);
+  // The first round comes a look after the start; then one per interval, none skipped.
+  assert.ok(rounds.length >= due - 1 && rounds.length <= due, `${rounds.length} of ${due} rounds`);
+  for (let i = 1; i < rounds.length; i++) {
+    const gap = rounds[i] - rounds[i - 1];
+    // Measured when rounds end, so a slow round shortens the gap after it: far from twice the
+    // interval (a skipped round) and from none at all (two processes in one round).
+    assert.ok(gap > intervalMs * 0.5 && gap < intervalMs * 1.6, `gap ${Math.round(gap)} ms`);
+  }
+});
+
 Deno.test("replay CLI: argument errors, help, and an unreachable Redis", async () => {
   const cases: [string[], RegExp][] = [
     [[], /Nothing to do/],
@@ -347,7 +434,7 @@ Deno.test("admin API: disabled without a token, 401 with a wrong one, dead lette
     const one = await (await call(`/admin/dead-letters/${id}`)).json();
     assert.equal(one.task_id, taskId);
     const invalid = await call("/admin/dead-letters/redrive", { method: "POST", body: "{}" });
-    assert.equal(invalid.status, 422);
+    assert.equal(invalid.status, 400);
     await invalid.body?.cancel();
     broken.on = false;
     const redriven = await (await call("/admin/dead-letters/redrive", {

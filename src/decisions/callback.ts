@@ -42,17 +42,34 @@ export type CallbackDecision =
   /** Nothing to send: no callback_url, not a final outcome, or already delivered or given up. */
   | { type: "acknowledge" }
   /** POST `body` to `url` as attempt `attempt`, with a `webhook-id` fixed for this outcome. */
-  | { type: "deliver"; url: string; webhookId: string; body: string; attempt: number };
+  | { type: "deliver"; url: string; webhookId: string; body: string; attempt: number }
+  /**
+   * Too old to announce (older than CALLBACK_MAX_AGE_S): recorded as `callback.failed` with the
+   * reason EXPIRED, not sent; `attempts` is how many were made before.
+   */
+  | { type: "expire"; webhookId: string; attempts: number; ageMs: number };
+
+/** The short reason `callback.failed` carries for an outcome that was never sent: too old. */
+export const EXPIRED = "expired";
+
+/** How old an outcome may be when sent, as of `now`. */
+export interface CallbackLimits {
+  now: Date;
+  maxAgeMs: number;
+}
 
 /**
  * What the callback sender does with an outcome event, given the task's events and its request
  * (null when it is gone). The `webhook-id` is fixed per outcome event, so receivers can drop
- * repeats and a redelivery counts the attempts already made.
+ * repeats and a redelivery counts the attempts already made. With `limits`, an outcome older
+ * than `maxAgeMs` (by its event time) expires instead: a receiver should never learn of a result
+ * long after it stopped waiting (a callback sender started late, or a backlog after an outage).
  */
 export function decideCallback(
   outcome: StoredEvent,
   history: StoredEvent[],
   request: VideoRequest | null,
+  limits?: CallbackLimits,
 ): CallbackDecision {
   if (!isFinalOutcome(outcome) || !request?.callback_url) return { type: "acknowledge" };
   const webhookId = `${outcome.task_id}.${outcome.id}`;
@@ -62,11 +79,14 @@ export function decideCallback(
   if (mine.some((e) => e.type === "callback.delivered" || e.type === "callback.failed")) {
     return { type: "acknowledge" };
   }
+  const attempts = mine.filter((e) => e.type === "callback.attempted").length;
+  const ageMs = limits ? limits.now.getTime() - Date.parse(outcome.at) : 0;
+  if (limits && ageMs > limits.maxAgeMs) return { type: "expire", webhookId, attempts, ageMs };
   return {
     type: "deliver",
     url: request.callback_url,
     webhookId,
     body: JSON.stringify(callbackBody(outcome, request)),
-    attempt: mine.filter((e) => e.type === "callback.attempted").length + 1,
+    attempt: attempts + 1,
   };
 }

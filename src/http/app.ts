@@ -5,8 +5,10 @@ import { secureHeaders } from "hono/secure-headers";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { StoredEvent } from "../events.ts";
+import type { EventFeed } from "../feed/event_feed.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
+import { groupProblems, type KindReport, readRegistry } from "../consumer_registry.ts";
 import { PROJECTIONS } from "../projections/registry.ts";
 import { aofEnabled } from "../redis/client.ts";
 import { consumerGroups } from "../queries.ts";
@@ -17,6 +19,7 @@ import { describeRoutes } from "./openapi.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
 import { projectionRoutes } from "./projection_routes.ts";
 import { readAuth, type ReadAuthOptions } from "./read_auth.ts";
+import { streamRoutes } from "./streams.ts";
 import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
@@ -29,11 +32,18 @@ export interface AppDeps {
   /** READ_TOKEN for GET /task/*, /videos/* and /stats; without a token they are open. */
   read: ReadAuthOptions;
   streamRetentionMs: number;
+  /** The process's one reader of the event stream, for the SSE routes (src/http/streams.ts). */
+  feed: EventFeed;
   /** Origins allowed by CORS; none means no CORS headers at all. */
   corsOrigins: string[];
   providerMode: "live" | "offline";
   /** The Supabase scene sink, when configured; /health reports whether it can store scenes. */
   sceneSink: { name: string; check(): Promise<{ ok: true } | { ok: false; error: string }> } | null;
+  /**
+   * When /health calls a consumer group of the deployment unhealthy: no consumer for longer than
+   * HEALTH_MAX_CONSUMERLESS_S, or an entry pending longer than HEALTH_MAX_PENDING_AGE_S.
+   */
+  health?: { maxConsumerlessMs: number; maxPendingAgeMs: number };
   clock?: () => Date;
 }
 
@@ -78,10 +88,21 @@ export function createApp(deps: AppDeps) {
     if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     return c.json({ task_id: taskId, events: events.map(publicEvent) });
   });
+  streamRoutes(app, { ...deps, read, adminToken: deps.admin.token });
 
-  // Open to anyone (load balancers, uptime checks): what a stranger may know. Backlogs and the
-  // scene sink's error text come only with read access (the read token, or no READ_TOKEN set),
-  // as /stats gives them.
+  // Liveness: the process answers. Nothing a restart would fix is checked (Redis, consumers), so
+  // an orchestrator restarting on failure does not restart every process when Redis is down.
+  app.get("/health/live", (c) => c.json({ status: "ok" as const }));
+
+  // The kinds the deployment runs, as the consumer registry said when last read here: kept, so a
+  // Redis that lost its data (and the registry with it) cannot make /health forget them.
+  const expected = new Map<string, KindReport>();
+  const bounds = deps.health ?? { maxConsumerlessMs: 300_000, maxPendingAgeMs: 900_000 };
+
+  // Readiness, open to anyone (load balancers, uptime checks): what a stranger may know, and why
+  // it is not ready (503): Redis unreachable, or a consumer group of the deployment missing,
+  // without a consumer or stuck. Backlogs and the scene sink's error text come only with read
+  // access (the read token, or no READ_TOKEN set), as /stats gives them.
   app.get("/health", async (c) => {
     const detailed = read.allows(c.req.raw.headers);
     const sink = deps.sceneSink;
@@ -99,18 +120,27 @@ export function createApp(deps: AppDeps) {
       await redis.ping();
       const latency = Math.round((performance.now() - t0) * 100) / 100;
       const aof = await aofEnabled(redis).catch(() => null);
+      const registry = await readRegistry(redis, keys);
+      for (const [kind, report] of registry) expected.set(kind, report);
+      const problems = await groupProblems(redis, keys, expected, registry, {
+        ...bounds,
+        // Real time, as the registry's reports are stamped.
+        nowMs: Date.now(),
+      });
       return c.json({
-        status: "ok" as const,
+        status: problems.length ? "degraded" as const : "ok" as const,
+        problems,
         redis: { ok: true, latency_ms: latency, aof },
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
         ...(detailed ? { consumer_groups: await consumerGroups(redis, keys) } : {}),
-      });
+      }, problems.length ? 503 : 200);
     } catch {
       c.header("retry-after", "1");
       return c.json({
         status: "unavailable" as const,
+        problems: ["Redis is unreachable"],
         redis: { ok: false, latency_ms: null, aof: null },
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),

@@ -35,7 +35,12 @@ export const TimelineSchema = z.object({
 });
 
 export const HealthSchema = z.object({
-  status: z.enum(["ok", "unavailable"]),
+  status: z.enum(["ok", "degraded", "unavailable"]).describe(
+    '"unavailable": Redis is unreachable; "degraded": a consumer group the deployment runs is ' +
+      "missing, has had no consumer for longer than HEALTH_MAX_CONSUMERLESS_S, or has an entry " +
+      "pending longer than HEALTH_MAX_PENDING_AGE_S. Both answer 503",
+  ),
+  problems: z.array(z.string()).describe("Why the service is not ready; empty when it is"),
   redis: z.object({
     ok: z.boolean(),
     latency_ms: z.number().nullable(),

@@ -1,11 +1,13 @@
 import type { Redis } from "ioredis";
+import { isMissingGroup } from "../consumer_registry.ts";
 import { compareIds, decodeValid } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Samples } from "../metrics.ts";
+import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
 import { projectScript } from "../redis/scripts.ts";
-import { ensureGroup, readGroup, type StreamEntry } from "../redis/streams.ts";
+import { ensureGroup, groupInfo, readGroup, type StreamEntry } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import type { Projection } from "./registry.ts";
 
@@ -39,6 +41,37 @@ export async function dropProjectionGroup(redis: Redis, keys: Keys, group: strin
   }
 }
 
+/**
+ * Drops every view, checkpoint and lease of the given projections and destroys their consumer
+ * groups, so the next projector start folds the task event stream again from its first entry.
+ * Run it with the projectors stopped.
+ */
+export async function resetProjections(redis: Redis, keys: Keys, projections: Projection[]) {
+  for (const projection of projections) {
+    for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
+    await dropProjectionGroup(redis, keys, projection.group);
+  }
+}
+
+/** Deletes the keys matching a SCAN pattern (a plain key name matches itself). */
+export async function deleteMatching(redis: Redis, pattern: string): Promise<number> {
+  let cursor = "0";
+  let deleted = 0;
+  do {
+    const [next, found] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1_000);
+    cursor = next;
+    if (found.length) deleted += await redis.unlink(...found);
+  } while (cursor !== "0");
+  return deleted;
+}
+
+/** The last id ever added to a stream ("0-0" without a stream): trimming never lowers it. */
+async function lastGeneratedId(redis: Redis, stream: string): Promise<string> {
+  const info = await redis.xinfo("STREAM", stream).catch(() => null) as unknown[] | null;
+  if (!info) return "0-0";
+  return String(info[info.indexOf("last-generated-id") + 1] ?? "0-0");
+}
+
 class LeaseLost extends Error {}
 /** The views this projector writes were replaced by a rebuild: it stops for good. */
 class Superseded extends Error {}
@@ -62,7 +95,11 @@ export class Projector {
 
   async start(): Promise<void> {
     const { redis, keys } = this.options;
-    await ensureGroup(redis, keys.eventStream, this.projection.group);
+    // With a checkpoint but no group the log was lost underneath the views: the lease holder
+    // finds out and folds it again (#reconcile); creating the group here would hide that.
+    if (await redis.get(keys.checkpoint(this.projection.group)) === null) {
+      await ensureGroup(redis, keys.eventStream, this.projection.group);
+    }
     this.#loop = this.#run();
   }
 
@@ -77,7 +114,8 @@ export class Projector {
     const signal = this.#stop.signal;
     while (!signal.aborted) {
       try {
-        if (!await lease.acquire()) {
+        // Still ours after a failed round (renew): no need to wait for it to run out.
+        if (!await lease.acquire() && !await lease.renew()) {
           await sleep(Math.min(1_000, this.leaseMs / 3), signal).catch(() => {});
           continue;
         }
@@ -105,41 +143,89 @@ export class Projector {
   }
 
   async #lead(lease: Lease, signal: AbortSignal): Promise<void> {
-    const { redis, blocking, keys } = this.options;
+    const { blocking, keys } = this.options;
     let leading = true;
     const stopRenewing = lease.keepAlive(() => {
       leading = false;
     });
     try {
-      let checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
+      let checkpoint = await this.#reconcile();
       // Only what the pending list returns is applied, oldest first: a read with ">" just moves
       // new entries into it. A former holder's read that lands late (resent after a reconnect)
       // makes entries pending that are older than the ones read here; applying a ">" batch
       // directly would move the checkpoint past them, and they would be acked unapplied.
       let id = "0";
       while (leading && !signal.aborted) {
-        const entries = await readGroup(blocking, {
-          stream: keys.eventStream,
-          group: this.projection.group,
-          consumer: CONSUMER,
-          count: this.options.batchSize ?? 500,
-          blockMs: id === ">" ? (this.options.blockMs ?? 250) : undefined,
-          id,
-        });
-        if (id === ">") {
+        try {
+          const entries = await readGroup(blocking, {
+            stream: keys.eventStream,
+            group: this.projection.group,
+            consumer: CONSUMER,
+            count: this.options.batchSize ?? 500,
+            blockMs: id === ">" ? (this.options.blockMs ?? 250) : undefined,
+            id,
+          });
+          if (id === ">") {
+            id = "0";
+            continue;
+          }
+          if (entries.length === 0) {
+            id = ">";
+            continue;
+          }
+          checkpoint = await this.#apply(entries, checkpoint);
+        } catch (error) {
+          if (!isMissingGroup(error) || signal.aborted) throw error;
+          checkpoint = await this.#reconcile();
           id = "0";
-          continue;
         }
-        if (entries.length === 0) {
-          id = ">";
-          continue;
-        }
-        checkpoint = await this.#apply(entries, checkpoint);
       }
       if (!leading) throw new LeaseLost();
     } finally {
       stopRenewing();
     }
+  }
+
+  /**
+   * Checks, as the lease holder, that the group and checkpoint still match the log, and returns
+   * the checkpoint to go on from. Redis may have lost the log (restarted empty, FLUSHALL, a fresh
+   * replica) or just the stream: then the group is missing, or the checkpoint is past the last
+   * id the stream ever had. Without a checkpoint (it went with the data) the group is recreated
+   * at the log's start; with one, the views fold events the log no longer has, so they are
+   * dropped first, as a rebuild would: the projection is folded again from the current log.
+   */
+  async #reconcile(): Promise<string> {
+    const { redis, keys, log } = this.options;
+    const { group } = this.projection;
+    const stream = keys.eventStream;
+    const [checkpoint, groups, last] = await Promise.all([
+      redis.get(keys.checkpoint(group)),
+      groupInfo(redis, stream),
+      lastGeneratedId(redis, stream),
+    ]);
+    const exists = groups.some((g) => g.name === group);
+    const reset = checkpoint !== null && (!exists || compareIds(checkpoint, last) > 0);
+    if (exists && !reset) return checkpoint ?? "0-0";
+    // A rebuild's swap dropped this generation's group: not a reset.
+    if (await viewGeneration(redis, keys) > this.projection.generation) {
+      throw new Superseded(`Views of generation ${this.projection.generation} were replaced`);
+    }
+    if (reset) {
+      log.warn("The event log was reset under the views: folding it again from its start", {
+        projection: group,
+        checkpoint,
+        log_last_id: last,
+      });
+      for (const pattern of this.projection.ownedKeys) await deleteMatching(redis, pattern);
+      await redis.del(keys.checkpoint(group));
+      await redis.xgroup("DESTROY", stream, group).catch(() => {});
+    } else {
+      log.warn("Projection group was missing (Redis lost its data?); recreated it", {
+        projection: group,
+      });
+    }
+    await ensureGroup(redis, stream, group, "0");
+    return "0-0";
   }
 
   /** Applies a batch once; returns the new checkpoint. */

@@ -7,9 +7,12 @@ import { closeRedis, connectRedis } from "../redis/client.ts";
 import { Lease } from "../redis/lease.ts";
 import { ensureGroup, groupInfo } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
-import { dropProjectionGroup } from "./projector.ts";
+import { deleteMatching, resetProjections } from "./projector.ts";
 import { createProjections, type Projection } from "./registry.ts";
 import { ProjectionRunner } from "./runner.ts";
+
+// Here historically; they live with the projector, which also resets a projection by itself.
+export { deleteMatching, resetProjections };
 
 export interface RebuildOptions {
   redis: Redis;
@@ -214,28 +217,4 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     }
     await lock.release();
   }
-}
-
-/**
- * Drops every view, checkpoint and lease of the given projections and destroys their consumer
- * groups, so the next projector start folds the task event stream again from its first entry.
- * Run it with the projectors stopped.
- */
-export async function resetProjections(redis: Redis, keys: Keys, projections: Projection[]) {
-  for (const projection of projections) {
-    for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
-    await dropProjectionGroup(redis, keys, projection.group);
-  }
-}
-
-/** Deletes the keys matching a SCAN pattern (a plain key name matches itself). */
-export async function deleteMatching(redis: Redis, pattern: string): Promise<number> {
-  let cursor = "0";
-  let deleted = 0;
-  do {
-    const [next, found] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1_000);
-    cursor = next;
-    if (found.length) deleted += await redis.unlink(...found);
-  } while (cursor !== "0");
-  return deleted;
 }

@@ -5,7 +5,7 @@ import type { Samples } from "../metrics.ts";
 import { viewGeneration } from "../queries.ts";
 import { closeRedis } from "../redis/client.ts";
 import { sleep } from "../sleep.ts";
-import { Projector } from "./projector.ts";
+import { Projector, resetProjections } from "./projector.ts";
 import { createProjections } from "./registry.ts";
 
 export interface ProjectionRunnerOptions {
@@ -41,6 +41,11 @@ export class ProjectionRunner {
     return this.#generation;
   }
 
+  /** The consumer groups this runner's projectors read (none while it switches generations). */
+  get groups(): string[] {
+    return this.#projectors.map((p) => p.projection.group);
+  }
+
   async start(): Promise<void> {
     await this.#follow();
     if (this.options.generation === undefined) this.#loop = this.#watch();
@@ -62,8 +67,22 @@ export class ProjectionRunner {
     const { redis, keys, log } = this.options;
     const target = this.options.generation ?? await viewGeneration(redis, keys);
     if (target === this.#generation) return;
+    const previous = this.#generation;
     await this.#stopProjectors();
-    if (this.#generation >= 0) {
+    if (previous > target && this.options.generation === undefined) {
+      // Generations only go up (a rebuild's swap): going back means Redis lost the generation
+      // key with its data. The generation followed so far would otherwise keep its (recreated)
+      // groups, holding retention back for good.
+      log.warn("The view generation went back (Redis lost its data?): dropping the newer one", {
+        from: previous,
+        generation: target,
+      });
+      await resetProjections(
+        redis,
+        keys,
+        createProjections({ redis, keys, viewTtlS: this.options.viewTtlS, generation: previous }),
+      );
+    } else if (previous >= 0) {
       log.info("Following a rebuilt view generation", { generation: target });
     }
     // Not following any generation until all of them run: a failure here is retried on the next

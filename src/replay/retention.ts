@@ -1,48 +1,114 @@
 import type { Redis } from "ioredis";
+import { idTime, liveGroups, readRegistry } from "../consumer_registry.ts";
 import { compareIds } from "../events.ts";
 import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
 import { Lease } from "../redis/lease.ts";
-import { groupInfo } from "../redis/streams.ts";
+import { type GroupInfo, groupInfo } from "../redis/streams.ts";
 
 /**
- * The oldest entry id that must stay in a stream: for every consumer group, the first entry it
- * has not read yet or still has pending. Null when no group has anything outstanding.
+ * When retention stops waiting for a group: nobody has reported running it (the consumer
+ * registry) within `afterMs`, and the oldest entry it holds back is older than `afterMs` too, so
+ * it has had no consumer for at least that long. Such a group (a kind no process runs, say) would
+ * otherwise keep the whole stream for good; if a consumer comes back, it goes on from what is left.
  */
-export async function oldestNeeded(redis: Redis, stream: string): Promise<string | null> {
+export interface AbandonRule {
+  /** Groups some process reports running: always waited for. */
+  live: Set<string>;
+  afterMs: number;
+  nowMs: number;
+}
+
+/** The first entry a group still needs: its oldest pending one, or the first it has not read. */
+async function heldBack(redis: Redis, stream: string, group: GroupInfo): Promise<string | null> {
   let oldest: string | null = null;
   const keep = (id: string) => {
     if (oldest === null || compareIds(id, oldest) < 0) oldest = id;
   };
+  if (group.pending > 0) {
+    const summary = await redis.xpending(stream, group.name) as [number, string | null];
+    if (summary[1]) keep(summary[1]);
+  }
+  if (group.lag === null || group.lag > 0) {
+    // Unread entries follow the last delivered id: keep from the first of them (its id also
+    // says how long it has waited).
+    const [next] = await redis.xrange(stream, `(${group.last_delivered_id}`, "+", "COUNT", 1);
+    if (next) keep(next[0]);
+  }
+  return oldest;
+}
+
+/**
+ * The oldest entry id that must stay in a stream: for every consumer group, the first entry it
+ * has not read yet or still has pending. Null when no group has anything outstanding. With
+ * `abandon`, groups it calls abandoned are not waited for; their names go into `abandoned`.
+ */
+export async function oldestNeeded(
+  redis: Redis,
+  stream: string,
+  options: { abandon?: AbandonRule; abandoned?: string[] } = {},
+): Promise<string | null> {
+  const { abandon } = options;
+  let oldest: string | null = null;
   for (const group of await groupInfo(redis, stream)) {
-    if (group.pending > 0) {
-      const summary = await redis.xpending(stream, group.name) as [number, string | null];
-      if (summary[1]) keep(summary[1]);
+    const needed = await heldBack(redis, stream, group);
+    if (needed === null) continue;
+    if (
+      abandon && !abandon.live.has(group.name) &&
+      abandon.nowMs - idTime(needed) > abandon.afterMs
+    ) {
+      options.abandoned?.push(group.name);
+      continue;
     }
-    if (group.lag === null || group.lag > 0) {
-      // Unread entries follow the last delivered id; keep from the one just after it.
-      const [ms, seq] = group.last_delivered_id.split("-").map(Number);
-      keep(`${ms}-${seq + 1}`);
-    }
+    if (oldest === null || compareIds(needed, oldest) < 0) oldest = needed;
   }
   return oldest;
 }
 
 /**
  * Trims a stream to entries newer than `retentionMs`, but never past an entry some consumer
- * group has not read or still has pending. Returns the number of entries removed.
+ * group has not read or still has pending (unless `abandon` lets it go of that group). Returns
+ * the number of entries removed.
  */
-export async function trimStream(redis: Redis, stream: string, retentionMs: number, nowMs: number) {
+export async function trimStream(
+  redis: Redis,
+  stream: string,
+  retentionMs: number,
+  nowMs: number,
+  options: { abandon?: AbandonRule; abandoned?: string[] } = {},
+) {
   let minId = `${Math.max(0, nowMs - retentionMs)}-0`;
-  const needed = await oldestNeeded(redis, stream);
+  const needed = await oldestNeeded(redis, stream, options);
   if (needed && compareIds(needed, minId) < 0) minId = needed;
   return await redis.xtrim(stream, "MINID", minId);
 }
 
-/** Trims the webhook and event streams; dead letters stay until redriven or removed. */
-export async function applyRetention(redis: Redis, keys: Keys, retentionMs: number, nowMs: number) {
+/**
+ * Trims the webhook and event streams; dead letters stay until redriven or removed. With
+ * `abandonAfterMs`, a group nobody has run for that long no longer holds them back (AbandonRule);
+ * `abandoned` names those groups.
+ */
+export async function applyRetention(
+  redis: Redis,
+  keys: Keys,
+  retentionMs: number,
+  nowMs: number,
+  options: { abandonAfterMs?: number } = {},
+) {
+  let abandon: AbandonRule | undefined;
+  if (options.abandonAfterMs !== undefined) {
+    const registry = await readRegistry(redis, keys);
+    const live = liveGroups(registry, nowMs, options.abandonAfterMs);
+    abandon = { live, afterMs: options.abandonAfterMs, nowMs };
+  }
+  const abandoned: string[] = [];
   return {
-    webhooks: await trimStream(redis, keys.webhookStream, retentionMs, nowMs),
-    events: await trimStream(redis, keys.eventStream, retentionMs, nowMs),
+    webhooks: await trimStream(redis, keys.webhookStream, retentionMs, nowMs, {
+      abandon,
+      abandoned,
+    }),
+    events: await trimStream(redis, keys.eventStream, retentionMs, nowMs, { abandon, abandoned }),
+    abandoned,
   };
 }
 
@@ -56,8 +122,12 @@ export async function replayHorizon(redis: Redis, keys: Keys, retentionMs: numbe
 }
 
 /**
- * Trims the streams every `intervalMs` from one process at a time (a lease per round); returns a
- * stop function.
+ * Trims the streams once every `intervalMs` across all processes running it: a round is due when
+ * the retention lease has run out, and whoever looks first then takes it and trims. Every process
+ * looks ten times per interval (at most every 5 s), so a round starts at most a tenth of the
+ * interval late and none is skipped (a lease lasting exactly the interval, looked at once per
+ * interval, was often still held when looked at: every other round was lost). Returns a stop
+ * function.
  */
 export function startRetention(options: {
   redis: Redis;
@@ -66,18 +136,51 @@ export function startRetention(options: {
   intervalMs: number;
   owner: string;
   onError: (error: unknown) => void;
+  /** Stop waiting for groups nobody has run for this long (see AbandonRule). */
+  abandonAfterMs?: number;
+  /** Says when retention stops (or resumes) waiting for a group. */
+  log?: Logger;
+  /** Called after each round this process ran (tests). */
+  onRound?: (result: Awaited<ReturnType<typeof applyRetention>>) => void;
 }): () => void {
-  const { redis, keys } = options;
-  // Held for a whole round and never released: the next round's holder takes it once it expires.
-  const lease = new Lease(redis, keys.retentionLease, options.owner, options.intervalMs);
+  const { redis, keys, intervalMs } = options;
+  const tickMs = Math.max(1, Math.min(5_000, Math.floor(intervalMs / 10)));
+  // Held for the round and never released: it runs out half a look before the round is due, so
+  // the look that finds the round due also finds the lease free.
+  const lease = new Lease(redis, keys.retentionLease, options.owner, intervalMs - tickMs / 2);
+  let running = false;
+  let abandoned = new Set<string>();
   const timer = setInterval(async () => {
+    if (running) return;
+    running = true;
     try {
       if (await lease.acquire()) {
-        await applyRetention(redis, keys, options.retentionMs, Date.now());
+        const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
+          abandonAfterMs: options.abandonAfterMs,
+        });
+        const now = new Set(result.abandoned);
+        for (const group of now) {
+          if (abandoned.has(group)) continue;
+          options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
+            group,
+            detail: `no process has run it for over ${
+              Math.round((options.abandonAfterMs ?? 0) / 1000)
+            } s (HEALTH_MAX_CONSUMERLESS_S); entries older than the retention go, read or not`,
+          });
+        }
+        for (const group of abandoned) {
+          if (!now.has(group)) {
+            options.log?.info("Retention waits for a consumer group again", { group });
+          }
+        }
+        abandoned = now;
+        options.onRound?.(result);
       }
     } catch (error) {
       options.onError(error);
+    } finally {
+      running = false;
     }
-  }, options.intervalMs);
+  }, tickMs);
   return () => clearInterval(timer);
 }
