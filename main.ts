@@ -5,6 +5,7 @@ import { authMode } from "./src/http/auth.ts";
 import { createLogger, logFormat } from "./src/log.ts";
 import { aofEnabled, waitReady } from "./src/redis/client.ts";
 import { createServices } from "./src/runtime.ts";
+import { startWorkerHttp } from "./src/worker_http.ts";
 import { startConsumers } from "./consumers/kinds.ts";
 import { workerId } from "./consumers/task_worker.ts";
 
@@ -145,6 +146,20 @@ async function main(command: string | undefined): Promise<number> {
         stdin: "null",
       }).spawn())
     : [];
+  // A worker's /metrics and probes (the server has them on PORT); off with METRICS_PORT=0.
+  let stopping = false;
+  const probes = consumers && config.METRICS_PORT > 0
+    ? startWorkerHttp({
+      port: config.METRICS_PORT,
+      hostname: config.HOST,
+      redis: services.redis,
+      metrics: services.metrics,
+      sources: { redis: services.redis, keys: services.keys },
+      token: config.METRICS_TOKEN,
+      consumersRunning: () => !stopping,
+      log,
+    })
+    : null;
   if (consumers) {
     log.info("Consumers started", {
       consumer: consumers.consumer,
@@ -164,9 +179,13 @@ async function main(command: string | undefined): Promise<number> {
 
   const signal = await stopped.promise;
   log.info("Shutting down", { signal });
+  stopping = true;
   clearInterval(lagTimer);
   for (const sibling of siblings) sibling.kill("SIGTERM");
-  await server?.shutdown();
+  // Open event streams end first (clients reconnect elsewhere with Last-Event-ID): shutdown() waits
+  // for every response, and a client that stopped reading could hold it, hence the bound.
+  await services.feed.close();
+  if (server) await Promise.race([server.shutdown(), delay(config.SHUTDOWN_TIMEOUT_MS)]);
   await Promise.all(siblings.map((sibling) => sibling.status));
   const outcome = await consumers?.stop(config.SHUTDOWN_TIMEOUT_MS);
   if (outcome) {
@@ -175,9 +194,15 @@ async function main(command: string | undefined): Promise<number> {
       projection_lag_ms: consumers!.projectionLag.summary(),
     });
   }
+  await probes?.shutdown();
   await services.close();
   await privateRedis?.stop();
   return 0;
+}
+
+/** Resolves after `ms`, without holding the process open. */
+function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => Deno.unrefTimer(setTimeout(resolve, ms)));
 }
 
 /** The URL without its password, for messages. */

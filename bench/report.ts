@@ -89,6 +89,18 @@ export function targets(r: BenchResult): Target[] {
     value: r.replay ? `${r.replay.events_per_s} events/s (${r.replay.events} events)` : "not run",
     pass: r.replay ? r.replay.events_per_s >= 50_000 : null,
   });
+  if (r.soak) {
+    const s = r.soak.slopes_mb_per_min;
+    out.push({
+      name: `soak: Redis memory slope at ${r.soak.offered_rate} tasks/s once retention trimmed`,
+      target: "< 0.1 MB/min",
+      value: `${s.redis_keys_but_streams} MB/min for the service's keys but its streams ` +
+        `(streams after each trim ${s.redis_streams_after_trims}, used_memory after each trim ` +
+        `${s.redis_used_memory_after_trims}), server RSS ${s.server_rss}, worker RSS ` +
+        `${s.worker_rss} MB/min`,
+      pass: s.redis_keys_but_streams === null ? null : s.redis_keys_but_streams < 0.1,
+    });
+  }
   return out;
 }
 

@@ -15,11 +15,13 @@ import { hasWrk } from "./load.ts";
 import { Processes } from "./procs.ts";
 import { cpuProfilePhase, redisCommandsPhase, workerCpuProfilePhase } from "./profile.ts";
 import { replayPhase } from "./replay.ts";
+import { soakPhase } from "./soak.ts";
 import { table, type Target, targets, writeResult } from "./report.ts";
 import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tools.ts";
 
 export interface BenchOptions {
-  phases: ("ingest" | "e2e" | "replay" | "profile")[];
+  /** `soak` only runs when named: it takes minutes of its own. */
+  phases: ("ingest" | "e2e" | "replay" | "profile" | "soak")[];
   connections: number[];
   durationS: number;
   warmupS: number;
@@ -39,6 +41,9 @@ export interface BenchOptions {
   replayEvents: number;
   profileRequests: number;
   cpuProfile: boolean;
+  soakSeconds: number;
+  soakRate: number;
+  soakRetentionS: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** Use wrk when installed (false: the fetch loop in this process). */
   wrk: boolean;
@@ -69,6 +74,9 @@ export const DEFAULTS: BenchOptions = {
   replayEvents: 100_000,
   profileRequests: 200,
   cpuProfile: true,
+  soakSeconds: 360,
+  soakRate: 150,
+  soakRetentionS: 60,
   logLevel: "info",
   wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
@@ -103,6 +111,7 @@ export interface BenchResult {
     cpu?: Awaited2<ReturnType<typeof cpuProfilePhase>>;
     worker_cpu?: Awaited2<ReturnType<typeof workerCpuProfilePhase>>;
   } | null;
+  soak: Awaited2<ReturnType<typeof soakPhase>> | null;
   targets: Target[];
   notes: string[];
   /** Phases that failed (the bench exits 1 when there is any). */
@@ -167,6 +176,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
     e2e: null,
     replay: null,
     profile: null,
+    soak: null,
     targets: [],
     notes: [],
     errors: [],
@@ -239,6 +249,11 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         });
       }
     }
+    if (options.phases.includes("soak")) {
+      await phase("Soak", async () => {
+        result.soak = await soakPhase(ctx, options);
+      });
+    }
   } finally {
     await procs.stopAll();
     for (const prefix of ctx.prefixes) await deletePrefix(redis, prefix).catch(() => {});
@@ -256,7 +271,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
 const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
 
-  --phases LIST            ingest,e2e,replay,profile (default: all)
+  --phases LIST            ingest,e2e,replay,profile,soak (default: all but soak)
   --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
@@ -273,6 +288,12 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
   --profile-requests N     requests/tasks under MONITOR (default 200)
   --no-cpu-profile         skip the V8 CPU profile of the server
+  --soak-seconds S         soak: seconds at a steady rate (default 360; needs at least
+                           retention + 210 for a slope)                env BENCH_SOAK_SECONDS
+  --soak-rate N            soak: tasks/s offered (default 150)            env BENCH_SOAK_RATE
+  --soak-retention S       soak: STREAM_RETENTION_S, VIEW_RETENTION_S and IDEMPOTENCY_TTL_S
+                           (default 60); reports the slopes (MB/min) of Redis memory and of
+                           the server's and worker's RSS once retention has trimmed
   --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
@@ -304,6 +325,9 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "paced-seconds": { type: "string" },
       "profile-requests": { type: "string" },
       "no-cpu-profile": { type: "boolean" },
+      "soak-seconds": { type: "string" },
+      "soak-rate": { type: "string" },
+      "soak-retention": { type: "string" },
       "log-level": { type: "string" },
       "no-wrk": { type: "boolean" },
       out: { type: "string" },
@@ -352,6 +376,9 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("replayEvents", num(values["replay-events"], "BENCH_REPLAY_EVENTS"));
   set("profileRequests", num(values["profile-requests"], "BENCH_PROFILE_REQUESTS"));
   if (values["no-cpu-profile"]) o.cpuProfile = false;
+  set("soakSeconds", num(values["soak-seconds"], "BENCH_SOAK_SECONDS"));
+  set("soakRate", num(values["soak-rate"], "BENCH_SOAK_RATE"));
+  set("soakRetentionS", num(values["soak-retention"], "BENCH_SOAK_RETENTION"));
   if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;

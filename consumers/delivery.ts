@@ -2,6 +2,8 @@ import { ClaimLostError, type EventStore, type SettleInput } from "../src/event_
 import { isRetryable, RetryableError } from "../src/errors.ts";
 import type { NewEvent } from "../src/events.ts";
 import type { Logger } from "../src/log.ts";
+import { observeSettled } from "../src/metrics/events.ts";
+import type { Metrics } from "../src/metrics/registry.ts";
 import type { StreamEntry } from "../src/redis/streams.ts";
 import { decideRetry, type RetryPolicy } from "../src/retry.ts";
 import { sleep } from "../src/sleep.ts";
@@ -49,6 +51,8 @@ export interface DeliveryOptions {
   group: string;
   consumer: string;
   clock: () => Date;
+  /** The process's metrics: every event appended through a delivery is observed here. */
+  metrics?: Metrics;
 }
 
 /**
@@ -57,6 +61,12 @@ export interface DeliveryOptions {
  * attempts with backoff. At-least-once: a crash before the final settle redelivers the entry.
  */
 export class Delivery {
+  /** Between this delivery's first task.started and its outcome: counted in tasks_in_progress. */
+  #running = false;
+  #startObserved = false;
+  /** When the current attempt began (performance.now()), for a callback attempt's duration. */
+  #attemptStart: number | null = null;
+
   constructor(
     readonly entry: StreamEntry,
     readonly signal: AbortSignal,
@@ -86,9 +96,10 @@ export class Delivery {
     await this.#settle({ taskId, mode: "dead", events, deadLetter: letter });
   }
 
-  #settle(input: Pick<SettleInput, "taskId" | "mode" | "events" | "deadLetter">) {
+  async #settle(input: Pick<SettleInput, "taskId" | "mode" | "events" | "deadLetter">) {
     const { store, stream, group, consumer } = this.options;
-    return store.settle({
+    const attemptMs = this.#attemptStart === null ? null : performance.now() - this.#attemptStart;
+    const id = await store.settle({
       ...input,
       stream,
       group,
@@ -96,6 +107,38 @@ export class Delivery {
       entryId: this.entry.id,
       at: this.now(),
     });
+    this.#observe(input.mode, input.events ?? [], attemptMs);
+    return id;
+  }
+
+  /** Metrics of a settle that went through: the events it appended, and tasks in progress. */
+  #observe(mode: SettleInput["mode"], events: NewEvent[], attemptMs: number | null) {
+    const metrics = this.options.metrics;
+    if (!metrics) return;
+    const started = events.find((e) => e.type === "task.started");
+    const firstStart = Boolean(
+      started && !this.#startObserved && !this.entry.reclaimed &&
+        (started.data as { attempt?: number }).attempt === 1,
+    );
+    if (started) this.#startObserved = true;
+    observeSettled(metrics, {
+      mode,
+      events,
+      entryMs: Number(this.entry.id.split("-")[0]),
+      firstStart,
+      attemptMs,
+    });
+    if (started && !this.#running) {
+      this.#running = true;
+      metrics.tasksInProgress.inc();
+    }
+    if (mode !== "append") this.#stopRunning();
+  }
+
+  #stopRunning() {
+    if (!this.#running) return;
+    this.#running = false;
+    this.options.metrics?.tasksInProgress.dec();
   }
 
   /**
@@ -105,18 +148,26 @@ export class Delivery {
    */
   async attempts<F extends Failure = Failure>(spec: Attempts<F>): Promise<void> {
     const classify = spec.classify ?? (failureOf as (error: unknown) => F);
-    for (let attempt = spec.first;; attempt++) {
-      await spec.begin?.(attempt);
-      try {
-        return await spec.run(attempt);
-      } catch (error) {
-        if (this.signal.aborted || error instanceof ClaimLostError) throw error;
-        const failure = classify(error);
-        const next = decideRetry(attempt, failure, spec.policy);
-        if (next.type === "give_up") return await spec.givingUp(failure, attempt);
-        await spec.retrying(failure, attempt, next.waitMs);
-        await sleep(next.waitMs, this.signal);
+    try {
+      for (let attempt = spec.first;; attempt++) {
+        await spec.begin?.(attempt);
+        this.#attemptStart = performance.now();
+        try {
+          return await spec.run(attempt);
+        } catch (error) {
+          if (this.signal.aborted || error instanceof ClaimLostError) throw error;
+          const failure = classify(error);
+          const next = decideRetry(attempt, failure, spec.policy);
+          if (next.type === "give_up") return await spec.givingUp(failure, attempt);
+          await spec.retrying(failure, attempt, next.waitMs);
+          this.#attemptStart = null;
+          await sleep(next.waitMs, this.signal);
+        }
       }
+    } finally {
+      // Stopped, the entry lost, or a settle that failed: the task is no longer running here.
+      this.#attemptStart = null;
+      this.#stopRunning();
     }
   }
 }

@@ -2,6 +2,8 @@ import { z } from "zod";
 import { secretProblem } from "./security/signature.ts";
 
 const int = (min: number, fallback: number) => z.coerce.number().int().min(min).default(fallback);
+/** A TCP port: 0 (any free port) to 65,535; Deno.serve throws a RangeError past it. */
+const port = (fallback: number) => int(0, fallback).pipe(z.number().max(65_535));
 const bool = (fallback: boolean) =>
   z.enum(["true", "false"]).default(String(fallback) as "true" | "false").transform((v) =>
     v === "true"
@@ -21,7 +23,7 @@ export type ConsumerName = (typeof CONSUMER_NAMES)[number];
 
 /** Every setting the service reads, validated once at start. Only this module reads the environment. */
 export const ConfigSchema = z.object({
-  PORT: int(0, 8000),
+  PORT: port(8000),
   HTTP_PROCESSES: int(1, 1).pipe(z.number().max(64)),
   HOST: z.string().min(1).default("0.0.0.0"),
   REDIS_URL: z.string().regex(/^rediss?:\/\//, "must start with redis:// or rediss://").default(
@@ -83,7 +85,7 @@ export const ConfigSchema = z.object({
   SSE_BUFFER_EVENTS: int(1, 1_000),
   // Prometheus /metrics on a worker process (0: off; the server serves it on PORT), and an optional
   // token for /metrics (Authorization: Bearer, as Prometheus's bearer_token sends it).
-  METRICS_PORT: int(0, 0).pipe(z.number().max(65_535)),
+  METRICS_PORT: port(0),
   METRICS_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   // Several secrets, space- or comma-separated, while rotating.
   WEBHOOK_SECRET: z.string().optional()
@@ -116,6 +118,13 @@ export const ConfigSchema = z.object({
   TRUST_PROXY: bool(false),
   CORS_ORIGINS: z.string().optional().transform((v) => v?.split(/[\s,]+/).filter(Boolean) ?? []),
 }).superRefine((config, ctx) => {
+  if (config.RETRY_BASE_MS > config.RETRY_MAX_MS) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["RETRY_BASE_MS"],
+      message: `must not be above RETRY_MAX_MS (${config.RETRY_MAX_MS})`,
+    });
+  }
   if (config.SUPABASE_URL && !config.SUPABASE_SERVICE_ROLE_KEY) {
     ctx.addIssue({
       code: "custom",

@@ -1,11 +1,15 @@
-/** A bounded reservoir of samples (the most recent `capacity`), for percentiles in logs. */
+/**
+ * A bounded reservoir of samples (the most recent `capacity`), for percentiles in logs; `observe`
+ * also sees every sample (a Prometheus histogram, src/metrics/registry.ts).
+ */
 export class Samples {
   #values: number[] = [];
   #next = 0;
   #count = 0;
-  constructor(readonly capacity = 100_000) {}
+  constructor(readonly capacity = 100_000, readonly observe?: (value: number) => void) {}
 
   add(value: number): void {
+    this.observe?.(value);
     if (this.#values.length < this.capacity) this.#values.push(value);
     else this.#values[this.#next] = value;
     this.#next = (this.#next + 1) % this.capacity;

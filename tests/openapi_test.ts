@@ -7,25 +7,41 @@ Deno.test("the OpenAPI document describes every route", async () => {
   assert.equal(res.status, 200);
   const doc = await res.json();
   assert.equal(doc.openapi, "3.1.0");
-  assert.deepEqual(Object.keys(doc.paths).sort(), [
-    "/admin/dead-letters",
-    "/admin/dead-letters/redrive",
-    "/admin/dead-letters/{id}",
-    "/admin/replay",
-    "/admin/tasks/{task_id}/events",
-    "/health",
-    "/stats",
-    "/task/{task_id}",
-    "/task/{task_id}/events",
-    "/videos/{video_id}/scenes",
-    "/webhook",
-  ]);
+  // Every route of the app is described (both ways: tests/openapi_contract_test.ts); these at least.
+  const paths = Object.keys(doc.paths);
+  for (
+    const path of [
+      "/admin/dead-letters",
+      "/admin/dead-letters/redrive",
+      "/admin/dead-letters/{id}",
+      "/admin/replay",
+      "/admin/tasks/{task_id}/events",
+      "/health",
+      "/stats",
+      "/task/{task_id}",
+      "/task/{task_id}/events",
+      "/videos/{video_id}/scenes",
+      "/webhook",
+    ]
+  ) assert.ok(paths.includes(path), path);
   const webhook = doc.paths["/webhook"].post;
   const schema = webhook.requestBody.content["application/json"].schema;
   for (const field of ["prompt", "image_url", "video_id", "user_id", "user_email"]) {
     assert.ok(schema.required.includes(field), field);
   }
   // Every status POST /webhook answers (401 auth, 408 slow body, 429 rate limit included).
+  // Admin routes list their 400s (bad JSON, nothing to do, bad cursor or count) and 503.
+  for (
+    const [path, method] of [
+      ["/admin/replay", "post"],
+      ["/admin/dead-letters", "get"],
+      ["/admin/dead-letters/redrive", "post"],
+    ]
+  ) {
+    for (const status of ["400", "401", "404", "503"]) {
+      assert.ok(doc.paths[path][method].responses[status], `${path} ${status}`);
+    }
+  }
   assert.deepEqual(Object.keys(webhook.responses).sort(), [
     "202",
     "400",
@@ -41,6 +57,13 @@ Deno.test("the OpenAPI document describes every route", async () => {
   assert.equal(doc.components.securitySchemes.readToken.in, "header");
   assert.equal(doc.components.securitySchemes.readToken.name, "x-read-token");
   assert.equal(doc.components.securitySchemes.readBearer.scheme, "bearer");
+  // And the webhook's: the token header, or the three Standard Webhooks headers together.
+  assert.equal(doc.components.securitySchemes.webhookToken.name, "x-webhook-token");
+  assert.deepEqual(webhook.security, [
+    { webhookToken: [] },
+    { webhookId: [], webhookTimestamp: [], webhookSignature: [] },
+  ]);
+  assert.equal(doc.components.securitySchemes.adminBearer.scheme, "bearer");
   for (
     const path of [
       "/stats",

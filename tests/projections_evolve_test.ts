@@ -4,7 +4,14 @@ import { createKeys } from "../src/keys.ts";
 import { ALL_EVENT_TYPES } from "../src/projections/definition.ts";
 import { PROJECTION_NAMES, PROJECTIONS } from "../src/projections/registry.ts";
 import { stats } from "../src/projections/stats/projection.ts";
-import { statsKeys } from "../src/projections/stats/view.ts";
+import {
+  bucketValue,
+  durationBucket,
+  FINISHED_WINDOW_S,
+  histogramPercentile,
+  statsKeys,
+  statsStatusKey,
+} from "../src/projections/stats/view.ts";
 import { taskView } from "../src/projections/task_view/projection.ts";
 import { taskViewKey } from "../src/projections/task_view/view.ts";
 import { videoScenes } from "../src/projections/video_scenes/projection.ts";
@@ -186,8 +193,62 @@ Deno.test("stats: counters move with a task from queued to processing to complet
     assert.equal(s.counters.completed_tasks, 1);
     assert.equal(s.counters.processing_ms, 2_500);
     assert.deepEqual(s.status, { t1: "completed" });
-    assert.deepEqual(s.durations, { t1: 2_500 });
-    assert.ok(s.finished.t1 > 0);
+    // 2,500 ms falls in the bucket of 2,500–2,599 ms.
+    assert.deepEqual(s.durations, { 2500: 1 });
+    assert.equal(Object.values(s.finished).reduce((a, b) => a + b, 0), 1);
+  });
+});
+
+Deno.test("stats: durations go to fixed buckets, exact below 100 ms, two digits above", () => {
+  assert.equal(durationBucket(0), 0);
+  assert.equal(durationBucket(99.4), 99);
+  assert.equal(durationBucket(100), 100);
+  assert.equal(durationBucket(1_234), 1_200);
+  assert.equal(durationBucket(99_999), 99_000);
+  assert.equal(durationBucket(86_400_000), 86_000_000);
+  assert.equal(bucketValue(42), 42);
+  assert.equal(bucketValue(1_200), 1_250);
+  // Every bucket of a day's range: 100 exact ones plus 90 per decade.
+  const buckets = new Set<number>();
+  for (let ms = 0; ms < 86_400_000; ms = Math.max(ms + 1, Math.floor(ms * 1.001))) {
+    buckets.add(durationBucket(ms));
+  }
+  assert.ok(buckets.size <= 100 + 90 * 6, `${buckets.size} buckets`);
+  // Nearest-rank percentiles over the buckets, within 5 % of the exact value.
+  const exact = Array.from({ length: 1_000 }, (_, i) => 50 + i * 7);
+  const histogram: Record<string, number> = {};
+  for (const ms of exact) histogram[durationBucket(ms)] = (histogram[durationBucket(ms)] ?? 0) + 1;
+  for (const q of [0.5, 0.95]) {
+    const truth = exact[Math.ceil(q * exact.length) - 1];
+    const got = histogramPercentile(histogram, q);
+    assert.ok(Math.abs(got - truth) / truth <= 0.05, `p${q * 100}: ${got} vs ${truth}`);
+  }
+  assert.equal(histogramPercentile({}, 0.5), 0);
+});
+
+Deno.test("stats: the throughput window keeps the last seconds before the newest finish", () => {
+  const finishAt = (task: string, second: number) =>
+    ({
+      ...completed(task),
+      at: new Date(Date.UTC(2025, 0, 2) + second * 1000).toISOString(),
+    }) as StoredEvent;
+  const base = Date.UTC(2025, 0, 2) / 1000;
+  const history = Array.from({ length: 300 }, (_, i) => finishAt(`w${i}`, i));
+  given(stats, history).then((s) => {
+    const seconds = Object.keys(s.finished).map(Number);
+    assert.equal(Math.max(...seconds), base + 299);
+    assert.equal(Math.min(...seconds), base + 299 - FINISHED_WINDOW_S);
+    assert.equal(seconds.length, FINISHED_WINDOW_S + 1);
+    assert.equal(s.counters.completed_tasks, 300, "counters keep everything");
+  });
+  // A late finish older than the window is counted, but not kept in it.
+  given(stats, history).when(finishAt("late", 10)).then((s) => {
+    assert.equal(s.finished[base + 10], undefined);
+    assert.equal(s.counters.completed_tasks, 301);
+  });
+  // Whatever the order, the same events give the same window.
+  given(stats, [...history].reverse()).then((reversed) => {
+    given(stats, history).then((s) => assert.deepEqual(reversed.finished, s.finished));
   });
 });
 
@@ -283,12 +344,17 @@ Deno.test("view keys per generation are the same strings as before", () => {
   assert.equal(videoViewKey(keys.views(3).prefix, "v"), "{vp}:view@3:video:v");
   assert.deepEqual(statsKeys(keys.views(0).prefix), {
     counters: "{vp}:view:stats",
-    status: "{vp}:view:stats:status",
-    durations: "{vp}:view:stats:durations",
-    finished: "{vp}:view:stats:finished",
+    statusPrefix: "{vp}:view:stats:task:",
+    durations: "{vp}:view:stats:duration-buckets",
+    finished: "{vp}:view:stats:finished-by-second",
   });
+  assert.equal(statsStatusKey(keys.views(0).prefix, "t"), "{vp}:view:stats:task:t");
+  // The keys of the earlier unbounded layout stay owned, so a reset or rebuild drops them.
   assert.deepEqual(stats.ownedKeys(keys.views(2).prefix), [
     "{vp}:view@2:stats",
+    "{vp}:view@2:stats:task:*",
+    "{vp}:view@2:stats:duration-buckets",
+    "{vp}:view@2:stats:finished-by-second",
     "{vp}:view@2:stats:status",
     "{vp}:view@2:stats:durations",
     "{vp}:view@2:stats:finished",

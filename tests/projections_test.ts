@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
 import type { Redis } from "ioredis";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
-import { decodeEvent } from "../src/events.ts";
+import { decodeEvent, type StoredEvent } from "../src/events.ts";
 import { fold } from "../src/projections/definition.ts";
 import { Projector } from "../src/projections/projector.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
 import { createProjections, PROJECTION_NAMES } from "../src/projections/registry.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
-import { stats as statsProjection } from "../src/projections/stats/projection.ts";
-import { statsKeys } from "../src/projections/stats/view.ts";
+import { readStats, stats as statsProjection } from "../src/projections/stats/projection.ts";
+import { FINISHED_WINDOW_S, statsKeys, statsStatusKey } from "../src/projections/stats/view.ts";
 import { taskViewKey } from "../src/projections/task_view/view.ts";
 import { closeRedis, connectRedis } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
@@ -93,10 +93,19 @@ Deno.test("stats equal a recount of the log; rebuilt views equal the live ones",
 
   // Recount: fold every event of the log from scratch with the pure evolve function.
   const log = await redis.xrange(keys.eventStream, "-", "+");
-  const { counters } = fold(statsProjection, log.map(([id, fields]) => decodeEvent(id, fields)));
-  const live = await redis.hgetall(statsKeys(keys.views(0).prefix).counters);
-  for (const [field, n] of Object.entries(counters)) {
-    assert.equal(Number(live[field] ?? 0), n, field);
+  const recount = fold(statsProjection, log.map(([id, fields]) => decodeEvent(id, fields)));
+  const view = keys.views(0).prefix;
+  const statsView = statsKeys(view);
+  const numbers = (hash: Record<string, string>) =>
+    Object.fromEntries(Object.entries(hash).map(([k, v]) => [k, Number(v)]));
+  assert.deepEqual(numbers(await redis.hgetall(statsView.counters)), recount.counters);
+  assert.deepEqual(numbers(await redis.hgetall(statsView.durations)), recount.durations);
+  assert.deepEqual(numbers(await redis.hgetall(statsView.finished)), recount.finished);
+  // Bounded: one status key per task, each expiring with VIEW_RETENTION_S.
+  for (const [task, status] of Object.entries(recount.status)) {
+    assert.equal(await redis.get(statsStatusKey(view, task)), status, task);
+    const ttl = await redis.ttl(statsStatusKey(view, task));
+    assert.ok(ttl > 0 && ttl <= env.config.VIEW_RETENTION_S, `${task} TTL ${ttl}`);
   }
 
   const before = await snapshot(redis, env.prefix);
@@ -318,4 +327,77 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
   } finally {
     await runner.stop();
   }
+});
+
+Deno.test("stats keys stay bounded and do not depend on batch boundaries", async () => {
+  await using env = await testEnv("stats-bounded");
+  const { redis, keys } = env.services;
+  // 400 tasks finishing over 400 seconds (event times), a few out of order, one completing twice.
+  const events: StoredEvent[] = [];
+  const t0 = Date.UTC(2025, 0, 1);
+  let seq = 0;
+  const on = (task: string, type: string, second: number, data: unknown) => {
+    seq += 1;
+    const at = new Date(t0 + second * 1000).toISOString();
+    events.push({ id: `${seq}-0`, type, task_id: task, at, data } as StoredEvent);
+  };
+  for (let i = 0; i < 400; i++) {
+    const task = `t${i}`;
+    const second = i % 50 === 7 ? i - 30 : i;
+    on(task, "task.queued", second, {
+      video_id: "v",
+      user_id: "u",
+      is_revision: false,
+      webhook_entry: "1-0",
+    });
+    on(task, "task.started", second, { attempt: 1, worker: "w" });
+    if (i % 10 === 3) {
+      on(task, "task.failed", second, { error: "x", retryable: false, attempt: 1, final: true });
+    } else {
+      on(task, "task.completed", second, {
+        video_id: "v",
+        result: {
+          scenes: [],
+          image_url: "https://example.com/i.png",
+          reframed: true,
+          provider: { reframe: "offline", scenes: "offline" },
+          revision: false,
+          video_revision: 1,
+        },
+        duration_ms: 37 + i * 113,
+      });
+    }
+  }
+  const recount = fold(statsProjection, events);
+  const numbers = (hash: Record<string, string>) =>
+    Object.fromEntries(Object.entries(hash).map(([k, v]) => [k, Number(v)]));
+  for (const [generation, size] of [[1, 1], [2, 7], [3, 500]]) {
+    const prefix = keys.views(generation).prefix;
+    for (let i = 0; i < events.length; i += size) {
+      const ops = await statsProjection.plan(
+        { redis, prefix, viewTtlS: 60 },
+        events.slice(i, i + size),
+      );
+      const pipeline = redis.pipeline();
+      for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
+      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    }
+    const view = statsKeys(prefix);
+    assert.deepEqual(numbers(await redis.hgetall(view.counters)), recount.counters, `${size}`);
+    assert.deepEqual(numbers(await redis.hgetall(view.durations)), recount.durations, `${size}`);
+    assert.deepEqual(numbers(await redis.hgetall(view.finished)), recount.finished, `${size}`);
+    assert.ok(await redis.hlen(view.finished) <= FINISHED_WINDOW_S + 1);
+    assert.ok(await redis.hlen(view.durations) <= 100 + 90 * 3, "fixed buckets up to 100 s");
+    assert.equal(await redis.ttl(statsStatusKey(prefix, "t399")) <= 60, true);
+  }
+  await redis.set(keys.viewGeneration, 3);
+  const stats = await readStats(redis, keys, t0 + 399_500, 60_000);
+  assert.equal(stats.completed_tasks, 360);
+  assert.equal(stats.failed_tasks, 40);
+  // Seconds 340..399: 60 tasks, less t357 (its events say second 327; t387's say 357).
+  assert.equal(stats.throughput_last_minute.finished, 59);
+  const exact = Array.from({ length: 400 }, (_, i) => i).filter((i) => i % 10 !== 3)
+    .map((i) => 37 + i * 113);
+  const p95 = exact[Math.ceil(0.95 * exact.length) - 1];
+  assert.ok(Math.abs(stats.processing_time_ms.p95 - p95) / p95 <= 0.05);
 });

@@ -93,6 +93,60 @@ Deno.test("a bad setting stops start-up with a message naming the variable", () 
   );
 });
 
+Deno.test("every range limit is checked at start, naming the variable", () => {
+  // [variable, lowest accepted, highest accepted]; one past either end is refused.
+  const ranges: [string, number, number | null][] = [
+    ["PORT", 0, 65_535],
+    ["METRICS_PORT", 0, 65_535],
+    ["HTTP_PROCESSES", 1, 64],
+    ["SCENE_COUNT", 1, 20],
+    ["MAX_BODY_BYTES", 64, null],
+    ["VIEW_RETENTION_S", 60, null],
+    ["STREAM_RETENTION_S", 60, null],
+    ["CLAIM_IDLE_MS", 50, null],
+    ["WORKER_CONCURRENCY", 1, null],
+    ["MAX_ATTEMPTS", 1, null],
+    ["MAX_JSON_DEPTH", 2, null],
+    ["REQUEST_TIMEOUT_MS", 100, null],
+    ["FAL_POLL_INTERVAL_MS", 10, null],
+  ];
+  for (const [name, low, high] of ranges) {
+    assert.equal(loadConfig({ [name]: String(low) })[name as "PORT"], low, name);
+    const refused = [low - 1, ...(high === null ? [] : [high + 1])];
+    if (high !== null) assert.equal(loadConfig({ [name]: String(high) })[name as "PORT"], high);
+    for (const value of refused) {
+      assert.throws(() => loadConfig({ [name]: String(value) }), (error: Error) => {
+        assert.ok(error instanceof ConfigError);
+        assert.match(error.message, new RegExp(`^Invalid configuration:\\n  ${name}: `));
+        return true;
+      }, `${name}=${value}`);
+    }
+  }
+});
+
+Deno.test("RETRY_BASE_MS above RETRY_MAX_MS is refused", () => {
+  assert.throws(
+    () => loadConfig({ RETRY_BASE_MS: "5000", RETRY_MAX_MS: "1000" }),
+    /RETRY_BASE_MS: must not be above RETRY_MAX_MS \(1000\)/,
+  );
+  const equal = loadConfig({ RETRY_BASE_MS: "1000", RETRY_MAX_MS: "1000" });
+  assert.equal(equal.RETRY_BASE_MS, equal.RETRY_MAX_MS);
+});
+
+Deno.test("PORT=70000 stops start-up with a message naming PORT, no stack trace", async () => {
+  const main = new URL("../main.ts", import.meta.url).pathname;
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", main, "serve"],
+    env: { PORT: "70000", REDIS_URL: "redis://127.0.0.1:1" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(stderr);
+  assert.equal(code, 1, text);
+  assert.match(text, /Invalid configuration:\n {2}PORT: /);
+  assert.doesNotMatch(text, /RangeError|\n\s+at /);
+});
+
 Deno.test("logs mask e-mails and redact secret fields", () => {
   const lines: string[] = [];
   const log = createLogger("info", {}, (line) => lines.push(line));

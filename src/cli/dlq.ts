@@ -1,6 +1,7 @@
 import { parseArgs } from "node:util";
 import { getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
 import { connect, output, runMain, UsageError } from "./_common.ts";
+import { parseCount, redriveProblem } from "./rules.ts";
 
 export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
 
@@ -45,17 +46,13 @@ export async function dlqMain(
   if (!["list", "show", "redrive"].includes(command ?? "")) {
     throw new UsageError(command ? `Unknown command "${command}"` : "Give a command");
   }
-  const count = flags.count === undefined ? 50 : Number(flags.count);
-  if (!Number.isInteger(count) || count < 1) {
-    throw new UsageError(`--count must be a positive integer, got "${flags.count}"`);
-  }
+  const count = parseCount(flags.count, 50);
+  if (typeof count !== "number") throw new UsageError(`--count ${count.problem}`);
   if (command === "show" && ids.length !== 1) throw new UsageError("show takes one dead-letter id");
-  if (command === "redrive" && !flags.all && ids.length === 0) {
-    throw new UsageError("redrive takes dead-letter ids or --all");
-  }
-  if (command === "redrive" && flags.all && ids.length) {
-    throw new UsageError("Give either ids or --all, not both");
-  }
+  const problem = command === "redrive"
+    ? redriveProblem({ ids, all: Boolean(flags.all) }, (f) => f === "all" ? "--all" : f)
+    : null;
+  if (problem) throw new UsageError(problem);
   const out = output(write, terminal);
   const { services } = await connect(env);
   try {

@@ -4,6 +4,7 @@ import { reprocessTasks, type StatusFilter } from "../replay/reprocess.ts";
 import { consumerName } from "../runtime.ts";
 import { createLogger } from "../log.ts";
 import { connect, output, parseDate, runMain, UsageError } from "./_common.ts";
+import { type ReplayField, replayProblem } from "./rules.ts";
 
 export const REPLAY_USAGE = `Usage: deno task replay [options]
 
@@ -26,6 +27,13 @@ Tasks still queued or processing are skipped. Each reprocess is a new run of the
 are upserted (never duplicated) and its callback carries a new webhook-id.`;
 
 const STATUSES = ["failed", "dead_lettered", "completed"];
+const FLAGS: Record<ReplayField, string> = {
+  projections: "--projections",
+  tasks: "--task",
+  since: "--since",
+  until: "--until",
+  status: "--status",
+};
 
 export function parseReplayArgs(args: string[]) {
   let parsed;
@@ -57,14 +65,12 @@ export function parseReplayArgs(args: string[]) {
   if (parsed.status !== undefined && !STATUSES.includes(parsed.status)) {
     throw new UsageError(`--status must be one of ${STATUSES.join(", ")}, got "${parsed.status}"`);
   }
-  if (since && until && since > until) throw new UsageError("--since must not be after --until");
   const selects = taskIds.length > 0 || since || until || parsed.status;
-  if (!parsed.help && !parsed.projections && !selects) {
-    throw new UsageError("Nothing to do: give --projections, --task, --since/--until or --status");
-  }
-  if (taskIds.length && (since || until)) {
-    throw new UsageError("Give either --task or --since/--until, not both");
-  }
+  const problem = parsed.help ? null : replayProblem(
+    { projections: Boolean(parsed.projections), taskIds, since, until, status: parsed.status },
+    (field) => FLAGS[field],
+  );
+  if (problem) throw new UsageError(problem);
   return {
     help: Boolean(parsed.help),
     projections: Boolean(parsed.projections),

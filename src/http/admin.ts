@@ -7,6 +7,7 @@ import { RebuildRefused, type RebuildResult } from "../projections/rebuild.ts";
 import { getDeadLetter, listDeadLetters, redrive, reprocessTasks } from "../replay/reprocess.ts";
 import { tokensEqual } from "../security/signature.ts";
 import { fieldErrors } from "../webhook.ts";
+import { MAX_LIST_COUNT, parseCount, redriveProblem, replayProblem } from "../cli/rules.ts";
 import { fromRedis } from "./problems.ts";
 
 const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
@@ -31,10 +32,19 @@ export const RedriveRequestSchema = z.object({
   reason: z.string().min(1).max(500).default("dead-letter redrive"),
   requested_by: z.string().min(1).max(200).default("admin-api"),
   dry_run: z.boolean().default(false),
-}).refine((r) => r.all !== Boolean(r.ids?.length), {
-  message: "give either ids or all: true",
-  path: ["ids"],
+}).describe("Give either ids or all: true (400 otherwise, as `deno task dlq redrive` exits 2)");
+
+/** GET /admin/dead-letters: `count` 1 to 1,000 (default 100), `after` a dead-letter id. */
+export const DeadLettersQuerySchema = z.object({
+  count: z.string().optional().describe(`1 to ${MAX_LIST_COUNT} (default 100)`),
+  after: z.string().optional().describe("List after this dead-letter id (ms-seq)"),
 });
+
+/** A request the CLI would refuse with exit 2: answered 400, with the CLI's sentence. */
+const invalid = (detail: string) => new ProblemError(400, "Invalid request", detail);
+/** A JSON body's fields as the problems name them. */
+const quoted = (field: string) =>
+  field === "projections" || field === "all" ? `${field}: true` : `"${field}"`;
 
 export interface AdminDeps {
   /** ADMIN_TOKEN; without it every /admin route answers 404. */
@@ -80,6 +90,8 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
 
   app.post("/admin/replay", async (c) => {
     const request = await body(c.req.raw, ReplayRequestSchema);
+    const problem = replayProblem({ ...request, taskIds: request.tasks ?? [] }, quoted);
+    if (problem) throw invalid(problem);
     let projections: RebuildResult | { would_rebuild_events: number } | null = null;
     if (request.projections) {
       projections = request.dry_run
@@ -123,10 +135,11 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
   });
 
   app.get("/admin/dead-letters", async (c) => {
-    const count = Math.min(1_000, Math.max(1, Number(c.req.query("count") ?? 100) || 100));
+    const count = parseCount(c.req.query("count"), 100, MAX_LIST_COUNT);
+    if (typeof count !== "number") throw invalid(`"count" ${count.problem}`);
     const after = c.req.query("after");
     if (after !== undefined && !/^\d+-\d+$/.test(after)) {
-      throw new ProblemError(400, "Invalid request", '"after" must be a dead-letter id (ms-seq)');
+      throw invalid('"after" must be a dead-letter id (ms-seq)');
     }
     const letters = await fromRedis(() => listDeadLetters(store, count, after ? `(${after}` : "-"));
     return c.json({ dead_letters: letters });
@@ -142,6 +155,8 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
 
   app.post("/admin/dead-letters/redrive", async (c) => {
     const request = await body(c.req.raw, RedriveRequestSchema);
+    const problem = redriveProblem({ ids: request.ids ?? [], all: request.all }, quoted);
+    if (problem) throw invalid(problem);
     const outcomes = await fromRedis(() =>
       redrive(store, request.all ? "all" : request.ids!, {
         requestedBy: request.requested_by,

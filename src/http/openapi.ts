@@ -2,17 +2,20 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { z } from "zod";
 import type { ProjectionRoute } from "../projections/definition.ts";
 import { VideoRequestSchema } from "../webhook.ts";
-import { RedriveRequestSchema, ReplayRequestSchema } from "./admin.ts";
+import { MAX_LIST_COUNT } from "../cli/rules.ts";
+import { DeadLettersQuerySchema, RedriveRequestSchema, ReplayRequestSchema } from "./admin.ts";
 import { AcceptedSchema, HealthSchema, ProblemSchema, TimelineSchema } from "./schemas.ts";
 
 const json = (schema: z.ZodType, description: string) => ({
   description,
   content: { "application/json": { schema } },
 });
-const problem = (description: string) => ({
+const problem = (description: string, schema: z.ZodType = ProblemSchema) => ({
   description,
-  content: { "application/problem+json": { schema: ProblemSchema } },
+  content: { "application/problem+json": { schema } },
 });
+/** Every route that reads Redis answers 503 (with Retry-After) when it is unreachable. */
+const UNAVAILABLE = { 503: problem("Redis is unreachable; retry after the Retry-After seconds") };
 
 type Registry = OpenAPIHono["openAPIRegistry"];
 
@@ -34,6 +37,9 @@ function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
     responses: {
       200: json(route.response.schema, route.response.description),
       ...READ_401,
+      // Every projection route reads through fromRedis (projection_routes.ts): 503 is always
+      // possible, whatever the projection declares.
+      ...UNAVAILABLE,
       ...Object.fromEntries(problems),
     },
   });
@@ -46,7 +52,11 @@ function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
 export function describeRoutes(
   app: OpenAPIHono,
   projectionRoutes: readonly ProjectionRoute[],
-  options: { readTokenHeader: string },
+  options: {
+    readTokenHeader: string;
+    /** WEBHOOK_TOKEN_HEADER (default x-webhook-token). */
+    webhookTokenHeader?: string;
+  },
 ): void {
   const r = app.openAPIRegistry;
   r.registerComponent("securitySchemes", "readToken", {
@@ -60,10 +70,44 @@ export function describeRoutes(
     scheme: "bearer",
     description: "READ_TOKEN as a bearer token, instead of the header",
   });
+  r.registerComponent("securitySchemes", "webhookToken", {
+    type: "apiKey",
+    in: "header",
+    name: options.webhookTokenHeader ?? "x-webhook-token",
+    description: "WEBHOOK_TOKEN (n8n's Header Auth); with WEBHOOK_SECRET set too, either one " +
+      "suffices; POST /webhook is open when neither is set (see /health `webhook_auth`)",
+  });
+  // Standard Webhooks (WEBHOOK_SECRET): the three headers together are one way in.
+  const signatureHeaders: [string, string, string][] = [
+    ["webhookId", "webhook-id", "Message id; an id seen in the last 11 minutes is a replay (401)"],
+    [
+      "webhookTimestamp",
+      "webhook-timestamp",
+      "Seconds since the epoch, within 5 minutes of the server's clock",
+    ],
+    [
+      "webhookSignature",
+      "webhook-signature",
+      "`v1,<base64 HMAC-SHA256 of id.timestamp.body>`, several space-separated while rotating; " +
+      "checked against every WEBHOOK_SECRET",
+    ],
+  ];
+  for (const [scheme, header, description] of signatureHeaders) {
+    r.registerComponent("securitySchemes", scheme, {
+      type: "apiKey",
+      in: "header",
+      name: header,
+      description: `Standard Webhooks (WEBHOOK_SECRET): ${description}`,
+    });
+  }
   r.registerPath({
     method: "post",
     path: "/webhook",
     summary: "Queue a video request (flat body or n8n webhook-node envelope)",
+    security: [
+      { webhookToken: [] },
+      { webhookId: [], webhookTimestamp: [], webhookSignature: [] },
+    ],
     request: {
       body: {
         required: true,
@@ -84,7 +128,10 @@ export function describeRoutes(
         "Fields are missing or invalid, or unknown fields exceed UNKNOWN_FIELDS_MAX_BYTES; " +
           "`errors` names each",
       ),
-      429: problem("A rate limit is reached; retry after the Retry-After seconds"),
+      429: problem(
+        "A rate limit is reached; retry after the Retry-After seconds",
+        ProblemSchema.extend({ retry_after_s: z.number().int() }),
+      ),
       503: problem(
         "Redis is unreachable, or too many bodies are being read at once; retry after the " +
           "Retry-After seconds",
@@ -102,13 +149,27 @@ export function describeRoutes(
       200: json(TimelineSchema, "The events in order"),
       ...READ_401,
       404: problem("Unknown task"),
+      ...UNAVAILABLE,
     },
   });
   r.registerPath({
     method: "get",
     path: "/health",
     summary: "Redis reachability; consumer groups only with read access (open, no token needed)",
-    responses: { 200: json(HealthSchema, "Healthy"), 503: json(HealthSchema, "Redis is down") },
+    responses: {
+      200: json(HealthSchema, "Ready"),
+      503: json(
+        HealthSchema,
+        "Not ready: Redis is unreachable, or a consumer group the deployment runs is missing, " +
+          "without a consumer or stuck (`problems` says which)",
+      ),
+    },
+  });
+  r.registerPath({
+    method: "get",
+    path: "/health/live",
+    summary: "Liveness: the process answers (nothing a restart would fix is checked)",
+    responses: { 200: json(z.object({ status: z.literal("ok") }), "Alive") },
   });
   r.registerComponent("securitySchemes", "adminBearer", {
     type: "http",
@@ -119,6 +180,7 @@ export function describeRoutes(
   const adminErrors = {
     401: problem("Missing or wrong admin token"),
     404: problem("The admin API is disabled (no ADMIN_TOKEN), or no such entry"),
+    ...UNAVAILABLE,
   };
   const Outcome = z.object({
     task_id: z.string(),
@@ -149,8 +211,13 @@ export function describeRoutes(
         z.object({ dry_run: z.boolean(), projections: z.unknown(), tasks: z.array(Outcome) }),
         "What was (or, in a dry run, would be) done",
       ),
+      400: problem(
+        "The body is not JSON, or asks for nothing or for a contradiction (what `deno task " +
+          "replay` refuses with exit 2): no projections, tasks, since/until or status; since " +
+          "after until; tasks together with since/until",
+      ),
       409: problem("Rebuild refused: another runs, or the log was trimmed and force is not set"),
-      422: problem("Invalid request"),
+      422: problem("Fields of the wrong type or out of range; `errors` names each"),
       ...adminErrors,
     },
   });
@@ -170,9 +237,12 @@ export function describeRoutes(
     path: "/admin/dead-letters",
     summary: "Dead letters, oldest first",
     ...admin,
-    request: { query: z.object({ count: z.string().optional(), after: z.string().optional() }) },
+    request: { query: DeadLettersQuerySchema },
     responses: {
       200: json(z.object({ dead_letters: z.array(DeadLetter) }), "Dead letters"),
+      400: problem(
+        `"count" is not an integer from 1 to ${MAX_LIST_COUNT}, or "after" not a dead-letter id`,
+      ),
       ...adminErrors,
     },
   });
@@ -200,7 +270,8 @@ export function describeRoutes(
         }),
         "What was (or would be) redriven",
       ),
-      422: problem("Invalid request"),
+      400: problem("The body is not JSON, or gives neither or both of ids and all: true"),
+      422: problem("Fields of the wrong type or out of range; `errors` names each"),
       ...adminErrors,
     },
   });

@@ -5,6 +5,7 @@ import { ProblemError, UnavailableError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics/registry.ts";
 import { checkUrlSyntax } from "../security/outbound.ts";
 import { rememberWebhookId, tokenMatcher } from "../security/signature.ts";
 import {
@@ -50,7 +51,21 @@ export interface WebhookRouteDeps {
   allowPrivateUrls: boolean;
   /** Take the client address from X-Forwarded-For (behind a trusted proxy only). */
   trustProxy: boolean;
+  /** Counts webhooks by result in webhooks_received_total. */
+  metrics?: Metrics;
 }
+
+/** A refusal's reason as webhooks_received_total labels it, by its status. */
+const REJECTED: Record<number, string> = {
+  400: "bad_request",
+  401: "unauthorized",
+  408: "timeout",
+  413: "too_large",
+  415: "unsupported_media_type",
+  422: "invalid",
+  429: "rate_limited",
+  503: "unavailable",
+};
 
 /** How long a webhook-id is remembered: past the ±5 minute timestamp tolerance on both sides. */
 const REPLAY_WINDOW_S = 2 * 300 + 60;
@@ -105,7 +120,17 @@ function userBucket(userId: string, address: string, authenticated: boolean): st
 export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
   const { store, redis, keys, log, limits, uploads } = deps;
   const tokenMatches = deps.auth.token ? tokenMatcher(deps.auth.token) : null;
-  app.post("/webhook", async (c) => {
+  const received = deps.metrics?.webhooks;
+  app.post("/webhook", async function counted(c) {
+    try {
+      return await receive(c);
+    } catch (error) {
+      const status = error instanceof ProblemError ? error.status : 500;
+      received?.inc({ result: "rejected", reason: REJECTED[status] ?? "error" });
+      throw error;
+    }
+  });
+  async function receive(c: Context) {
     const nowMs = deps.now().getTime();
     const nowS = Math.floor(nowMs / 1000);
     const address = clientAddress(c, deps.trustProxy);
@@ -207,6 +232,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       });
     }
     const { task_id, duplicate } = outcome;
+    received?.inc({ result: duplicate ? "duplicate" : "accepted" });
     // Debug, not info: a log line per request costs about a tenth of the ingest throughput.
     log.debug(duplicate ? "Duplicate webhook" : "Webhook accepted", {
       task_id,
@@ -225,5 +251,5 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       duplicate,
       status_url: statusUrl,
     }, 202);
-  });
+  }
 }

@@ -1,4 +1,6 @@
 import type { Config } from "../config.ts";
+import { timedCall } from "../metrics/providers.ts";
+import type { Metrics } from "../metrics/registry.ts";
 import type { VideoRequest } from "../webhook.ts";
 import type { Scene } from "./scene.ts";
 
@@ -26,6 +28,8 @@ export interface VideoHistory {
 /** What steps may use besides their provider: the service's own stores. */
 export interface Ports {
   videos: VideoHistory;
+  /** Not for steps: bindSteps counts and times each provider call with it. */
+  metrics?: Metrics;
 }
 
 /**
@@ -53,7 +57,14 @@ export interface Step<Name extends string = string> {
   run(context: StepContext): Promise<Record<string, unknown>>;
 }
 
-/** Binds each step to the provider of `mode`, built once from the config. */
+/** The live provider of each step, as provider_calls_total names it (offline: "offline"). */
+const LIVE_PROVIDERS: Record<string, string> = { reframe: "fal", scenes: "openai" };
+
+/**
+ * Binds each step to the provider of `mode`, built once from the config. Each run is one provider
+ * call as the metrics count it (provider_calls_total, provider_call_duration_seconds), labelled
+ * with the step's provider.
+ */
 export function bindSteps<Name extends string>(
   definitions: readonly StepDefinition<Name, unknown>[],
   config: Config,
@@ -62,6 +73,18 @@ export function bindSteps<Name extends string>(
 ): Step<Name>[] {
   return definitions.map((definition) => {
     const provider = definition.providers[mode](config);
-    return { name: definition.name, run: (context) => definition.run(context, provider, ports) };
+    const label = mode === "offline"
+      ? "offline"
+      : LIVE_PROVIDERS[definition.name] ?? definition.name;
+    return {
+      name: definition.name,
+      run: (context) =>
+        timedCall(
+          ports.metrics,
+          label,
+          () => definition.run(context, provider, ports),
+          context.signal,
+        ),
+    };
   });
 }

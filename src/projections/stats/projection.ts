@@ -6,7 +6,19 @@ import { consumerGroups, currentViews, GroupStatsSchema } from "../../queries.ts
 import { replayHorizon } from "../../replay/retention.ts";
 import { defineProjection, type Op, type PlanContext } from "../definition.ts";
 import type { TaskStatus } from "../task_view/view.ts";
-import { evolveStats, initialStats, STATS_EVENTS, statsChange, statsKeys } from "./view.ts";
+import {
+  durationBucket,
+  evolveStats,
+  FINISHED_WINDOW_S,
+  finishSecond,
+  histogramPercentile,
+  initialStats,
+  legacyStatsKeys,
+  STATS_EVENTS,
+  statsChange,
+  statsKeys,
+  statsStatusKey,
+} from "./view.ts";
 
 /** GET /stats: the stats view plus live figures from the streams. */
 export const StatsSchema = z.object({
@@ -17,13 +29,20 @@ export const StatsSchema = z.object({
   failed_tasks: z.number().int(),
   dead_lettered_tasks: z.number().int(),
   average_processing_time: z.number().describe("Seconds, over completed tasks"),
-  processing_time_ms: z.object({ average: z.number(), p50: z.number(), p95: z.number() }),
+  processing_time_ms: z.object({
+    average: z.number(),
+    p50: z.number(),
+    p95: z.number(),
+  }).describe(
+    "Over every completion; p50 and p95 come from a histogram of fixed buckets: exact below " +
+      "100 ms, else the middle of the bucket of values with the same two leading digits (within 5 %)",
+  ),
   step_average_ms: z.record(z.string(), z.number()),
   callbacks: z.object({ delivered: z.number().int(), failed: z.number().int() }),
   throughput_last_minute: z.object({
     finished: z.number().int(),
     per_second: z.number(),
-  }),
+  }).describe("Tasks completed or failed for good in the last 60 whole seconds (event times)"),
   consumer_groups: z.array(GroupStatsSchema),
   replay_horizon: z.object({
     stream_retention_s: z.number().int(),
@@ -32,11 +51,10 @@ export const StatsSchema = z.object({
 });
 export type Stats = z.infer<typeof StatsSchema>;
 
-async function percentile(redis: Redis, key: string, count: number, q: number) {
-  if (count === 0) return 0;
-  const rank = Math.min(count - 1, Math.ceil(q * count) - 1);
-  const [, score] = await redis.zrange(key, rank, rank, "WITHSCORES");
-  return Number(score ?? 0);
+/** The seconds of the throughput window: the 60 whole seconds up to and including `now`'s. */
+function lastMinute(nowMs: number): string[] {
+  const nowS = finishSecond(nowMs);
+  return Array.from({ length: 60 }, (_, i) => String(nowS - i));
 }
 
 /** The stats view plus live figures from the streams. `now` bounds the throughput window. */
@@ -47,18 +65,16 @@ export async function readStats(
   retentionMs: number,
 ): Promise<Stats> {
   const stats = statsKeys((await currentViews(redis, keys)).prefix);
-  const [hash, durations, finished] = await Promise.all([
+  const [hash, histogram, perSecond, groups, horizon] = await Promise.all([
     redis.hgetall(stats.counters),
-    redis.zcard(stats.durations),
-    redis.zcount(stats.finished, now - 60_000, now),
-  ]);
-  const n = (field: string) => Number(hash[field] ?? 0);
-  const [p50, p95, groups, horizon] = await Promise.all([
-    percentile(redis, stats.durations, durations, 0.5),
-    percentile(redis, stats.durations, durations, 0.95),
+    redis.hgetall(stats.durations),
+    redis.hmget(stats.finished, ...lastMinute(now)),
     consumerGroups(redis, keys),
     replayHorizon(redis, keys, retentionMs),
   ]);
+  const n = (field: string) => Number(hash[field] ?? 0);
+  const buckets = Object.fromEntries(Object.entries(histogram).map(([b, c]) => [b, Number(c)]));
+  const finished = perSecond.reduce((sum, count) => sum + Number(count ?? 0), 0);
   const average = n("processing_count") ? n("processing_ms") / n("processing_count") : 0;
   const stepAverage: Record<string, number> = {};
   for (const step of StepName.options) {
@@ -73,7 +89,11 @@ export async function readStats(
     failed_tasks: n("failed_tasks"),
     dead_lettered_tasks: n("dead_lettered_tasks"),
     average_processing_time: Math.round(average) / 1000,
-    processing_time_ms: { average: Math.round(average), p50, p95 },
+    processing_time_ms: {
+      average: Math.round(average),
+      p50: histogramPercentile(buckets, 0.5),
+      p95: histogramPercentile(buckets, 0.95),
+    },
     step_average_ms: stepAverage,
     callbacks: { delivered: n("callbacks_delivered"), failed: n("callbacks_failed") },
     throughput_last_minute: { finished, per_second: Math.round((finished / 60) * 100) / 100 },
@@ -82,20 +102,32 @@ export async function readStats(
   };
 }
 
+const finishes = (e: StoredEvent) =>
+  e.type === "task.completed" || (e.type === "task.failed" && e.data.final);
+
 /**
- * The batch's stats writes: counter increments, the statuses that moved, durations and finish
- * times. Reads only the statuses of the batch's tasks, never the counters.
+ * The batch's stats writes: counter increments, the statuses that moved (one key per task, with
+ * the view TTL), histogram increments and the throughput window's seconds, trimmed. Reads only
+ * the statuses of the batch's tasks and, when tasks finished, the window's seconds (at most
+ * FINISHED_WINDOW_S + 1 fields), never the counters.
  */
-async function planStats({ redis, prefix }: PlanContext, events: StoredEvent[]): Promise<Op[]> {
+async function planStats(
+  { redis, prefix, viewTtlS }: PlanContext,
+  events: StoredEvent[],
+): Promise<Op[]> {
   const keys = statsKeys(prefix);
   const taskIds = [...new Set(events.map((e) => e.task_id))];
   if (taskIds.length === 0) return [];
-  const known = await redis.hmget(keys.status, ...taskIds);
+  const [known, windowSeconds] = await Promise.all([
+    redis.mget(...taskIds.map((id) => statsStatusKey(prefix, id))),
+    events.some(finishes) ? redis.hkeys(keys.finished) : Promise.resolve([]),
+  ]);
   const status = new Map<string, TaskStatus>();
   taskIds.forEach((id, i) => known[i] && status.set(id, known[i] as TaskStatus));
   const counters: Record<string, number> = {};
+  const buckets: Record<string, number> = {};
+  const seconds: Record<string, number> = {};
   const changed = new Set<string>();
-  const ops: Op[] = [];
   for (const event of events) {
     const change = statsChange(status.get(event.task_id), event);
     for (const [field, n] of Object.entries(change.counters)) {
@@ -106,17 +138,35 @@ async function planStats({ redis, prefix }: PlanContext, events: StoredEvent[]):
       changed.add(event.task_id);
     }
     if (change.processingMs !== undefined) {
-      ops.push(["ZADD", keys.durations, change.processingMs, event.task_id]);
+      const bucket = durationBucket(change.processingMs);
+      buckets[bucket] = (buckets[bucket] ?? 0) + 1;
     }
     if (change.finishedAt !== undefined) {
-      ops.push(["ZADD", keys.finished, change.finishedAt, event.task_id]);
+      const second = finishSecond(change.finishedAt);
+      seconds[second] = (seconds[second] ?? 0) + 1;
     }
   }
+  const ops: Op[] = [];
   // Zero nets are written too, so a field exists iff some event touched it, whatever the batch
   // boundaries: a rebuild then gives the very same hash.
   for (const [field, n] of Object.entries(counters)) ops.push(["HINCRBY", keys.counters, field, n]);
-  const statusPairs = [...changed].flatMap((id) => [id, status.get(id)!]);
-  if (statusPairs.length) ops.push(["HSET", keys.status, ...statusPairs]);
+  for (const id of changed) {
+    ops.push(["SET", statsStatusKey(prefix, id), status.get(id)!, "EX", viewTtlS]);
+  }
+  for (const [bucket, n] of Object.entries(buckets)) {
+    ops.push(["HINCRBY", keys.durations, bucket, n]);
+  }
+  // The window keeps the FINISHED_WINDOW_S seconds before the newest finish second (event times):
+  // seconds below that are not added, and the stored ones that fall below it are dropped.
+  const all = [...windowSeconds, ...Object.keys(seconds)].map(Number);
+  if (Object.keys(seconds).length) {
+    const floor = Math.max(...all) - FINISHED_WINDOW_S;
+    for (const [second, n] of Object.entries(seconds)) {
+      if (Number(second) >= floor) ops.push(["HINCRBY", keys.finished, second, n]);
+    }
+    const stale = windowSeconds.filter((s) => Number(s) < floor);
+    if (stale.length) ops.push(["HDEL", keys.finished, ...stale]);
+  }
   return ops;
 }
 
@@ -126,7 +176,10 @@ export const stats = defineProjection({
   handles: STATS_EVENTS,
   initialState: initialStats,
   evolve: evolveStats,
-  ownedKeys: (prefix) => Object.values(statsKeys(prefix)),
+  ownedKeys: (prefix) => {
+    const { counters, statusPrefix, durations, finished } = statsKeys(prefix);
+    return [counters, `${statusPrefix}*`, durations, finished, ...legacyStatsKeys(prefix)];
+  },
   plan: planStats,
   route: {
     path: "/stats",

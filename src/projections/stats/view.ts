@@ -1,18 +1,84 @@
 import type { StoredEvent } from "../../events.ts";
 import type { TaskStatus } from "../task_view/view.ts";
 
-/** The stats view's keys under a generation's view prefix (`{vp}:view:stats…` in generation 0). */
+/**
+ * Seconds of finish times kept behind the newest one (event times): the throughput window (the
+ * last minute) plus a margin for clocks that differ between workers and the server.
+ */
+export const FINISHED_WINDOW_S = 120;
+
+/**
+ * The stats view's keys under a generation's view prefix (`{vp}:view:stats…` in generation 0).
+ * Every one is bounded: the hashes have a fixed or windowed set of fields, and the per-task status
+ * keys expire with VIEW_RETENTION_S.
+ */
 export function statsKeys(prefix: string) {
   return {
-    /** Counters and per-step sums (hash). */
+    /** Counters and per-step sums (hash; fixed fields). */
     counters: `${prefix}:stats`,
-    /** task id -> status as the stats projection last saw it, to move counters between states. */
-    status: `${prefix}:stats:status`,
-    /** task id -> processing time in ms, for percentiles (zset). */
-    durations: `${prefix}:stats:durations`,
-    /** task id -> completion time in ms, for throughput (zset). */
-    finished: `${prefix}:stats:finished`,
+    /**
+     * Per-task status as the stats projection last saw it, to move counters between states:
+     * `<statusPrefix><task id>` (string, TTL VIEW_RETENTION_S, refreshed on every status change).
+     */
+    statusPrefix: `${prefix}:stats:task:`,
+    /** Processing-time histogram: bucket lower bound in ms -> completions (hash; fixed buckets). */
+    durations: `${prefix}:stats:duration-buckets`,
+    /**
+     * Finish second (event time, s since epoch) -> tasks finished in it (hash), trimmed to the
+     * FINISHED_WINDOW_S seconds before the newest finish second.
+     */
+    finished: `${prefix}:stats:finished-by-second`,
   };
+}
+
+/**
+ * Keys of the earlier, unbounded layout (a status hash and two sorted sets with one entry per
+ * task). Nothing writes them any more; they are listed as owned so a reset or rebuild drops them.
+ */
+export function legacyStatsKeys(prefix: string): string[] {
+  return [`${prefix}:stats:status`, `${prefix}:stats:durations`, `${prefix}:stats:finished`];
+}
+
+/** The key of one task's status in the stats view. */
+export const statsStatusKey = (prefix: string, taskId: string) =>
+  `${statsKeys(prefix).statusPrefix}${taskId}`;
+
+/**
+ * The histogram bucket of a processing time: exact below 100 ms, else the value rounded down to
+ * two significant digits (1,234 ms -> 1,200). 90 buckets per decade, so a day has at most 640.
+ */
+export function durationBucket(ms: number): number {
+  const value = Math.max(0, Math.round(ms));
+  if (value < 100) return value;
+  const step = 10 ** (String(value).length - 2);
+  return Math.floor(value / step) * step;
+}
+
+/**
+ * What a bucket stands for when a percentile falls in it: its own value below 100 ms, else its
+ * middle (1,200 -> 1,250), so a reported percentile is within 5 % of the exact one.
+ */
+export function bucketValue(bucket: number): number {
+  if (bucket < 100) return bucket;
+  const step = 10 ** (String(bucket).length - 2);
+  return bucket + step / 2;
+}
+
+/** The q-quantile (nearest rank) of a histogram of bucket -> count, as its bucket's value. */
+export function histogramPercentile(histogram: Record<string, number>, q: number): number {
+  const buckets = Object.entries(histogram)
+    .map(([bucket, n]) => [Number(bucket), n] as const)
+    .filter(([, n]) => n > 0)
+    .sort((a, b) => a[0] - b[0]);
+  const count = buckets.reduce((sum, [, n]) => sum + n, 0);
+  if (count === 0) return 0;
+  const rank = Math.max(1, Math.ceil(q * count));
+  let seen = 0;
+  for (const [bucket, n] of buckets) {
+    seen += n;
+    if (seen >= rank) return bucketValue(bucket);
+  }
+  return bucketValue(buckets[buckets.length - 1][0]);
 }
 
 /** What one event does to the statistics, given the task's status as the stats view last saw it. */
@@ -21,7 +87,7 @@ export interface StatsChange {
   counters: Record<string, number>;
   /** Processing time of a task that just completed, in ms. */
   processingMs?: number;
-  /** When the task finished (ms since epoch), for throughput. */
+  /** When the task finished (ms since epoch, the event's time), for throughput. */
   finishedAt?: number;
 }
 
@@ -112,11 +178,29 @@ export const STATS_EVENTS = [
   "callback.failed",
 ] as const;
 
-/** The whole stats view in memory: what its four keys hold. */
+/** The second (since epoch) a finish time in ms falls in: the throughput hash's field. */
+export const finishSecond = (finishedAtMs: number) => Math.floor(finishedAtMs / 1000);
+
+/**
+ * Pure: the throughput window after adding finish seconds: every second older than
+ * FINISHED_WINDOW_S before the newest one is dropped. The result depends only on the multiset of
+ * finish times folded so far, never on how they were batched, so the rebuild equals live.
+ */
+export function trimFinished(finished: Record<string, number>): Record<string, number> {
+  const seconds = Object.keys(finished).map(Number);
+  if (seconds.length === 0) return finished;
+  const floor = Math.max(...seconds) - FINISHED_WINDOW_S;
+  return Object.fromEntries(Object.entries(finished).filter(([s]) => Number(s) >= floor));
+}
+
+/** The whole stats view in memory: what its keys hold. */
 export interface StatsState {
   counters: Record<string, number>;
+  /** task id -> status (in Redis one key per task, expiring with VIEW_RETENTION_S). */
   status: Record<string, TaskStatus>;
+  /** Processing-time histogram: durationBucket -> completions. */
   durations: Record<string, number>;
+  /** Finish second -> tasks finished in it, the last FINISHED_WINDOW_S seconds. */
   finished: Record<string, number>;
 }
 
@@ -124,22 +208,25 @@ export function initialStats(): StatsState {
   return { counters: {}, status: {}, durations: {}, finished: {} };
 }
 
+const add = (record: Record<string, number>, field: string | number, n: number) => ({
+  ...record,
+  [field]: (record[field] ?? 0) + n,
+});
+
 /** Pure: folds one event into the stats view, with the same change the projection writes. */
 export function evolveStats(state: StatsState, event: StoredEvent): StatsState {
   const change = statsChange(state.status[event.task_id], event);
-  const counters = { ...state.counters };
-  for (const [field, n] of Object.entries(change.counters)) {
-    counters[field] = (counters[field] ?? 0) + n;
-  }
+  let counters = state.counters;
+  for (const [field, n] of Object.entries(change.counters)) counters = add(counters, field, n);
   const id = event.task_id;
   return {
     counters,
     status: change.status ? { ...state.status, [id]: change.status } : state.status,
     durations: change.processingMs === undefined
       ? state.durations
-      : { ...state.durations, [id]: change.processingMs },
+      : add(state.durations, durationBucket(change.processingMs), 1),
     finished: change.finishedAt === undefined
       ? state.finished
-      : { ...state.finished, [id]: change.finishedAt },
+      : trimFinished(add(state.finished, finishSecond(change.finishedAt), 1)),
   };
 }
