@@ -16,12 +16,13 @@ import { Processes } from "./procs.ts";
 import { cpuProfilePhase, redisCommandsPhase, workerCpuProfilePhase } from "./profile.ts";
 import { replayPhase } from "./replay.ts";
 import { soakPhase } from "./soak.ts";
+import { ssePhase } from "./sse.ts";
 import { table, type Target, targets, writeResult } from "./report.ts";
 import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tools.ts";
 
 export interface BenchOptions {
-  /** `soak` only runs when named: it takes minutes of its own. */
-  phases: ("ingest" | "e2e" | "replay" | "profile" | "soak")[];
+  /** `soak` and `sse` only run when named: they take minutes of their own. */
+  phases: ("ingest" | "e2e" | "replay" | "profile" | "soak" | "sse")[];
   connections: number[];
   durationS: number;
   warmupS: number;
@@ -44,6 +45,12 @@ export interface BenchOptions {
   soakSeconds: number;
   soakRate: number;
   soakRetentionS: number;
+  /** SSE: concurrent client counts, tasks/s, seconds, all-events clients, idle clients for ingest. */
+  sseClients: number[];
+  sseRate: number;
+  sseSeconds: number;
+  sseAllClients: number;
+  sseIngestClients: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** Use wrk when installed (false: the fetch loop in this process). */
   wrk: boolean;
@@ -77,6 +84,11 @@ export const DEFAULTS: BenchOptions = {
   soakSeconds: 360,
   soakRate: 150,
   soakRetentionS: 60,
+  sseClients: [1_000, 10_000],
+  sseRate: 100,
+  sseSeconds: 10,
+  sseAllClients: 20,
+  sseIngestClients: 1_000,
   logLevel: "info",
   wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
@@ -112,6 +124,7 @@ export interface BenchResult {
     worker_cpu?: Awaited2<ReturnType<typeof workerCpuProfilePhase>>;
   } | null;
   soak: Awaited2<ReturnType<typeof soakPhase>> | null;
+  sse?: Awaited2<ReturnType<typeof ssePhase>> | null;
   targets: Target[];
   notes: string[];
   /** Phases that failed (the bench exits 1 when there is any). */
@@ -249,6 +262,24 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         });
       }
     }
+    if (options.phases.includes("sse")) {
+      await phase("SSE", async () => {
+        const sse = await ssePhase(ctx, { ...options, useWrk });
+        result.sse = sse;
+        for (const r of sse.runs) {
+          say(
+            `  ${r.clients} clients: all-events p50/p99 ${r.all_events.p50_ms}/${r.all_events.p99_ms} ms, ` +
+              `per-task p50/p99 ${r.per_task.p50_ms}/${r.per_task.p99_ms} ms, ` +
+              `${r.rss_kb_per_client} KB RSS per client, ${r.tasks_per_s} tasks/s`,
+          );
+        }
+        if (sse.ingest) {
+          say(
+            `  ingest with ${sse.ingest.idle_clients} idle clients: ${sse.ingest.ratio}× without`,
+          );
+        }
+      });
+    }
     if (options.phases.includes("soak")) {
       await phase("Soak", async () => {
         result.soak = await soakPhase(ctx, options);
@@ -271,7 +302,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
 const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
 
-  --phases LIST            ingest,e2e,replay,profile,soak (default: all but soak)
+  --phases LIST            ingest,e2e,replay,profile,soak,sse (default: all but soak and sse)
   --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
@@ -294,6 +325,14 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --soak-retention S       soak: STREAM_RETENTION_S, VIEW_RETENTION_S and IDEMPOTENCY_TTL_S
                            (default 60); reports the slopes (MB/min) of Redis memory and of
                            the server's and worker's RSS once retention has trimmed
+  --sse-clients LIST       sse: concurrent SSE clients per run (default 1000,10000): idle
+                           per-task followers (follow=true on finished tasks) plus
+                           --sse-all-clients (default 20) on /events/stream measuring every
+                           event's delivery latency; each task posted gets a follower too
+  --sse-rate N             sse: tasks/s completed meanwhile (default 100)  env BENCH_SSE_RATE
+  --sse-seconds S          sse: seconds at that rate (default 10)
+  --sse-ingest-clients N   sse: ingest req/s with N idle SSE clients vs without (default 1000;
+                           0 skips it)
   --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
@@ -328,6 +367,11 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "soak-seconds": { type: "string" },
       "soak-rate": { type: "string" },
       "soak-retention": { type: "string" },
+      "sse-clients": { type: "string" },
+      "sse-rate": { type: "string" },
+      "sse-seconds": { type: "string" },
+      "sse-all-clients": { type: "string" },
+      "sse-ingest-clients": { type: "string" },
       "log-level": { type: "string" },
       "no-wrk": { type: "boolean" },
       out: { type: "string" },
@@ -379,6 +423,11 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("soakSeconds", num(values["soak-seconds"], "BENCH_SOAK_SECONDS"));
   set("soakRate", num(values["soak-rate"], "BENCH_SOAK_RATE"));
   set("soakRetentionS", num(values["soak-retention"], "BENCH_SOAK_RETENTION"));
+  set("sseClients", values["sse-clients"] ? list(values["sse-clients"]) : undefined);
+  set("sseRate", num(values["sse-rate"], "BENCH_SSE_RATE"));
+  set("sseSeconds", num(values["sse-seconds"], "BENCH_SSE_SECONDS"));
+  set("sseAllClients", num(values["sse-all-clients"], "BENCH_SSE_ALL_CLIENTS"));
+  set("sseIngestClients", num(values["sse-ingest-clients"], "BENCH_SSE_INGEST_CLIENTS"));
   if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;

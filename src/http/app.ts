@@ -8,6 +8,7 @@ import type { StoredEvent } from "../events.ts";
 import type { EventFeed } from "../feed/event_feed.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
+import type { Metrics } from "../metrics/registry.ts";
 import { groupProblems, type KindReport, readRegistry } from "../consumer_registry.ts";
 import { PROJECTIONS } from "../projections/registry.ts";
 import { aofEnabled } from "../redis/client.ts";
@@ -16,6 +17,7 @@ import { type AdminDeps, adminRoutes } from "./admin.ts";
 import { authMode } from "./auth.ts";
 import { docsRoutes } from "./docs.ts";
 import { describeRoutes } from "./openapi.ts";
+import { httpMetrics, metricsRoute } from "./metrics_route.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
 import { projectionRoutes } from "./projection_routes.ts";
 import { readAuth, type ReadAuthOptions } from "./read_auth.ts";
@@ -45,6 +47,8 @@ export interface AppDeps {
    */
   health?: { maxConsumerlessMs: number; maxPendingAgeMs: number };
   clock?: () => Date;
+  /** The process's metrics: served at /metrics (METRICS_TOKEN as a bearer token when set). */
+  metrics?: { registry: Metrics; token?: string };
 }
 
 /** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
@@ -53,6 +57,7 @@ export function createApp(deps: AppDeps) {
   const now = deps.clock ?? (() => new Date());
   const read = readAuth(deps.read);
   const app = new OpenAPIHono();
+  if (deps.metrics) app.use(httpMetrics(deps.metrics.registry));
   app.use(secureHeaders());
   if (deps.corsOrigins.length) {
     app.use(cors({ origin: deps.corsOrigins, allowMethods: ["GET", "POST"], credentials: false }));
@@ -150,7 +155,18 @@ export function createApp(deps: AppDeps) {
     }
   });
 
-  describeRoutes(app, routes, { readTokenHeader: deps.read.tokenHeader });
+  if (deps.metrics) {
+    metricsRoute(app, {
+      metrics: deps.metrics.registry,
+      token: deps.metrics.token,
+      sources: { redis, keys, feed: deps.feed },
+    });
+  }
+
+  describeRoutes(app, routes, {
+    readTokenHeader: deps.read.tokenHeader,
+    webhookTokenHeader: deps.webhook.auth.tokenHeader,
+  });
   app.route("/", docsRoutes());
   return app;
 }
