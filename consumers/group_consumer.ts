@@ -41,6 +41,8 @@ export interface GroupConsumerOptions {
    * entry over; the handler must then stop without acknowledging, leaving the entry pending.
    */
   handle(entry: StreamEntry, signal: AbortSignal): Promise<void>;
+  /** Told how many entries each reclaim took over (stream_group_reclaims_total). */
+  onReclaim?(count: number): void;
 }
 
 /** Thrown into a handler's signal when the process stops before the entry was settled. */
@@ -175,6 +177,7 @@ export class GroupConsumer {
       .filter(([id]) => !this.#inflight.has(id))
       .map(([id, fields]) => ({ id, fields: fields ?? [], reclaimed: true }));
     for (const entry of entries) log.warn("Reclaimed a stalled entry", { group, entry: entry.id });
+    if (entries.length) this.options.onReclaim?.(entries.length);
     // Claimed while stopping: they stay pending for another consumer.
     if (!this.#stop.signal.aborted) await this.#dispatch(entries);
     return entries.length;

@@ -4,6 +4,7 @@ import { type GroupRef, REPORT_MS, reportRunning } from "../src/consumer_registr
 import type { Keys } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
 import { Samples } from "../src/metrics.ts";
+import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
 import { closeRedis, connectRedis } from "../src/redis/client.ts";
@@ -138,7 +139,16 @@ function groupKind(group: GroupSpec, handler: (context: KindContext) => Handler)
       const log = context.log.child({ consumer });
       const stream = group.stream(services.keys);
       const handles = handler(context);
-      const options = { store: services.store, stream, group: group.name, consumer, clock };
+      const { metrics } = services;
+      const options = {
+        store: services.store,
+        stream,
+        group: group.name,
+        consumer,
+        clock,
+        metrics,
+      };
+      const streamName = stream === services.keys.webhookStream ? "webhooks" : "events";
       const loop = new GroupConsumer({
         redis: services.redis,
         blocking: context.blocking(group.name),
@@ -151,20 +161,24 @@ function groupKind(group: GroupSpec, handler: (context: KindContext) => Handler)
         log,
         ignores: handles.ignores,
         handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
+        onReclaim: (count) =>
+          metrics.reclaims.inc({ stream: streamName, group: group.name }, count),
       });
       await loop.start();
-      const ref: GroupRef = {
-        stream: stream === services.keys.webhookStream ? "webhooks" : "events",
-        group: group.name,
-      };
+      const ref: GroupRef = { stream: streamName, group: group.name };
       return { stop: (timeoutMs) => loop.stop(timeoutMs), groups: () => [ref] };
     },
   };
 }
 
 /** Where the scene sink stores scenes: Supabase when configured, else only the Redis view. */
-function sceneStore({ supabase }: Services): SceneStore {
-  if (supabase) return { name: "supabase", upsert: (rows) => supabase.upsert(rows) };
+function sceneStore({ supabase, metrics }: Services): SceneStore {
+  if (supabase) {
+    return {
+      name: "supabase",
+      upsert: (rows) => timedCall(metrics, "supabase", () => supabase.upsert(rows)),
+    };
+  }
   return { name: "redis-view", upsert: () => Promise.resolve() };
 }
 
@@ -204,7 +218,8 @@ export async function startConsumers(
     consumer,
     options,
     clock: options.clock ?? (() => new Date()),
-    projectionLag: new Samples(),
+    // Also fed to projection_lag_seconds (the samples are ms).
+    projectionLag: new Samples(100_000, (ms) => services.metrics.projectionLag.observe(ms / 1000)),
     blocking(name) {
       const connection = connectRedis(config.REDIS_URL, { name });
       connections.push(connection);

@@ -58,6 +58,7 @@ export function createServices(config: Config, log: Logger) {
   });
   const app = createApp({
     feed,
+    metrics: { registry: metrics, token: config.METRICS_TOKEN },
     redis,
     store,
     keys,
