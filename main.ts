@@ -83,6 +83,11 @@ async function main(command: string | undefined): Promise<number> {
         read_auth: "none",
       });
     } else log.info("Read authentication on", { read_auth: "token" });
+    if (!config.METRICS_TOKEN) {
+      log.warn("GET /metrics is OPEN to anyone (backlogs, rates): set METRICS_TOKEN", {
+        metrics_auth: "none",
+      });
+    }
   }
   // Fail fast with a clear message rather than after a long timeout: production connects to the
   // Redis it is given, and a wrong address should not look like a slow start.

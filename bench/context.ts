@@ -40,6 +40,7 @@ export function serviceEnv(
     LOG_LEVEL: ctx.logLevel,
     // HTTP_PROCESSES=2 deno task bench: measure the server on several processes sharing the port.
     HTTP_PROCESSES: Deno.env.get("HTTP_PROCESSES") ?? "1",
+    ...(Deno.env.get("BENCH_SERVICE_ENV") ? JSON.parse(Deno.env.get("BENCH_SERVICE_ENV")!) : {}),
     ...extra,
   };
 }

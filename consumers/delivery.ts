@@ -107,7 +107,12 @@ export class Delivery {
       entryId: this.entry.id,
       at: this.now(),
     });
-    this.#observe(input.mode, input.events ?? [], attemptMs);
+    try {
+      this.#observe(input.mode, input.events ?? [], attemptMs);
+    } catch (error) {
+      // Metrics never turn a settle that went through into a failed attempt.
+      this.log.debug("Metrics observation failed", { error: String(error) });
+    }
     return id;
   }
 

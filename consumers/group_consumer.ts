@@ -1,7 +1,7 @@
 import type { Redis } from "ioredis";
 import { isMissingGroup } from "../src/consumer_registry.ts";
 import { ClaimLostError } from "../src/event_store.ts";
-import { decodeEvent, type StoredEvent } from "../src/events.ts";
+import { compareIds, decodeEvent, type StoredEvent } from "../src/events.ts";
 import type { Logger } from "../src/log.ts";
 import { heartbeatScript } from "../src/redis/scripts.ts";
 import { ensureGroup, readGroup, type StreamEntry } from "../src/redis/streams.ts";
@@ -63,8 +63,12 @@ export class GroupConsumer {
   #loop: Promise<void> | null = null;
   /** Where the next XAUTOCLAIM scan resumes, so a busy consumer still reaches the whole list. */
   #claimCursor = "0-0";
-  /** When a read of the group last succeeded (ms), to tell a reset log from a dropped group. */
-  #lastRead = 0;
+  /**
+   * The newest entry id this consumer has read (or, before any, a stream id just before it
+   * started): where a lost "$" group is recreated, so it neither skips what came since nor repeats
+   * what came before.
+   */
+  #lastId = "0-0";
 
   constructor(readonly options: GroupConsumerOptions) {}
 
@@ -80,7 +84,7 @@ export class GroupConsumer {
       this.options.group,
       this.options.startAt ?? "0",
     );
-    this.#lastRead = Date.now();
+    this.#lastId = `${Math.max(0, Date.now() - 1_000)}-0`;
     this.#loop = this.#run();
   }
 
@@ -106,7 +110,8 @@ export class GroupConsumer {
           // Short blocks keep a stop prompt; an idle consumer costs Redis four reads a second.
           blockMs: Math.min(250, Math.max(50, Math.floor(claimIdleMs / 2))),
         });
-        this.#lastRead = Date.now();
+        const newest = entries.at(-1)?.id;
+        if (newest && compareIds(newest, this.#lastId) > 0) this.#lastId = newest;
         // Entries read while stopping stay pending; another consumer reclaims them.
         if (!this.#stop.signal.aborted) await this.#dispatch(entries);
       } catch (error) {
@@ -123,20 +128,15 @@ export class GroupConsumer {
 
   /**
    * Recreates the group after Redis lost it (restarted empty, FLUSHALL, a fresh replica promoted,
-   * or the stream or group deleted): at `startAt`, except that a log holding only entries newer
-   * than this consumer's last read was reset while it read, so all of it is new (a downstream
-   * group starting at "$" would otherwise miss what a worker appended before it noticed). Another
+   * or the stream or group deleted). A group starting at "0" starts there again; a downstream
+   * group ("$") starts after the newest entry this consumer read, not at the stream's end: entries
+   * a worker appended after that (in a reset log, all of them, since stream ids only grow with
+   * Redis's clock) are still delivered, with no window between looking and creating. Another
    * process may recreate it first: that is fine.
    */
   async #recreate(): Promise<void> {
     const { redis, stream, group, log } = this.options;
-    let start = this.options.startAt ?? "0";
-    if (start === "$") {
-      const [first] = await redis.xrange(stream, "-", "+", "COUNT", 1);
-      // A second of slack for clocks: erring towards "0" repeats a few entries this group has
-      // handled already, which its idempotent handlers absorb.
-      if (first && Number(first[0].split("-")[0]) >= this.#lastRead - 1_000) start = "0";
-    }
+    const start = (this.options.startAt ?? "0") === "0" ? "0" : this.#lastId;
     await ensureGroup(redis, stream, group, start);
     this.#claimCursor = "0-0";
     log.warn("Consumer group was missing (Redis lost its data?); recreated it", {

@@ -254,6 +254,9 @@ export async function startConsumers(
     intervalMs: 60_000,
     owner: consumer,
     abandonAfterMs: config.HEALTH_MAX_CONSUMERLESS_S * 1000,
+    // Only the callback sender is optional: when no process runs it, its group must not keep
+    // the event stream for good. Work, scenes and views are never trimmed from under a group.
+    optional: [{ kind: "callbacks", group: CONSUMER_KINDS.callbacks.group!.name }],
     log,
     onError: (error) => log.warn("Stream trimming failed", { error: String(error) }),
   });

@@ -106,8 +106,8 @@ export const ConfigSchema = z.object({
   // A request's headers and body must arrive within this time, or the connection is closed.
   REQUEST_TIMEOUT_MS: int(100, 10_000),
   // Bodies being read at once: in all, and from one client address (more wait their turn: 503).
-  BODY_READS_MAX: int(1, 256),
-  BODY_READS_PER_ADDRESS: int(1, 8),
+  BODY_READS_MAX: int(1, 512),
+  BODY_READS_PER_ADDRESS: int(1, 64),
   // A token for GET /task/*, /videos/* and /stats (header READ_TOKEN_HEADER or Bearer).
   READ_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
   READ_TOKEN_HEADER: z.string().regex(/^[A-Za-z0-9-]+$/).default("x-read-token").transform((

@@ -65,22 +65,6 @@ export function streamKey(keys: Keys, ref: GroupRef): string {
 }
 
 /**
- * Groups whose kind a process reported running within `withinMs` of `nowMs`: groups that are
- * consumed, whatever their backlog says.
- */
-export function liveGroups(
-  registry: Map<string, KindReport>,
-  nowMs: number,
-  withinMs: number,
-): Set<string> {
-  const live = new Set<string>();
-  for (const report of registry.values()) {
-    if (nowMs - report.at <= withinMs) { for (const g of report.groups) live.add(g.group); }
-  }
-  return live;
-}
-
-/**
  * Whether Redis says a consumer group (or its stream) does not exist: NOGROUP, or a blocked read
  * released because the stream key was deleted (FLUSHALL, DEL).
  */
@@ -138,12 +122,22 @@ export async function groupProblems(
         );
       }
       if (group.pending > 0) {
-        const [, oldest] = await redis.xpending(stream, ref.group) as [number, string | null];
-        const age = oldest ? nowMs - idTime(oldest) : 0;
-        if (age > bounds.maxPendingAgeMs) {
+        // Idle time, not age: a running task refreshes its claim, so only an entry nobody has
+        // touched for that long (its consumer is gone and nobody reclaimed it) counts. A backlog
+        // being worked through after an outage does not.
+        const [stuck] = await redis.xpending(
+          stream,
+          ref.group,
+          "IDLE",
+          bounds.maxPendingAgeMs,
+          "-",
+          "+",
+          1,
+        ) as [string, string, number, number][];
+        if (stuck) {
           problems.push(
-            `Consumer group "${ref.group}" (${kind}) has an entry pending for ` +
-              `${Math.round(age / 1000)} s`,
+            `Consumer group "${ref.group}" (${kind}) has an entry untouched for ` +
+              `${Math.round(stuck[2] / 1000)} s`,
           );
         }
       }

@@ -223,13 +223,18 @@ Deno.test("a deployment without callbacks lets retention trim the event stream",
     const length = await redis.xlen(keys.eventStream);
 
     // Within the bound it still holds the stream back.
-    const early = await applyRetention(redis, keys, 1, Date.now(), { abandonAfterMs: 60_000 });
+    const optional = [{ kind: "callbacks", group: "callbacks" }];
+    const early = await applyRetention(redis, keys, 1, Date.now(), {
+      abandonAfterMs: 60_000,
+      optional,
+    });
     assert.equal(early.events, 0);
     assert.deepEqual(early.abandoned, []);
     await new Promise((resolve) => setTimeout(resolve, 1_100));
     // Past it, retention goes on without it (the running groups have read everything).
     const result = await applyRetention(redis, keys, 1, Date.now(), {
       abandonAfterMs: env.config.HEALTH_MAX_CONSUMERLESS_S * 1000,
+      optional,
     });
     assert.deepEqual(result.abandoned, ["callbacks"]);
     assert.equal(result.events, length);
@@ -239,7 +244,7 @@ Deno.test("a deployment without callbacks lets retention trim the event stream",
   }
 });
 
-Deno.test("a group some process runs holds the stream back however long ago it last read", async () => {
+Deno.test("only an optional group nobody runs stops holding the stream back; any other holds it for good", async () => {
   await using env = await testEnv("trim-live");
   const redis: Redis = env.services.redis;
   const stream = env.services.keys.eventStream;
@@ -248,13 +253,17 @@ Deno.test("a group some process runs holds the stream back however long ago it l
   await redis.xgroup("CREATE", stream, "slow", "0");
   await redis.xreadgroup("GROUP", "slow", "c", "COUNT", 2, "STREAMS", stream, ">");
   await redis.xack(stream, "slow", "1000-0");
-  // "slow" has entry 2 pending and 3 to 6 unread, all long ago; it is reported running.
-  const rule = (live: string[]) => ({ live: new Set(live), afterMs: 10_000, nowMs: 1_000_000 });
+  // "slow" has entry 2 pending and 3 to 6 unread, all long ago (its consumers are down, say).
+  const rule = (abandonable: string[]) => ({
+    abandonable: new Set(abandonable),
+    afterMs: 10_000,
+    nowMs: 1_000_000,
+  });
   const abandoned: string[] = [];
-  assert.equal(await trimStream(redis, stream, 1, 1_000_000, { abandon: rule(["slow"]) }), 1);
+  assert.equal(await trimStream(redis, stream, 1, 1_000_000, { abandon: rule([]) }), 1);
   assert.equal((await redis.xrange(stream, "-", "+"))[0][0], "2000-0");
-  // Once nobody reports running it, it no longer holds anything back.
-  await trimStream(redis, stream, 1, 1_000_000, { abandon: rule([]), abandoned });
+  // Only the group of an optional kind nobody runs is let go of.
+  await trimStream(redis, stream, 1, 1_000_000, { abandon: rule(["slow"]), abandoned });
   assert.deepEqual(abandoned, ["slow"]);
   assert.equal(await redis.xlen(stream), 0);
 });

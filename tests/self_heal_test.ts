@@ -276,7 +276,7 @@ Deno.test("/health: 503 for a missing group, one without a consumer, or an entry
   assert.match(missing.problems, /"workers" \(tasks\) is missing/);
   await redis.xgroup("CREATE", keys.webhookStream, "workers", "$", "MKSTREAM");
   assert.deepEqual(await check(), { status: 200, problems: "" });
-  // An entry appended 5 s ago, read by a consumer that never settles it.
+  // An old entry read just now is being worked on: not stuck.
   await redis.xadd(keys.webhookStream, `${Date.now() - 5_000}-0`, "task_id", "t");
   await redis.xreadgroup(
     "GROUP",
@@ -288,9 +288,13 @@ Deno.test("/health: 503 for a missing group, one without a consumer, or an entry
     keys.webhookStream,
     ">",
   );
+  assert.equal((await check()).status, 200);
+  // Untouched for longer than HEALTH_MAX_PENDING_AGE_S: its consumer is gone.
+  await new Promise((resolve) => setTimeout(resolve, 2_200));
+  await report();
   const stuck = await check();
   assert.equal(stuck.status, 503);
-  assert.match(stuck.problems, /"workers" \(tasks\) has an entry pending for 5 s/);
+  assert.match(stuck.problems, /"workers" \(tasks\) has an entry untouched for 2 s/);
   await redis.xack(
     keys.webhookStream,
     "workers",

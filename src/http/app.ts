@@ -134,7 +134,8 @@ export function createApp(deps: AppDeps) {
       });
       return c.json({
         status: problems.length ? "degraded" as const : "ok" as const,
-        problems,
+        // Which groups and how far behind: for whoever may read backlogs, not for strangers.
+        problems: detailed ? problems : problems.map(() => "A consumer group is not healthy"),
         redis: { ok: true, latency_ms: latency, aof },
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),

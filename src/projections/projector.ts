@@ -67,7 +67,12 @@ export async function deleteMatching(redis: Redis, pattern: string): Promise<num
 
 /** The last id ever added to a stream ("0-0" without a stream): trimming never lowers it. */
 async function lastGeneratedId(redis: Redis, stream: string): Promise<string> {
-  const info = await redis.xinfo("STREAM", stream).catch(() => null) as unknown[] | null;
+  // Only a missing stream means an empty log: any other failure must not look like a reset
+  // (that would drop the views and refold a log that retention may have trimmed).
+  const info = await redis.xinfo("STREAM", stream).catch((error) => {
+    if (String((error as Error).message).includes("no such key")) return null;
+    throw error;
+  }) as unknown[] | null;
   if (!info) return "0-0";
   return String(info[info.indexOf("last-generated-id") + 1] ?? "0-0");
 }

@@ -1,5 +1,5 @@
 import type { Redis } from "ioredis";
-import { idTime, liveGroups, readRegistry } from "../consumer_registry.ts";
+import { idTime, readRegistry } from "../consumer_registry.ts";
 import { compareIds } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
@@ -7,14 +7,15 @@ import { Lease } from "../redis/lease.ts";
 import { type GroupInfo, groupInfo } from "../redis/streams.ts";
 
 /**
- * When retention stops waiting for a group: nobody has reported running it (the consumer
- * registry) within `afterMs`, and the oldest entry it holds back is older than `afterMs` too, so
- * it has had no consumer for at least that long. Such a group (a kind no process runs, say) would
- * otherwise keep the whole stream for good; if a consumer comes back, it goes on from what is left.
+ * When retention stops waiting for a group: it is one of `abandonable` (the group of an optional
+ * kind, such as callbacks, that no process of the deployment has ever reported running) and the
+ * oldest entry it holds back is older than `afterMs`. Such a group would otherwise keep the whole
+ * stream for good; if a consumer comes later, it goes on from what is left. The task worker, the
+ * scene sink and the projections are never let go of: work, scenes and views are not trimmed from
+ * under a group that is merely down.
  */
 export interface AbandonRule {
-  /** Groups some process reports running: always waited for. */
-  live: Set<string>;
+  abandonable: Set<string>;
   afterMs: number;
   nowMs: number;
 }
@@ -54,7 +55,7 @@ export async function oldestNeeded(
     const needed = await heldBack(redis, stream, group);
     if (needed === null) continue;
     if (
-      abandon && !abandon.live.has(group.name) &&
+      abandon && abandon.abandonable.has(group.name) &&
       abandon.nowMs - idTime(needed) > abandon.afterMs
     ) {
       options.abandoned?.push(group.name);
@@ -83,23 +84,32 @@ export async function trimStream(
   return await redis.xtrim(stream, "MINID", minId);
 }
 
+/** An optional consumer kind (its effects may be skipped) and its group. */
+export interface OptionalGroup {
+  kind: string;
+  group: string;
+}
+
 /**
  * Trims the webhook and event streams; dead letters stay until redriven or removed. With
- * `abandonAfterMs`, a group nobody has run for that long no longer holds them back (AbandonRule);
- * `abandoned` names those groups.
+ * `abandonAfterMs`, the group of an `optional` kind that no process has ever reported running (the
+ * consumer registry has no entry for it) no longer holds them back once its oldest needed entry is
+ * that old (AbandonRule); `abandoned` names those groups.
  */
 export async function applyRetention(
   redis: Redis,
   keys: Keys,
   retentionMs: number,
   nowMs: number,
-  options: { abandonAfterMs?: number } = {},
+  options: { abandonAfterMs?: number; optional?: OptionalGroup[] } = {},
 ) {
   let abandon: AbandonRule | undefined;
   if (options.abandonAfterMs !== undefined) {
     const registry = await readRegistry(redis, keys);
-    const live = liveGroups(registry, nowMs, options.abandonAfterMs);
-    abandon = { live, afterMs: options.abandonAfterMs, nowMs };
+    const abandonable = new Set(
+      (options.optional ?? []).filter(({ kind }) => !registry.has(kind)).map(({ group }) => group),
+    );
+    abandon = { abandonable, afterMs: options.abandonAfterMs, nowMs };
   }
   const abandoned: string[] = [];
   return {
@@ -136,8 +146,10 @@ export function startRetention(options: {
   intervalMs: number;
   owner: string;
   onError: (error: unknown) => void;
-  /** Stop waiting for groups nobody has run for this long (see AbandonRule). */
+  /** Stop waiting for an optional kind's group nobody runs after this long (see AbandonRule). */
   abandonAfterMs?: number;
+  /** The optional kinds and their groups (the callback sender's). */
+  optional?: OptionalGroup[];
   /** Says when retention stops (or resumes) waiting for a group. */
   log?: Logger;
   /** Called after each round this process ran (tests). */
@@ -157,15 +169,15 @@ export function startRetention(options: {
       if (await lease.acquire()) {
         const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
           abandonAfterMs: options.abandonAfterMs,
+          optional: options.optional,
         });
         const now = new Set(result.abandoned);
         for (const group of now) {
           if (abandoned.has(group)) continue;
           options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
             group,
-            detail: `no process has run it for over ${
-              Math.round((options.abandonAfterMs ?? 0) / 1000)
-            } s (HEALTH_MAX_CONSUMERLESS_S); entries older than the retention go, read or not`,
+            detail: "no process of this deployment runs it (CONSUMERS); entries older than the " +
+              "retention go, read or not",
           });
         }
         for (const group of abandoned) {
