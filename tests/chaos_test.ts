@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnRedis } from "../src/dev/local_services.ts";
 import type { Redis } from "ioredis";
 import { caughtUp, childEnv, fixture, freePort, readStream, testEnv, waitFor } from "./_helpers.ts";
 import { createTestSchema } from "./fakes/postgres.ts";
@@ -11,26 +12,9 @@ import { startPostgrest } from "./fakes/postgrest_server.ts";
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const SERVICE_KEY = `sb_secret_${crypto.randomUUID()}`;
 
-/** A private redis-server that writes each command to its AOF before replying (fsync always). */
-async function startDurableRedis(port: number, dir: string): Promise<Deno.ChildProcess> {
-  const child = new Deno.Command("redis-server", {
-    args: [
-      ...["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--dir", dir],
-      ...["--appendonly", "yes", "--appendfsync", "always"],
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  await waitFor(async () => {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return true;
-    } catch {
-      return false;
-    }
-  }, { what: `redis-server on ${port}` });
-  return child;
-}
+/** A private redis-server with AOF synced on every write, as durable as Redis gets. */
+const startDurableRedis = (port: number, dir: string) =>
+  spawnRedis({ port, dir, appendfsync: "always" });
 
 /** A `worker` process; its log is drained as it comes, so a full pipe never stalls it. */
 function spawnWorker(env: Record<string, string>) {

@@ -1,24 +1,9 @@
 import assert from "node:assert/strict";
+import { spawnRedis } from "../src/dev/local_services.ts";
 import { childEnv, fixture, freePort, testEnv, waitFor } from "./_helpers.ts";
 
-/** A private redis-server on a free port; the shared one is never touched. */
-async function startRedis(port: number, aof?: { dir: string }) {
-  const persistence = aof ? ["--appendonly", "yes", "--dir", aof.dir] : ["--appendonly", "no"];
-  const child = new Deno.Command("redis-server", {
-    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", ...persistence],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  await waitFor(async () => {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return true;
-    } catch {
-      return false;
-    }
-  }, { what: `redis-server on ${port}` });
-  return child;
-}
+/** A private redis-server on a free port (AOF in `dir` when given); the shared one is untouched. */
+const startRedis = (port: number, aof?: { dir: string }) => spawnRedis({ port, dir: aof?.dir });
 
 /** Sends one request and measures it; the body is discarded. */
 async function timed(request: () => Response | Promise<Response>) {

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnRedis } from "../src/dev/local_services.ts";
 import { registryKey, reportRunning } from "../src/consumer_registry.ts";
 import { EXPIRED } from "../src/decisions/callback.ts";
 import { compareIds } from "../src/events.ts";
@@ -23,22 +24,7 @@ import {
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
 /** A private redis-server without persistence on a free port; the shared one is never touched. */
-async function startRedis(port: number) {
-  const child = new Deno.Command("redis-server", {
-    args: ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  await waitFor(async () => {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return true;
-    } catch {
-      return false;
-    }
-  }, { what: `redis-server on ${port}` });
-  return child;
-}
+const startRedis = (port: number) => spawnRedis({ port });
 
 /** A service process (`dev`, `serve` or `worker`); its log is drained as it comes. */
 function spawn(command: string, env: Record<string, string>) {

@@ -126,28 +126,33 @@ async function stopChild(child: Deno.ChildProcess) {
   }
 }
 
+export interface RedisOptions {
+  port: number;
+  /** Where its append-only file goes; without one it keeps nothing on disk. */
+  dir?: string;
+  /** With `dir`: how often the AOF is synced (default everysec). */
+  appendfsync?: "always" | "everysec";
+}
+
 /**
- * Starts `redis-server` on `port` with its data in `dir` (AOF on: work survives a restart).
- * Resolves once it answers PING.
+ * Spawns `redis-server` on `port` (AOF in `dir` when given, else no persistence) in its own
+ * process group, and resolves once it answers PING. The caller stops it (tests kill it -9).
  */
-export async function startRedis(options: { port: number; dir: string }): Promise<LocalServer> {
+export async function spawnRedis(options: RedisOptions): Promise<Deno.ChildProcess> {
   requireBinaries(["redis"]);
-  await Deno.mkdir(options.dir, { recursive: true });
-  const child = new Deno.Command(findBinary("redis-server")!, {
-    args: [
-      "--port",
-      String(options.port),
-      "--bind",
-      "127.0.0.1",
+  const persistence = options.dir
+    ? [
       "--dir",
       options.dir,
       "--appendonly",
       "yes",
       "--appendfsync",
-      "everysec",
-      "--save",
-      "",
-    ],
+      options.appendfsync ?? "everysec",
+    ]
+    : ["--appendonly", "no"];
+  if (options.dir) await Deno.mkdir(options.dir, { recursive: true });
+  const child = new Deno.Command(findBinary("redis-server")!, {
+    args: ["--port", String(options.port), "--bind", "127.0.0.1", "--save", "", ...persistence],
     stdout: "null",
     stderr: "null",
     stdin: "null",
@@ -160,6 +165,12 @@ export async function startRedis(options: { port: number; dir: string }): Promis
     await stopChild(child);
     throw error;
   }
+  return child;
+}
+
+/** Starts `redis-server` on `port` with its data in `dir` (AOF on: work survives a restart). */
+export async function startRedis(options: RedisOptions & { dir: string }): Promise<LocalServer> {
+  const child = await spawnRedis(options);
   return {
     port: options.port,
     url: `redis://127.0.0.1:${options.port}`,
