@@ -33,10 +33,16 @@ async function main(command: string | undefined): Promise<number> {
   let privateRedis = null;
   if (command === "dev") {
     try {
-      privateRedis = await devRedis(Deno.env.get("REDIS_URL"));
+      privateRedis = await devRedis(Deno.env.get("REDIS_URL"), {
+        port: config.DEV_REDIS_PORT,
+        dir: config.DEV_REDIS_DIR,
+      });
     } catch (error) {
       if (!(error instanceof MissingBinary)) throw error;
-      console.error(`No Redis runs on 127.0.0.1:6379 and none can be started. ${error.message}`);
+      console.error(
+        `No Redis runs on 127.0.0.1:${config.DEV_REDIS_PORT} and none can be started. ` +
+          error.message,
+      );
       return 1;
     }
     if (privateRedis) config = { ...config, REDIS_URL: privateRedis.url };
@@ -55,7 +61,7 @@ async function main(command: string | undefined): Promise<number> {
     format,
   );
   if (privateRedis) {
-    log.info("Started a private Redis for dev (AOF on, data in .dev/redis)", {
+    log.info(`Started a private Redis for dev (AOF on, data in ${config.DEV_REDIS_DIR})`, {
       url: privateRedis.url,
     });
   }

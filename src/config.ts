@@ -54,6 +54,10 @@ export const ConfigSchema = z.object({
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   // auto: readable lines on a terminal, JSON otherwise (production).
   LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),
+  // `dev` only: where it looks for a Redis and starts its private one when none answers, and where
+  // that one keeps its data (relative to the working directory).
+  DEV_REDIS_PORT: int(1, 6379).pipe(z.number().max(65_535)),
+  DEV_REDIS_DIR: z.string().min(1).default(".dev/redis"),
   FAL_KEY: z.string().optional(),
   FAL_BASE_URL: z.url().optional(),
   FAL_REFRAME_MODEL: z.string().min(1).default("fal-ai/luma-photon/reframe"),
