@@ -25,6 +25,8 @@ export function createKeys(prefix: string) {
     viewGeneration: `${p}:view-generation`,
     /** The last revision number handed out for a video, so two tasks never get the same one. */
     videoRevision: (videoId: string) => `${p}:video-revision:${videoId}`,
+    /** The revision a task claimed, so a repeated scenes step gets the same number. */
+    revisionClaim: (taskId: string) => `${p}:revision-claim:${taskId}`,
     /** A generation of views; `{vp}:view-generation` says which one readers use. */
     views: (generation: number) => viewSpace(p, generation),
     /** Taken by the process that trims the streams this round. */

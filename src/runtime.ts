@@ -134,10 +134,10 @@ export function videoHistory(services: Services, revisionTtlS: number): VideoHis
       const view = await readVideoView(redis, keys, videoId);
       return view ? { revision: view.revision, scenes: view.scenes } : null;
     },
-    async claimRevision(videoId, latest) {
+    async claimRevision(videoId, latest, taskId) {
       return Number(
         await claimRevisionScript.run(redis, {
-          keys: { revision: keys.videoRevision(videoId) },
+          keys: { revision: keys.videoRevision(videoId), claim: keys.revisionClaim(taskId) },
           args: { latest, ttl_s: revisionTtlS },
         }),
       );

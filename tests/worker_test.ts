@@ -8,7 +8,7 @@ import { readVideoView } from "../src/projections/video_scenes/projection.ts";
 import { GroupConsumer } from "../consumers/group_consumer.ts";
 import { connectRedis, waitReady } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
-import { createPipeline } from "../src/runtime.ts";
+import { createPipeline, createPorts } from "../src/runtime.ts";
 import {
   caughtUp,
   fixture,
@@ -356,4 +356,15 @@ Deno.test("a consumer whose blocking connection is killed mid-read keeps consumi
     await redis.del(stream);
     assert.notEqual(stopped, "stuck", "the consumer stops");
   }
+});
+
+Deno.test("a task claims one revision however often its scenes step runs; another task the next", async () => {
+  await using env = await testEnv("revision-claim");
+  const { videos } = createPorts(env.config, env.services);
+  assert.equal(await videos.claimRevision("v", 0, "task-a"), 1);
+  // The step ran again (its worker died before saving it): the same number, no gap.
+  assert.equal(await videos.claimRevision("v", 0, "task-a"), 1);
+  assert.equal(await videos.claimRevision("v", 0, "task-b"), 2);
+  // Above the latest stored revision too.
+  assert.equal(await videos.claimRevision("v", 7, "task-c"), 8);
 });

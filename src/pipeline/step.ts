@@ -21,8 +21,11 @@ export interface StepContext {
 /** Where the latest stored scenes of a video are read from (Supabase, or the Redis view). */
 export interface VideoHistory {
   latest(videoId: string): Promise<{ revision: number; scenes: Scene[] } | null>;
-  /** A revision number no other task of the video has: above `latest` and any handed out. */
-  claimRevision(videoId: string, latest: number): Promise<number>;
+  /**
+   * A revision number no other task of the video has: above `latest` and any handed out; the
+   * same one again for the same task.
+   */
+  claimRevision(videoId: string, latest: number, taskId: string): Promise<number>;
 }
 
 /** What steps may use besides their provider: the service's own stores. */

@@ -66,7 +66,7 @@ export const projectScript = defineScript({
 /** Hands out a video's next revision number. */
 export const claimRevisionScript = defineScript({
   name: "claim_revision",
-  keys: ["revision"],
+  keys: ["revision", "claim"],
   args: ["latest", "ttl_s"],
 });
 

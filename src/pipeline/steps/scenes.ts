@@ -59,7 +59,7 @@ export const scenesStep = defineStep({
       scenes: written.scenes,
       provider: written.provider,
       video_revision: context.storedRevision ??
-        await videos.claimRevision(request.video_id, latest?.revision ?? 0),
+        await videos.claimRevision(request.video_id, latest?.revision ?? 0, context.taskId),
       ...(written.changes ? { changes: written.changes } : {}),
       ...(written.usage !== undefined ? { usage: written.usage } : {}),
     };
