@@ -102,6 +102,9 @@ async function peerFiles(): Promise<{ names: string[]; hash: string }> {
   return { names, hash };
 }
 
+const installed = (dir: string) =>
+  Deno.stat(`${dir}/node_modules/bullmq/package.json`).then(() => true, () => false);
+
 /**
  * A folder with the peer's files and its `npm ci` done, or the reason there is none. The install
  * runs in a temporary folder, renamed once complete, so a folder found in the cache is whole.
@@ -119,9 +122,7 @@ async function preparePeer(ctx: BenchContext): Promise<{ dir: string } | { skip:
     return { skip: `the peer is not at ${PEER_DIR} (${(error as Error).message})` };
   }
   const dir = `${CACHE_DIR}/${files.hash}`;
-  if (await Deno.stat(`${dir}/node_modules/bullmq/package.json`).then(() => true, () => false)) {
-    return { dir };
-  }
+  if (await installed(dir)) return { dir };
   const tmp = `${CACHE_DIR}/.tmp-${crypto.randomUUID().slice(0, 8)}`;
   await Deno.mkdir(tmp, { recursive: true });
   try {
@@ -134,14 +135,19 @@ async function preparePeer(ctx: BenchContext): Promise<{ dir: string } | { skip:
       Object.entries(Deno.env.toObject()).filter(([k]) => NPM_ENV.test(k)),
     );
     const log = logPath(ctx, "peer-npm-ci");
-    const npmCi = ctx.procs.spawn("peer-npm-ci", [
-      "npm",
-      "ci",
-      "--prefix",
-      tmp,
-      "--no-audit",
-      "--no-fund",
-    ], env, log);
+    const npmCi = ctx.procs.spawn(
+      "peer-npm-ci",
+      [
+        "npm",
+        "ci",
+        "--prefix",
+        tmp,
+        "--no-audit",
+        "--no-fund",
+      ],
+      env,
+      log,
+    );
     const status = await Promise.race([
       npmCi.process.status,
       new Promise<null>((r) => setTimeout(() => r(null), 300_000)),
@@ -153,10 +159,8 @@ async function preparePeer(ctx: BenchContext): Promise<{ dir: string } | { skip:
       return { skip: `npm ci of the peer failed (${tail.join(" / ")})` };
     }
     await Deno.rename(tmp, dir).catch(async (error) => {
-      // Another run finished the same install first.
-      if (!(error instanceof Deno.errors.AlreadyExists || error instanceof Deno.errors.NotEmpty)) {
-        throw error;
-      }
+      // Another run finished the same install first: use its folder.
+      if (!await installed(dir)) throw error;
     });
     return { dir };
   } finally {
@@ -305,11 +309,16 @@ async function startIngestServers(ctx: BenchContext, dir: string): Promise<Inges
     {
       name: "minimal",
       port: ports[0],
-      child: ctx.procs.spawn("peer-ingest-minimal", [Deno.execPath(), "run", "-A", MINIMAL_SERVER], {
-        PORT: String(ports[0]),
-        KEY_PREFIX: minimalPrefix,
-        REDIS_URL,
-      }, logPath(ctx, "peer-ingest-minimal")),
+      child: ctx.procs.spawn(
+        "peer-ingest-minimal",
+        [Deno.execPath(), "run", "-A", MINIMAL_SERVER],
+        {
+          PORT: String(ports[0]),
+          KEY_PREFIX: minimalPrefix,
+          REDIS_URL,
+        },
+        logPath(ctx, "peer-ingest-minimal"),
+      ),
       clear: () => deletePrefix(ctx.redis, minimalPrefix),
       stored: () => ctx.redis.xlen(`{${minimalPrefix}}:bench:minimal`),
     },
@@ -333,7 +342,9 @@ async function startIngestServers(ctx: BenchContext, dir: string): Promise<Inges
       stored: () => ctx.redis.llen(`bull:${queue}:wait`),
     },
   ];
-  await Promise.all(servers.map((s) => waitHttp(s.child, s.port, s.name === "peer" ? "/stats" : "/health")));
+  await Promise.all(
+    servers.map((s) => waitHttp(s.child, s.port, s.name === "peer" ? "/stats" : "/health")),
+  );
   return servers;
 }
 
@@ -404,8 +415,14 @@ export function sideRatios(points: IngestPoint[], connections: number[]) {
     const [minimal, real, peer] = [at("minimal"), at("real"), at("peer")];
     return {
       connections: c,
-      ours_vs_minimal: { rps: ratio(real?.rps, minimal?.rps), p99: ratio(real?.p99_ms, minimal?.p99_ms) },
-      peer_vs_minimal: { rps: ratio(peer?.rps, minimal?.rps), p99: ratio(peer?.p99_ms, minimal?.p99_ms) },
+      ours_vs_minimal: {
+        rps: ratio(real?.rps, minimal?.rps),
+        p99: ratio(real?.p99_ms, minimal?.p99_ms),
+      },
+      peer_vs_minimal: {
+        rps: ratio(peer?.rps, minimal?.rps),
+        p99: ratio(peer?.p99_ms, minimal?.p99_ms),
+      },
       ours_vs_peer: { rps: ratio(real?.rps, peer?.rps), p99: ratio(real?.p99_ms, peer?.p99_ms) },
     };
   });

@@ -237,12 +237,93 @@ export function table(r: BenchResult): string {
     const top = cpu.areas.slice(0, 10).map((a) => `${a.name} ${a.pct}%`).join(", ");
     lines.push(`CPU profile of the ${label} (self time by area): ${top}`);
   }
+  if (r.peer) lines.push("", ...peerTable(r.peer));
   lines.push("", "Targets:");
   for (const t of r.targets) {
     const verdict = t.pass === null ? "n/a " : t.pass ? "PASS" : "FAIL";
     lines.push(`  ${verdict}  ${t.name}: ${t.value} (target ${t.target})`);
   }
   return lines.join("\n");
+}
+
+/** The side-by-side rows: ours and the Hono + BullMQ peer end to end, then the three ingest rows. */
+function peerTable(p: NonNullable<BenchResult["peer"]>): string[] {
+  if (p.skipped !== null) return [`Side by side with Hono + BullMQ: skipped (${p.skipped})`];
+  const s = p.settings;
+  const lines = [
+    `Side by side with Hono + BullMQ (bullmq ${p.versions.bullmq}, Node ${p.versions.node}): ${s.server_processes} server + ${s.worker_processes} worker process, concurrency ${s.worker_concurrency}, ${s.step_ms} ms steps, ${s.tasks} tasks posted at once over ${s.enqueue_connections} connections`,
+  ];
+  const w = [6, 7, 8, 8, 10, 10, 12, 10];
+  lines.push(
+    pad([
+      "stack",
+      "tasks",
+      "drain s",
+      "tasks/s",
+      "enqueue/s",
+      "in flight",
+      "CPU ms/task",
+      "worker MB",
+    ], w),
+  );
+  for (const x of [p.e2e.ours, p.e2e.peer]) {
+    lines.push(pad([
+      x.stack,
+      x.tasks,
+      x.drained ? x.drain_s : `>${x.drain_s}`,
+      x.tasks_per_s,
+      x.enqueue_rps,
+      x.peak_in_flight,
+      x.worker_cpu_ms_per_task,
+      x.worker_peak_rss_mb,
+    ], w));
+  }
+  lines.push(`end to end ours/peer: ${p.e2e.ratio}×`);
+  const i = p.ingest;
+  lines.push(
+    `Ingest side by side (${i.generator}, ${i.duration_s} s per point after ${i.warmup_s} s warm-up; real = ours with every check on, peer = Hono on Node + zod + BullMQ queue.add)`,
+  );
+  const wi = [6, 8, 8, 8, 8, 7, 7, 11, 10, 10];
+  lines.push(
+    pad([
+      "conns",
+      "handler",
+      "req/s",
+      "p50 ms",
+      "p99 ms",
+      "errors",
+      "RSS MB",
+      "srv µs/req",
+      "rps ratio",
+      "p99 ratio",
+    ], wi),
+  );
+  for (const x of i.points) {
+    const r = i.ratios.find((y) => y.connections === x.connections);
+    const vs = x.handler === "real"
+      ? r?.ours_vs_minimal
+      : x.handler === "peer"
+      ? r?.peer_vs_minimal
+      : null;
+    lines.push(pad([
+      x.connections,
+      x.handler,
+      x.rps,
+      x.p50_ms,
+      x.p99_ms,
+      x.errors.total,
+      x.server.peak_rss_mb,
+      x.server_cpu_us_per_request,
+      vs?.rps ?? "",
+      vs?.p99 ?? "",
+    ], wi));
+  }
+  for (const r of i.ratios) {
+    lines.push(
+      `ingest ${r.connections} connections ours/peer: ${r.ours_vs_peer.rps}× req/s, ${r.ours_vs_peer.p99}× p99 (ratios above: against the minimal handler)`,
+    );
+  }
+  return lines;
 }
 
 /** Writes `<dir>/<timestamp>.json` and `<dir>/latest.json`; returns the first path. */

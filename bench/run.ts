@@ -11,6 +11,7 @@ import type { Redis } from "ioredis";
 import type { BenchContext } from "./context.ts";
 import { e2ePhase } from "./e2e.ts";
 import { ingestPhase } from "./ingest.ts";
+import { deletePeerKeys, peerPhase } from "./peer.ts";
 import { hasWrk } from "./load.ts";
 import { Processes } from "./procs.ts";
 import { cpuProfilePhase, redisCommandsPhase, workerCpuProfilePhase } from "./profile.ts";
@@ -22,7 +23,7 @@ import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tool
 
 export interface BenchOptions {
   /** `soak` and `sse` only run when named: they take minutes of their own. */
-  phases: ("ingest" | "e2e" | "replay" | "profile" | "soak" | "sse")[];
+  phases: ("ingest" | "e2e" | "replay" | "profile" | "peer" | "soak" | "sse")[];
   connections: number[];
   durationS: number;
   warmupS: number;
@@ -51,6 +52,8 @@ export interface BenchOptions {
   sseSeconds: number;
   sseAllClients: number;
   sseIngestClients: number;
+  /** Peer: ingest connection counts for ours vs BullMQ vs minimal ([]: the top of `connections`). */
+  peerConnections: number[];
   logLevel: "debug" | "info" | "warn" | "error";
   /** Use wrk when installed (false: the fetch loop in this process). */
   wrk: boolean;
@@ -61,7 +64,7 @@ export interface BenchOptions {
 }
 
 export const DEFAULTS: BenchOptions = {
-  phases: ["ingest", "e2e", "replay", "profile"],
+  phases: ["ingest", "e2e", "replay", "profile", "peer"],
   connections: [1, 100, 1000],
   durationS: 10,
   warmupS: 2,
@@ -89,6 +92,7 @@ export const DEFAULTS: BenchOptions = {
   sseSeconds: 10,
   sseAllClients: 20,
   sseIngestClients: 1_000,
+  peerConnections: [],
   logLevel: "info",
   wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
@@ -125,6 +129,8 @@ export interface BenchResult {
   } | null;
   soak: Awaited2<ReturnType<typeof soakPhase>> | null;
   sse?: Awaited2<ReturnType<typeof ssePhase>> | null;
+  /** Side by side with the Hono + BullMQ peer; `skipped` says why when node/npm are missing. */
+  peer?: Awaited2<ReturnType<typeof peerPhase>> | null;
   targets: Target[];
   notes: string[];
   /** Phases that failed (the bench exits 1 when there is any). */
@@ -262,6 +268,15 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         });
       }
     }
+    if (options.phases.includes("peer")) {
+      await phase("Side by side with Hono + BullMQ", async () => {
+        const connections = options.peerConnections.length
+          ? options.peerConnections
+          : [Math.max(...options.connections)];
+        result.peer = await peerPhase(ctx, { ...options, connections, useWrk });
+        if (result.peer.skipped) result.notes.push(`peer skipped: ${result.peer.skipped}`);
+      });
+    }
     if (options.phases.includes("sse")) {
       await phase("SSE", async () => {
         const sse = await ssePhase(ctx, { ...options, useWrk });
@@ -289,6 +304,7 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
     await procs.stopAll();
     for (const prefix of ctx.prefixes) await deletePrefix(redis, prefix).catch(() => {});
     await deleteRunKeys(redis, ctx.runPrefix).catch(() => {});
+    await deletePeerKeys(redis, `${ctx.runPrefix}-peer-`).catch(() => {});
     redis.disconnect();
     if (!options.keepLogs) await Deno.remove(tmpDir, { recursive: true }).catch(() => {});
     Deno.removeSignalListener("SIGINT", onSignal);
@@ -302,7 +318,8 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
 const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
 
-  --phases LIST            ingest,e2e,replay,profile,soak,sse (default: all but soak and sse)
+  --phases LIST            ingest,e2e,replay,profile,peer,soak,sse (default: all but soak
+                           and sse)
   --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
@@ -333,6 +350,13 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --sse-seconds S          sse: seconds at that rate (default 10)
   --sse-ingest-clients N   sse: ingest req/s with N idle SSE clients vs without (default 1000;
                            0 skips it)
+  --peer-connections LIST  peer: ingest connection counts for ours vs the Hono + BullMQ peer
+                           vs the minimal handler (default: the highest --connections). The
+                           peer phase also runs ours and the peer end to end with --tasks and
+                           --concurrency (one server, one worker, 0 ms); it needs node >= 20
+                           and npm (skipped, with a note, without them); the peer comes from
+                           ../shared/peers/bullmq (env BENCH_PEER_DIR), installed once with
+                           npm ci into bench/.peer-cache/
   --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
@@ -372,6 +396,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "sse-seconds": { type: "string" },
       "sse-all-clients": { type: "string" },
       "sse-ingest-clients": { type: "string" },
+      "peer-connections": { type: "string" },
       "log-level": { type: "string" },
       "no-wrk": { type: "boolean" },
       out: { type: "string" },
@@ -428,6 +453,8 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("sseSeconds", num(values["sse-seconds"], "BENCH_SSE_SECONDS"));
   set("sseAllClients", num(values["sse-all-clients"], "BENCH_SSE_ALL_CLIENTS"));
   set("sseIngestClients", num(values["sse-ingest-clients"], "BENCH_SSE_INGEST_CLIENTS"));
+  const peerConns = values["peer-connections"] ?? env.BENCH_PEER_CONNECTIONS;
+  set("peerConnections", peerConns ? list(peerConns) : undefined);
   if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;
