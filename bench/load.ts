@@ -91,10 +91,14 @@ export async function runWrk(
     options.logPath,
   );
   onStart?.(child.pid);
+  let timer: ReturnType<typeof setTimeout> | undefined;
   const finished = await Promise.race([
     child.process.status.then(() => true),
-    new Promise<false>((r) => setTimeout(() => r(false), (options.durationS + 30) * 1000)),
+    new Promise<false>((
+      r,
+    ) => (timer = setTimeout(() => r(false), (options.durationS + 30) * 1000))),
   ]);
+  clearTimeout(timer);
   await procs.stop(child, 1_000);
   const output = await Deno.readTextFile(options.logPath);
   const line = output.split("\n").find((l) => l.startsWith("WRK_JSON "));

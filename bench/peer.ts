@@ -31,7 +31,7 @@ import { createKeys } from "../src/keys.ts";
 export const PEER_DIR = Deno.env.get("BENCH_PEER_DIR") ?? `${ROOT}../shared/peers/bullmq`;
 const CACHE_DIR = `${ROOT}bench/.peer-cache`;
 /** Proxy and npm settings the install needs; the peer's processes get none of them. */
-const NPM_ENV = /^(https?_proxy|no_proxy|npm_config_.*)$/i;
+const NPM_ENV = /^(https?_proxy|no_proxy|npm_config_.*|node_extra_ca_certs|ssl_cert_(file|dir))$/i;
 
 export interface PeerOptions {
   tasks: number;
@@ -111,10 +111,11 @@ const installed = (dir: string) =>
  */
 async function preparePeer(ctx: BenchContext): Promise<{ dir: string } | { skip: string }> {
   const [node, npm] = await Promise.all([version("node"), version("npm")]);
-  if (!node || !npm) {
-    return { skip: `${!node ? "node" : "npm"} not found (the peer needs Node.js 20 and npm)` };
-  }
-  if (Number(node.match(/^v(\d+)/)?.[1]) < 20) return { skip: `node ${node} is older than 20` };
+  // Deno.Command runs Deno itself for a "node" missing from PATH: only "v<major>…" is Node.js.
+  const major = Number(node?.match(/^v(\d+)\./)?.[1] ?? 0);
+  if (!major) return { skip: "node not found (the peer needs Node.js 20 or later and npm)" };
+  if (major < 20) return { skip: `node ${node} is older than 20` };
+  if (!npm) return { skip: "npm not found (the peer needs it for its npm ci)" };
   let files;
   try {
     files = await peerFiles();
@@ -148,10 +149,12 @@ async function preparePeer(ctx: BenchContext): Promise<{ dir: string } | { skip:
       env,
       log,
     );
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const status = await Promise.race([
       npmCi.process.status,
-      new Promise<null>((r) => setTimeout(() => r(null), 300_000)),
+      new Promise<null>((r) => (timer = setTimeout(() => r(null), 300_000))),
     ]);
+    clearTimeout(timer);
     await ctx.procs.stop(npmCi, 2_000);
     ctx.signal.throwIfAborted();
     if (!status?.success) {
