@@ -15,7 +15,7 @@ import {
   type VideoRequest,
   VideoRequestSchema,
 } from "../webhook.ts";
-import { authenticate, authenticateHeaders, unauthorized, type WebhookAuth } from "./auth.ts";
+import { authenticateHeaders, unauthorized, verifySignature, type WebhookAuth } from "./auth.ts";
 import {
   BodyAbortedError,
   BodyTimeoutError,
@@ -166,9 +166,9 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       log.debug("Upload cut at the deadline", { address, timeout_ms: error.timeoutMs });
       throw new ProblemError(408, "Request timeout", error.message);
     }
-    const { webhookId } = credentials === "signature"
-      ? await authenticate(deps.auth, null, c.req.raw.headers, text, nowS)
-      : { webhookId: null };
+    const webhookId = credentials === "signature"
+      ? await verifySignature(deps.auth, c.req.raw.headers, text, nowS)
+      : null;
     const raw = parseJson(text, limits.maxDepth);
     if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
       throw new ProblemError(422, "Invalid request", "The body must be a JSON object", {

@@ -19,6 +19,9 @@ import { Webhook } from "standardwebhooks";
 const _SECRET_PREFIX = "whsec_";
 /** Whole Unix seconds as a sender writes them: no sign, exponent, fraction or leading zero. */
 const _TIMESTAMP = /^(0|[1-9]\d{0,14})$/;
+/** A webhook-id as senders write them ("msg_…", UUIDs): visible ASCII, at most 256 characters. */
+const _WEBHOOK_ID = /^[\x21-\x7e]{1,256}$/;
+const _SIGNATURE_ENTRY = /^v1,[A-Za-z0-9+/]+={0,2}$/;
 const utf8 = new TextEncoder();
 
 /** Why a signing secret cannot be used (checked at start, so no request ever fails on it). */
@@ -75,6 +78,7 @@ export async function webhookHeaders(
 
 export type VerifyFailure =
   | "missing-headers"
+  | "bad-id"
   | "bad-timestamp"
   | "stale"
   | "future"
@@ -82,8 +86,10 @@ export type VerifyFailure =
 
 /**
  * What can be checked of a signed webhook before its body is read: the three headers are present,
- * the timestamp is whole seconds and lies within `toleranceS` of `nowS` either way. The signature
- * itself is only looked at by {@linkcode verifyWebhook}.
+ * the id is visible ASCII (at most 256 characters), the timestamp is whole seconds within
+ * `toleranceS` of `nowS` either way, and some signature entry is a well-formed "v1,<base64>". The
+ * signature itself is only compared by {@linkcode verifyWebhook}. The webhook route runs this before
+ * it reads a body, so a sender without credentials never gets one read.
  */
 export function checkWebhookHeaders(
   headers: Headers,
@@ -91,15 +97,19 @@ export function checkWebhookHeaders(
   toleranceS = 300,
 ):
   | { ok: true; id: string; timestampS: number; signature: string }
-  | { ok: false; reason: Exclude<VerifyFailure, "bad-signature"> } {
+  | { ok: false; reason: VerifyFailure } {
   const id = headers.get("webhook-id");
   const timestamp = headers.get("webhook-timestamp")?.trim();
   const signature = headers.get("webhook-signature");
-  if (!id || !timestamp || !signature) return { ok: false, reason: "missing-headers" };
+  if (!id || !timestamp || !signature?.trim()) return { ok: false, reason: "missing-headers" };
+  if (!_WEBHOOK_ID.test(id)) return { ok: false, reason: "bad-id" };
   if (!_TIMESTAMP.test(timestamp)) return { ok: false, reason: "bad-timestamp" };
   const timestampS = Number(timestamp);
   if (nowS - timestampS > toleranceS) return { ok: false, reason: "stale" };
   if (timestampS - nowS > toleranceS) return { ok: false, reason: "future" };
+  if (!signature.trim().split(/\s+/).some((entry) => _SIGNATURE_ENTRY.test(entry))) {
+    return { ok: false, reason: "bad-signature" };
+  }
   return { ok: true, id, timestampS, signature };
 }
 
