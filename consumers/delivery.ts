@@ -1,6 +1,6 @@
 import { ClaimLostError, type EventStore, type SettleInput } from "../src/event_store.ts";
 import { isRetryable, RetryableError } from "../src/errors.ts";
-import type { NewEvent } from "../src/events.ts";
+import { idTime, type NewEvent } from "../src/events.ts";
 import type { Logger } from "../src/log.ts";
 import { observeSettled } from "../src/metrics/events.ts";
 import type { Metrics } from "../src/metrics/registry.ts";
@@ -129,7 +129,7 @@ export class Delivery {
     observeSettled(metrics, {
       mode,
       events,
-      entryMs: Number(this.entry.id.split("-")[0]),
+      entryMs: idTime(this.entry.id),
       firstStart,
       attemptMs,
     });

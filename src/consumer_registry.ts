@@ -73,9 +73,6 @@ export function isMissingGroup(error: unknown): boolean {
   return message.includes("NOGROUP") || message.includes("no longer exists");
 }
 
-/** The ms part of a stream id. */
-export const idTime = (id: string) => Number(id.split("-")[0]);
-
 export interface HealthBounds {
   maxConsumerlessMs: number;
   maxPendingAgeMs: number;

@@ -165,6 +165,9 @@ export function decodeValid(
   return events;
 }
 
+/** When a stream entry was appended: the ms part of its id ("ms-seq"). */
+export const idTime = (id: string): number => Number(id.split("-")[0]);
+
 /** Compares Redis stream ids ("ms-seq") numerically. */
 export function compareIds(a: string, b: string): number {
   const [am, as] = a.split("-").map(Number);

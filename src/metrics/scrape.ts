@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis";
-import { idTime, readRegistry } from "../consumer_registry.ts";
+import { readRegistry } from "../consumer_registry.ts";
+import { idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import { groupInfo } from "../redis/streams.ts";
 import { CONTENT_TYPE, type Metrics, refreshProcess } from "./registry.ts";

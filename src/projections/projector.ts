@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
 import { isMissingGroup } from "../consumer_registry.ts";
-import { compareIds, decodeValid } from "../events.ts";
+import { compareIds, decodeValid, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Samples } from "../metrics.ts";
@@ -262,7 +262,7 @@ export class Projector {
       }, { args: entries.map((e) => e.id) });
       if (reply === 1) {
         const now = Date.now();
-        for (const e of events) this.options.lag?.add(now - Number(e.id.split("-")[0]));
+        for (const e of events) this.options.lag?.add(now - idTime(e.id));
         return next;
       }
       if (reply === -1) throw new LeaseLost();

@@ -1,6 +1,6 @@
 import type { Redis } from "ioredis";
-import { idTime, readRegistry } from "../consumer_registry.ts";
-import { compareIds } from "../events.ts";
+import { readRegistry } from "../consumer_registry.ts";
+import { compareIds, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { Lease } from "../redis/lease.ts";
@@ -127,7 +127,7 @@ export async function replayHorizon(redis: Redis, keys: Keys, retentionMs: numbe
   const [first] = await redis.xrange(keys.eventStream, "-", "+", "COUNT", 1);
   return {
     stream_retention_s: Math.round(retentionMs / 1000),
-    oldest_event_at: first ? new Date(Number(first[0].split("-")[0])).toISOString() : null,
+    oldest_event_at: first ? new Date(idTime(first[0])).toISOString() : null,
   };
 }
 
