@@ -3,6 +3,7 @@ import { type Config, loadConfig } from "../src/config.ts";
 import { createLogger, type Logger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
 import { waitReady } from "../src/redis/client.ts";
+import { inheritedEnv } from "../bench/procs.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { createServices, type Services } from "../src/runtime.ts";
 import { type ConsumerOptions, startConsumers } from "../consumers/kinds.ts";
@@ -107,6 +108,22 @@ export async function readStream(redis: Redis, key: string) {
 
 /** The environment for a service subprocess: the bench's (only what Deno needs). */
 export { inheritedEnv as childEnv } from "../bench/procs.ts";
+
+/**
+ * A `main.ts <command>` process with a clean environment plus `env`; its log (stderr) is drained
+ * as it comes, so a full pipe never stalls it, and resolves in `log` once it exits.
+ */
+export function spawnMain(command: string, env: Record<string, string>) {
+  const process = new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname, command],
+    clearEnv: true,
+    env: { ...inheritedEnv(), ...env },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  return { process, log: new Response(process.stderr).text() };
+}
 
 const handedOut = new Set<number>();
 

@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { spawnRedis } from "../src/dev/local_services.ts";
 import type { Redis } from "ioredis";
-import { caughtUp, childEnv, fixture, freePort, readStream, testEnv, waitFor } from "./_helpers.ts";
+import {
+  caughtUp,
+  fixture,
+  freePort,
+  readStream,
+  spawnMain,
+  testEnv,
+  waitFor,
+} from "./_helpers.ts";
 import { createTestSchema } from "./fakes/postgres.ts";
 import { startPostgrest } from "./fakes/postgrest_server.ts";
 
@@ -9,25 +17,11 @@ import { startPostgrest } from "./fakes/postgrest_server.ts";
 // tests/redis_down_test.ts a Redis without AOF going away under the HTTP layer alone. This is
 // both at once under load: worker processes, the Supabase sink and a Redis restarted from its AOF.
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const SERVICE_KEY = `sb_secret_${crypto.randomUUID()}`;
 
 /** A private redis-server with AOF synced on every write, as durable as Redis gets. */
 const startDurableRedis = (port: number, dir: string) =>
   spawnRedis({ port, dir, appendfsync: "always" });
-
-/** A `worker` process; its log is drained as it comes, so a full pipe never stalls it. */
-function spawnWorker(env: Record<string, string>) {
-  const process = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, "worker"],
-    clearEnv: true,
-    env: { ...childEnv(), ...env },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  return { process, log: new Response(process.stderr).text() };
-}
 
 function kill(child: Deno.ChildProcess) {
   try {
@@ -59,7 +53,7 @@ Deno.test("chaos: kill -9 of a worker mid-load and a Redis restart from its AOF 
     serviceRoleKey: SERVICE_KEY,
     anonKey: "anon",
   });
-  const workers: ReturnType<typeof spawnWorker>[] = [];
+  const workers: ReturnType<typeof spawnMain>[] = [];
   let closeEnv = () => Promise.resolve();
   let loading = true;
   let load = Promise.resolve();
@@ -84,7 +78,7 @@ Deno.test("chaos: kill -9 of a worker mid-load and a Redis restart from its AOF 
       KEY_PREFIX: env.prefix,
       LOG_LEVEL: Deno.env.get("TEST_LOG") ? "info" : "error",
     };
-    workers.push(spawnWorker(workerEnv), spawnWorker(workerEnv));
+    workers.push(spawnMain("worker", workerEnv), spawnMain("worker", workerEnv));
     const [victim] = workers;
 
     // The load: one webhook every 15 ms, each for a video of its own, until told to stop.

@@ -7,11 +7,11 @@ import { createKeys } from "../src/keys.ts";
 import { taskViewKey } from "../src/projections/task_view/view.ts";
 import { closeRedis, connectRedis } from "../src/redis/client.ts";
 import {
-  childEnv,
   fixture,
   freePort,
   readStream,
   runConsumers,
+  spawnMain as spawn,
   testEnv,
   uniquePrefix,
   waitFor,
@@ -21,23 +21,8 @@ import {
 // processes, and consumer groups that no process runs. Each test with Redis data loss uses a
 // private redis-server: the shared one is never flushed.
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
 /** A private redis-server without persistence on a free port; the shared one is never touched. */
 const startRedis = (port: number) => spawnRedis({ port });
-
-/** A service process (`dev`, `serve` or `worker`); its log is drained as it comes. */
-function spawn(command: string, env: Record<string, string>) {
-  const process = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", MAIN, command],
-    clearEnv: true,
-    env: { ...childEnv(), ...env },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  return { process, log: new Response(process.stderr).text() };
-}
 
 async function stop(child: ReturnType<typeof spawn>) {
   try {
