@@ -126,6 +126,31 @@ async function stopChild(child: Deno.ChildProcess) {
   }
 }
 
+/**
+ * Spawns a server in its own process group (a Ctrl-C at the terminal stops us, and we stop it
+ * after our work) and resolves once `ready` says so; stops it again when it never does.
+ */
+async function spawnServer(
+  [command, ...args]: string[],
+  ready: () => Promise<boolean>,
+  what: string,
+): Promise<Deno.ChildProcess> {
+  const child = new Deno.Command(command, {
+    args,
+    stdout: "null",
+    stderr: "null",
+    stdin: "null",
+    detached: true,
+  }).spawn();
+  try {
+    await waitUntil(ready, what);
+  } catch (error) {
+    await stopChild(child);
+    throw error;
+  }
+  return child;
+}
+
 export interface RedisOptions {
   port: number;
   /** Where its append-only file goes; without one it keeps nothing on disk. */
@@ -151,21 +176,20 @@ export async function spawnRedis(options: RedisOptions): Promise<Deno.ChildProce
     ]
     : ["--appendonly", "no"];
   if (options.dir) await Deno.mkdir(options.dir, { recursive: true });
-  const child = new Deno.Command(findBinary("redis-server")!, {
-    args: ["--port", String(options.port), "--bind", "127.0.0.1", "--save", "", ...persistence],
-    stdout: "null",
-    stderr: "null",
-    stdin: "null",
-    // Its own process group: a Ctrl-C at the terminal stops us, and we stop it after our work.
-    detached: true,
-  }).spawn();
-  try {
-    await waitUntil(() => redisAnswers(options.port), `redis-server on port ${options.port}`);
-  } catch (error) {
-    await stopChild(child);
-    throw error;
-  }
-  return child;
+  return await spawnServer(
+    [
+      findBinary("redis-server")!,
+      "--port",
+      String(options.port),
+      "--bind",
+      "127.0.0.1",
+      "--save",
+      "",
+      ...persistence,
+    ],
+    () => redisAnswers(options.port),
+    `redis-server on port ${options.port}`,
+  );
 }
 
 /** Starts `redis-server` on `port` with its data in `dir` (AOF on: work survives a restart). */
@@ -211,10 +235,9 @@ export async function startPostgres(
     }
   };
   await exec("initdb", ["-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-  const [command, ...prefix] = wrap("postgres");
-  const child = new Deno.Command(command, {
-    args: [
-      ...prefix,
+  const child = await spawnServer(
+    [
+      ...wrap("postgres"),
       "-D",
       data,
       "-p",
@@ -226,14 +249,10 @@ export async function startPostgres(
       "-c",
       "fsync=off",
     ],
-    stdout: "null",
-    stderr: "null",
-    stdin: "null",
-    // Its own process group: a Ctrl-C at the terminal stops us, and we stop it after our work.
-    detached: true,
-  }).spawn();
+    () => listening(options.port),
+    `postgres on port ${options.port}`,
+  );
   try {
-    await waitUntil(() => listening(options.port), `postgres on port ${options.port}`);
     await exec("createdb", [
       "-h",
       "127.0.0.1",
