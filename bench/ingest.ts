@@ -31,10 +31,18 @@ export interface IngestPoint extends LoadResult {
   redis_cpu_pct: number | null;
 }
 
-interface Server {
+/** A server under ingest load: where it listens, and what it stored (to count and to clear). */
+export interface IngestServer {
   name: string;
   child: Child;
   port: number;
+  /** Deletes what the server stored. */
+  clear(): Promise<unknown>;
+  /** What it stored so far (stream entries, or a peer's waiting jobs). */
+  stored(): Promise<number>;
+}
+
+interface Server extends IngestServer {
   prefix: string;
   stream: string;
 }
@@ -65,19 +73,31 @@ async function startServer(
   const stream = kind === "minimal"
     ? `{${prefix}}:bench:minimal`
     : createKeys(prefix).webhookStream;
-  return { name, child, port, prefix, stream };
+  return {
+    name,
+    child,
+    port,
+    prefix,
+    stream,
+    clear: () => deletePrefix(ctx.redis, prefix),
+    stored: () => ctx.redis.xlen(stream),
+  };
 }
 
-/** One measured point: optional warm-up, clean keys, measured run with CPU and RSS sampling. */
-async function measure(
+/**
+ * One measured point: optional warm-up, clean keys, measured run with CPU and RSS sampling. With
+ * `extraPids` (consumers draining what the server takes) keys stay, and stored is counted as the
+ * growth; `tag` keeps wrk's nonces and logs apart between phases.
+ */
+export async function measure(
   ctx: BenchContext,
-  server: Server,
+  server: IngestServer,
   connections: number,
-  options: IngestOptions,
+  options: Pick<IngestOptions, "durationS" | "warmupS" | "threads" | "timeoutS" | "useWrk">,
   templatePath: string,
-  extraPids: Record<string, number> = {},
+  { extraPids = {}, tag = "" }: { extraPids?: Record<string, number>; tag?: string } = {},
 ): Promise<IngestPoint> {
-  const load = (durationS: number, tag: string): Promise<LoadResult> => {
+  const load = (durationS: number, run: string): Promise<LoadResult> => {
     const opts: LoadOptions = {
       url: `http://127.0.0.1:${server.port}/webhook`,
       connections,
@@ -85,10 +105,10 @@ async function measure(
       templatePath,
       header: ctx.tokenHeader,
       token: ctx.token,
-      nonce: `${ctx.runPrefix}-${server.name}-c${connections}-${tag}`,
+      nonce: `${ctx.runPrefix}-${tag}${server.name}-c${connections}-${run}`,
       threads: options.threads,
       timeoutS: options.timeoutS,
-      logPath: logPath(ctx, `wrk-${server.name}-c${connections}-${tag}`),
+      logPath: logPath(ctx, `wrk-${tag}${server.name}-c${connections}-${run}`),
     };
     return options.useWrk ? runWrk(ctx.procs, opts) : runFetchLoad(opts);
   };
@@ -96,8 +116,8 @@ async function measure(
   const clean = Object.keys(extraPids).length === 0;
   if (options.warmupS > 0) await load(options.warmupS, "warmup");
   ctx.signal.throwIfAborted();
-  if (clean) await deletePrefix(ctx.redis, server.prefix);
-  const before = clean ? 0 : await ctx.redis.xlen(server.stream);
+  if (clean) await server.clear();
+  const before = clean ? 0 : await server.stored();
   const pids: Record<string, number> = { server: server.child.pid, ...extraPids };
   if (ctx.redisPid) pids.redis = ctx.redisPid;
   const sampler = sampleProcesses(pids);
@@ -109,8 +129,8 @@ async function measure(
     throw error;
   }
   const usage = sampler.stop();
-  const stored = (await ctx.redis.xlen(server.stream)) - before;
-  if (clean) await deletePrefix(ctx.redis, server.prefix);
+  const stored = (await server.stored()) - before;
+  if (clean) await server.clear();
   const point: IngestPoint = {
     handler: server.name,
     connections,
@@ -223,9 +243,7 @@ async function memoryRun(ctx: BenchContext, options: IngestOptions, connections:
       connections,
       { ...options, warmupS: 0 },
       templatePath,
-      {
-        worker: worker.pid,
-      },
+      { extraPids: { worker: worker.pid } },
     );
     const w = (point as unknown as Record<string, { peak_rss_mb: number; cpu_pct: number | null }>)
       .worker;

@@ -13,8 +13,8 @@
 import type { Redis } from "ioredis";
 import { type BenchContext, logPath, MINIMAL_SERVER, newPrefix, serviceEnv } from "./context.ts";
 import { e2ePhase } from "./e2e.ts";
-import type { IngestPoint } from "./ingest.ts";
-import { bodyTemplate, type LoadResult, postTasks, runFetchLoad, runWrk } from "./load.ts";
+import { type IngestPoint, type IngestServer, measure } from "./ingest.ts";
+import { bodyTemplate, postTasks } from "./load.ts";
 import {
   type Child,
   freePort,
@@ -294,15 +294,6 @@ async function oursE2e(ctx: BenchContext, options: PeerOptions): Promise<SideRun
   };
 }
 
-interface IngestServer {
-  name: "minimal" | "real" | "peer";
-  child: Child;
-  port: number;
-  /** Deletes what the server stored; `stored` counts it (stream entries, BullMQ waiting jobs). */
-  clear(): Promise<unknown>;
-  stored(): Promise<number>;
-}
-
 async function startIngestServers(ctx: BenchContext, dir: string): Promise<IngestServer[]> {
   const minimalPrefix = newPrefix(ctx, "peer-ingest-minimal");
   const realPrefix = newPrefix(ctx, "peer-ingest-real");
@@ -349,63 +340,6 @@ async function startIngestServers(ctx: BenchContext, dir: string): Promise<Inges
     servers.map((s) => waitHttp(s.child, s.port, s.name === "peer" ? "/stats" : "/health")),
   );
   return servers;
-}
-
-/** One point, as the ingest phase measures it: warm-up, clean keys, measured run, clean keys. */
-async function measure(
-  ctx: BenchContext,
-  server: IngestServer,
-  connections: number,
-  options: PeerOptions,
-  templatePath: string,
-): Promise<IngestPoint> {
-  const load = (durationS: number, tag: string): Promise<LoadResult> => {
-    const opts = {
-      url: `http://127.0.0.1:${server.port}/webhook`,
-      connections,
-      durationS,
-      templatePath,
-      header: ctx.tokenHeader,
-      token: ctx.token,
-      nonce: `${ctx.runPrefix}-side-${server.name}-c${connections}-${tag}`,
-      threads: options.threads,
-      timeoutS: options.timeoutS,
-      logPath: logPath(ctx, `wrk-side-${server.name}-c${connections}-${tag}`),
-    };
-    return options.useWrk ? runWrk(ctx.procs, opts) : runFetchLoad(opts);
-  };
-  if (options.warmupS > 0) await load(options.warmupS, "warmup");
-  ctx.signal.throwIfAborted();
-  await server.clear();
-  const pids: Record<string, number> = { server: server.child.pid };
-  if (ctx.redisPid) pids.redis = ctx.redisPid;
-  const sampler = sampleProcesses(pids);
-  let result: LoadResult;
-  try {
-    result = await load(options.durationS, "run");
-  } finally {
-    sampler.stop();
-  }
-  const usage = sampler.stop();
-  const stored = await server.stored();
-  await server.clear();
-  const point: IngestPoint = {
-    handler: server.name,
-    connections,
-    ...result,
-    stored,
-    server: usage.server,
-    server_cpu_us_per_request: usage.server.cpu_pct === null || !result.rps
-      ? null
-      : round((usage.server.cpu_pct * 10_000) / result.rps, 0),
-    redis_cpu_pct: usage.redis?.cpu_pct ?? null,
-  };
-  ctx.say(
-    `  ${server.name.padEnd(8)} c=${String(connections).padStart(4)}  ${
-      String(point.rps).padStart(6)
-    } req/s  p50 ${point.p50_ms} ms  p99 ${point.p99_ms} ms  errors ${point.errors.total}`,
-  );
-  return point;
 }
 
 const ratio = (a: number | undefined, b: number | undefined) =>
@@ -455,7 +389,9 @@ export async function peerPhase(ctx: BenchContext, options: PeerOptions) {
     try {
       servers.push(...await startIngestServers(ctx, dir));
       for (const c of options.connections) {
-        for (const s of servers) points.push(await measure(ctx, s, c, options, templatePath));
+        for (const s of servers) {
+          points.push(await measure(ctx, s, c, options, templatePath, { tag: "side-" }));
+        }
       }
     } finally {
       for (const s of servers) await ctx.procs.stop(s.child);
