@@ -39,6 +39,12 @@ export function createKeys(prefix: string) {
     webhookId: (id: string) => `${p}:webhook-id:${id}`,
     /** A token bucket: scope "address" or "user". */
     rateLimit: (scope: "address" | "user", id: string) => `${p}:rate:${scope}:${id}`,
+    /**
+     * A user's token bucket as seen from one sender (authentication off). The address's length
+     * comes first, so no (address, user) pair can pass for another.
+     */
+    senderRateLimit: (address: string, userId: string) =>
+      `${p}:rate:user:${address.length}:${address}:${userId}`,
     /** A projection group's last applied event id (the group name carries the generation). */
     checkpoint: (projection: string) => `${p}:checkpoint:${projection}`,
     /** Held by the one process applying a projection group's events. */

@@ -103,15 +103,6 @@ function policyErrors(request: Record<string, unknown>, deps: WebhookRouteDeps) 
 }
 
 /**
- * The per-user bucket's id: the user alone for authenticated requests; with authentication off,
- * the user together with the sender, so one sender cannot spend another's budget for that user.
- * The address's length comes first, so no (address, user) pair can pass for another.
- */
-function userBucket(userId: string, address: string, authenticated: boolean): string {
-  return authenticated ? userId : `${address.length}:${address}:${userId}`;
-}
-
-/**
  * POST /webhook: credentials (as far as the headers go), content type, declared size, a body-read
  * slot, the body within its deadline and size, the signature, JSON, schema, policy, rate limits,
  * then one atomic ingest script. Nothing is appended unless every check passed, and no body is
@@ -209,7 +200,10 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       ? {
         buckets: [
           keys.rateLimit("address", address),
-          keys.rateLimit("user", userBucket(request.user_id, address, credentials !== "open")),
+          // Unauthenticated, a user's budget is per sender: nobody can spend another's.
+          credentials === "open"
+            ? keys.senderRateLimit(address, request.user_id)
+            : keys.rateLimit("user", request.user_id),
         ],
         perMinute: limits.ratePerMinute,
         nowMs,
