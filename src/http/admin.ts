@@ -8,7 +8,9 @@ import { getDeadLetter, listDeadLetters, redrive, reprocessTasks } from "../repl
 import { tokensEqual } from "../security/signature.ts";
 import { fieldErrors } from "../webhook.ts";
 import { MAX_LIST_COUNT, parseCount, redriveProblem, replayProblem } from "../cli/rules.ts";
+import { bearerToken } from "./auth.ts";
 import { fromRedis } from "./problems.ts";
+import { queryToken } from "./read_auth.ts";
 
 const isoDate = z.iso.datetime({ offset: true }).transform((s) => new Date(s));
 
@@ -54,12 +56,17 @@ export interface AdminDeps {
   now: () => Date;
 }
 
-/** Bearer-token check in constant time; the admin API does not exist without a token. */
-function requireAdmin(token: string | undefined): MiddlewareHandler {
+/**
+ * Bearer-token check in constant time; the admin API does not exist without a token. With
+ * `acceptQuery`, `?access_token=` also serves (the event streams: EventSource cannot set headers).
+ */
+export function requireAdmin(
+  token: string | undefined,
+  { acceptQuery = false } = {},
+): MiddlewareHandler {
   return async function adminAuth(c, next) {
     if (!token) throw new ProblemError(404, "Not found", "The admin API is disabled");
-    const header = c.req.header("authorization") ?? "";
-    const sent = header.startsWith("Bearer ") ? header.slice(7) : "";
+    const sent = bearerToken(c.req.raw.headers) ?? (acceptQuery ? queryToken(c.req.url) : null);
     if (!sent || !tokensEqual(sent, token)) {
       c.header("www-authenticate", 'Bearer realm="admin"');
       throw new ProblemError(401, "Unauthorized", "A valid admin bearer token is required");

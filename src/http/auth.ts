@@ -10,6 +10,11 @@ export interface WebhookAuth {
   tokenHeader: string;
 }
 
+/** The token of an `Authorization: Bearer <token>` header (scheme case-insensitive), if any. */
+export function bearerToken(headers: Headers): string | undefined {
+  return /^Bearer +(.+)$/i.exec(headers.get("authorization") ?? "")?.[1]?.trim();
+}
+
 /** Which incoming authentication is on, for /health and the start-up log. */
 export function authMode(auth: WebhookAuth): "none" | "signature" | "token" | "signature or token" {
   if (auth.secrets.length && auth.token) return "signature or token";

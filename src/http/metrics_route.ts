@@ -4,6 +4,7 @@ import { matchedRoutes } from "hono/route";
 import type { Metrics } from "../metrics/registry.ts";
 import { CONTENT_TYPE, scrape, type ScrapeSources } from "../metrics/scrape.ts";
 import { tokenMatcher } from "../security/signature.ts";
+import { bearerToken } from "./auth.ts";
 
 export interface MetricsEndpoint {
   metrics: Metrics;
@@ -26,8 +27,8 @@ export function metricsHandler(
       return new Response("Method not allowed\n", { status: 405, headers: { allow: "GET, HEAD" } });
     }
     if (matches) {
-      const bearer = /^Bearer +(.+)$/i.exec(request.headers.get("authorization") ?? "")?.[1];
-      if (bearer === undefined || !matches(bearer.trim())) {
+      const bearer = bearerToken(request.headers);
+      if (bearer === undefined || !matches(bearer)) {
         return new Response("A valid metrics token is required\n", {
           status: 401,
           headers: { "www-authenticate": 'Bearer realm="metrics"' },

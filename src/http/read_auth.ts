@@ -1,6 +1,7 @@
 import type { MiddlewareHandler } from "hono";
 import { ProblemError } from "../errors.ts";
 import { tokenMatcher } from "../security/signature.ts";
+import { bearerToken } from "./auth.ts";
 
 /** How the read routes (`/task/*`, `/videos/*`, `/stats`) authenticate. */
 export interface ReadAuthOptions {
@@ -43,8 +44,7 @@ export function readAuth(options: ReadAuthOptions): ReadAuth {
     if (!matches) return true;
     const sent = headers.get(options.tokenHeader);
     if (sent !== null && matches(sent)) return true;
-    const authorization = headers.get("authorization") ?? "";
-    const bearer = /^Bearer +(.+)$/i.exec(authorization)?.[1]?.trim();
+    const bearer = bearerToken(headers);
     return bearer !== undefined && matches(bearer);
   };
   const refuse = (): never => {

@@ -9,7 +9,7 @@
  * was read or queued (or both, and then written once), so none is missed or repeated.
  */
 import type { OpenAPIHono } from "@hono/zod-openapi";
-import type { Context, MiddlewareHandler } from "hono";
+import type { Context } from "hono";
 import { type SSEStreamingApi, streamSSE } from "hono/streaming";
 import type { Redis } from "ioredis";
 import { z } from "zod";
@@ -23,9 +23,9 @@ import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { readTaskView } from "../projections/task_view/projection.ts";
 import { foldTaskView } from "../projections/task_view/view.ts";
-import { tokensEqual } from "../security/signature.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
-import { ACCESS_TOKEN_PARAM, queryToken, type ReadAuth } from "./read_auth.ts";
+import { requireAdmin } from "./admin.ts";
+import { ACCESS_TOKEN_PARAM, type ReadAuth } from "./read_auth.ts";
 import { ProblemSchema } from "./schemas.ts";
 
 export interface StreamDeps {
@@ -57,7 +57,7 @@ export function streamRoutes(app: OpenAPIHono, deps: StreamDeps): void {
   );
   app.get(
     "/events/stream",
-    adminStreamAuth(deps.adminToken),
+    requireAdmin(deps.adminToken, { acceptQuery: true }),
     (c) => c.req.method === "HEAD" ? head(c) : allStream(c, deps),
   );
   describeStreamRoutes(app);
@@ -268,23 +268,6 @@ function within<T>(promise: Promise<T>, ms: number): Promise<T> {
       timer = setTimeout(() => reject(new Error(`Not ready within ${ms} ms`)), ms);
     }),
   ]).finally(() => clearTimeout(timer));
-}
-
-/**
- * ADMIN_TOKEN as the admin API checks it (404 without one, 401 when wrong), as a bearer token or
- * `?access_token=` (EventSource cannot set headers).
- */
-function adminStreamAuth(token: string | undefined): MiddlewareHandler {
-  return async function adminStreamAuth(c, next) {
-    if (!token) throw new ProblemError(404, "Not found", "The admin API is disabled");
-    const header = c.req.header("authorization") ?? "";
-    const sent = header.startsWith("Bearer ") ? header.slice(7) : queryToken(c.req.url);
-    if (!sent || !tokensEqual(sent, token)) {
-      c.header("www-authenticate", 'Bearer realm="admin"');
-      throw new ProblemError(401, "Unauthorized", "A valid admin bearer token is required");
-    }
-    await next();
-  };
 }
 
 /** The two stream routes in the OpenAPI document (text/event-stream, their tokens, problems). */
