@@ -160,7 +160,7 @@ export function createApp(deps: AppDeps) {
     metricsRoute(app, {
       metrics: deps.metrics.registry,
       token: deps.metrics.token,
-      sources: { redis, keys, feed: deps.feed },
+      sources: { redis, keys, feed: deps.feed, uploads: deps.webhook.uploads.counters },
     });
   }
 

@@ -60,6 +60,12 @@ export function createMetrics() {
       FAST_BUCKETS,
       ["route", "method", "status_class"],
     ),
+    uploadsCut: counter(
+      "webhook_uploads_cut_total",
+      "Webhook bodies this process did not read to the end: aborted by the client, timed_out " +
+        "(REQUEST_TIMEOUT_MS), busy (a body-read cap), and connections closed instead of drained",
+      ["reason"],
+    ),
     sseClients: gauge("sse_clients", "Server-Sent Events clients connected to this process"),
     sseDropped: counter(
       "sse_clients_dropped_total",

@@ -10,6 +10,8 @@ export interface ScrapeSources {
   redis: Redis;
   keys: Keys;
   feed?: { clients: number; dropped: number };
+  /** The upload guard's counts (src/http/guard.ts). */
+  uploads?: Record<"aborted" | "timedOut" | "busy" | "closed", { value: number }>;
   /** Real time (ms), as stream ids and the registry's reports are stamped. */
   nowMs?: () => number;
 }
@@ -23,6 +25,13 @@ export interface ScrapeSources {
  */
 export async function scrape(metrics: Metrics, sources: ScrapeSources): Promise<string> {
   refreshProcess(metrics);
+  if (sources.uploads) {
+    const reasons = { aborted: "aborted", timedOut: "timed_out", busy: "busy", closed: "closed" };
+    metrics.uploadsCut.reset();
+    for (const [name, reason] of Object.entries(reasons)) {
+      metrics.uploadsCut.inc({ reason }, sources.uploads[name as keyof typeof reasons].value);
+    }
+  }
   if (sources.feed) {
     metrics.sseClients.set(sources.feed.clients);
     metrics.sseDropped.reset();
