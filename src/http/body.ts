@@ -20,9 +20,10 @@ export class BodyAbortedError extends ProblemError {
 
 /**
  * What can be checked of a JSON body before reading it: the content type (415) and a declared
- * Content-Length (413).
+ * Content-Length (413). Returns the declared length (NaN for a chunked body), for
+ * {@linkcode readJsonText}.
  */
-export function checkJsonHead(request: Request, maxBytes: number): void {
+export function checkJsonHead(request: Request, maxBytes: number): number {
   const type = request.headers.get("content-type") ?? "";
   if (!JSON_TYPE.test(type)) {
     throw new ProblemError(415, "Unsupported media type", "Send the body as application/json", {
@@ -31,21 +32,22 @@ export function checkJsonHead(request: Request, maxBytes: number): void {
   }
   const declared = Number(request.headers.get("content-length") ?? NaN);
   if (declared > maxBytes) throw tooLarge(maxBytes);
+  return declared;
 }
 
 /**
- * Reads a JSON body as text, enforcing content type, size, UTF-8 and, with `timeoutMs`, a deadline
- * (not yet parsed, so a signature can be checked over the exact bytes). Throws ProblemError 415,
- * 413 or 400, {@linkcode BodyAbortedError} when the client goes away, or
- * {@linkcode BodyTimeoutError}; never buffers more than `maxBytes` + one chunk.
+ * Reads a JSON body as text, enforcing size, UTF-8 and, with `timeoutMs`, a deadline (not yet
+ * parsed, so a signature can be checked over the exact bytes); `declared` is what
+ * {@linkcode checkJsonHead}, called first, returned. Throws ProblemError 413 or 400,
+ * {@linkcode BodyAbortedError} when the client goes away, or {@linkcode BodyTimeoutError}; never
+ * buffers more than `maxBytes` + one chunk.
  */
 export async function readJsonText(
   request: Request,
   maxBytes: number,
-  options: { timeoutMs?: number } = {},
+  options: { declared: number; timeoutMs?: number },
 ): Promise<string> {
-  checkJsonHead(request, maxBytes);
-  const declared = Number(request.headers.get("content-length") ?? NaN);
+  const { declared } = options;
   // A small Content-Length body (framed to it by the server) is read in one go, much cheaper than
   // a chunk loop; a large or chunked one chunk by chunk, so a slow sender can be cut and its bytes
   // dropped at the deadline (a one-go read cannot be cancelled: it holds what arrived, at most

@@ -129,7 +129,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
     let credentials: "open" | "token" | "signature";
     try {
       credentials = authenticateHeaders(deps.auth, tokenMatches, c.req.raw.headers, nowS);
-      checkJsonHead(c.req.raw, limits.maxBodyBytes);
+      const declared = checkJsonHead(c.req.raw, limits.maxBodyBytes);
       const release = await uploads.admit(address);
       if (!release) {
         throw new ProblemError(
@@ -140,6 +140,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       }
       try {
         text = await readJsonText(c.req.raw, limits.maxBodyBytes, {
+          declared,
           timeoutMs: uploads.limits.timeoutMs,
         });
       } finally {
