@@ -49,6 +49,11 @@ export interface GroupSpec {
    * downstream group added to a stream with history never replays outcomes handled before it.
    */
   startAt: "0" | "$";
+  /**
+   * Its effects may be skipped: when no process of the deployment runs the kind, retention stops
+   * waiting for the group (work, scenes and views are never trimmed from under a group).
+   */
+  optional?: boolean;
 }
 
 /** One kind of consumer a worker process can run (CONSUMERS names them). */
@@ -89,7 +94,7 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
       }),
   ),
   callbacks: groupKind(
-    { name: "callbacks", stream: (keys) => keys.eventStream, startAt: "$" },
+    { name: "callbacks", stream: (keys) => keys.eventStream, startAt: "$", optional: true },
     ({ config, services, options, clock }) =>
       callbackSender({
         store: services.store,
@@ -254,9 +259,9 @@ export async function startConsumers(
     intervalMs: 60_000,
     owner: consumer,
     abandonAfterMs: config.HEALTH_MAX_CONSUMERLESS_S * 1000,
-    // Only the callback sender is optional: when no process runs it, its group must not keep
-    // the event stream for good. Work, scenes and views are never trimmed from under a group.
-    optional: [{ kind: "callbacks", group: CONSUMER_KINDS.callbacks.group!.name }],
+    optional: kinds.flatMap(([kind, { group }]) =>
+      group?.optional ? [{ kind, group: group.name }] : []
+    ),
     log,
     onError: (error) => log.warn("Stream trimming failed", { error: String(error) }),
   });
