@@ -29,8 +29,8 @@ export function namedFrame(name: string, data: unknown, id?: string | null): Uin
   return encoder.encode(`${idLine}event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
 }
 
-/** Results of delivering an outcome to callback_url; `callback.expired` is the sender's give-up. */
-const CALLBACK_RESULTS = new Set(["callback.delivered", "callback.failed", "callback.expired"]);
+/** Results of delivering an outcome to callback_url (an expired outcome is `callback.failed`). */
+const CALLBACK_RESULTS = new Set(["callback.delivered", "callback.failed"]);
 
 /**
  * Whether a task's stream is over: its current run has a final outcome (completed, or failed for
