@@ -3,7 +3,7 @@ import type { Config, ConsumerName } from "../src/config.ts";
 import { type GroupRef, REPORT_MS, reportRunning } from "../src/consumer_registry.ts";
 import type { Keys } from "../src/keys.ts";
 import type { Logger } from "../src/log.ts";
-import { Samples } from "../src/metrics.ts";
+import { Samples } from "../src/metrics/samples.ts";
 import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";

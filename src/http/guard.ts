@@ -21,7 +21,7 @@
  * them. Both need a TCP-level guard (or a reverse proxy) in front.
  */
 import type { Logger } from "../log.ts";
-import { Counter } from "../metrics.ts";
+import { Counter } from "../metrics/samples.ts";
 
 export interface UploadLimits {
   /** How long a body may take to arrive, from the moment the handler runs. */

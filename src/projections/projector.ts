@@ -3,7 +3,7 @@ import { isMissingGroup } from "../consumer_registry.ts";
 import { compareIds, decodeValid, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import type { Samples } from "../metrics.ts";
+import type { Samples } from "../metrics/samples.ts";
 import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
 import { projectScript } from "../redis/scripts.ts";

@@ -1,7 +1,7 @@
 import type { Redis } from "ioredis";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
-import type { Samples } from "../metrics.ts";
+import type { Samples } from "../metrics/samples.ts";
 import { viewGeneration } from "../queries.ts";
 import { closeRedis } from "../redis/client.ts";
 import { sleep } from "../sleep.ts";
