@@ -68,6 +68,7 @@ export class EventStore {
         user_id: request.user_id,
         is_revision: request.is_revision ? "1" : "0",
         idempotency_key: key ?? "",
+        prompt: request.prompt,
         timeline_ttl_s: this.options.timelineTtlS,
         bucket_capacity: bucket?.capacity ?? 0,
         bucket_rate: bucket?.rate ?? 0,

@@ -20,6 +20,8 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
       is_revision: z.boolean(),
       webhook_entry: z.string(),
       idempotency_key: z.string().optional(),
+      /** The request's prompt (at most PROMPT_MAX_CHARS), for the task index's search. */
+      prompt: z.string().optional(),
     }),
   ),
   base(

@@ -335,7 +335,7 @@ Deno.test("every projection leaves its state alone for the events it does not ha
 });
 
 Deno.test("projection names, and so consumer groups, are unchanged", () => {
-  assert.deepEqual(PROJECTION_NAMES, ["task-view", "video-scenes", "stats"]);
+  assert.deepEqual(PROJECTION_NAMES, ["task-view", "video-scenes", "stats", "task-index"]);
 });
 
 Deno.test("view keys per generation are the same strings as before", () => {

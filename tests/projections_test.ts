@@ -216,15 +216,16 @@ Deno.test("following a rebuilt generation closes the old projectors' connections
   });
   await runner.start();
   try {
-    assert.equal(opened.length, 3);
+    const n = PROJECTION_NAMES.length;
+    assert.equal(opened.length, n);
     await env.services.redis.set(env.services.keys.viewGeneration, 1);
-    await waitFor(() => runner.generation === 1 && opened.length === 6, {
+    await waitFor(() => runner.generation === 1 && opened.length === 2 * n, {
       what: "the runner to follow generation 1",
     });
-    await waitFor(() => opened.slice(0, 3).every((c) => c.status === "end"), {
+    await waitFor(() => opened.slice(0, n).every((c) => c.status === "end"), {
       what: "generation 0's connections to close",
     });
-    assert.ok(opened.slice(3).every((c) => c.status !== "end"));
+    assert.ok(opened.slice(n).every((c) => c.status !== "end"));
   } finally {
     await runner.stop();
   }
@@ -319,11 +320,12 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
     await waitFor(() => !failOnce && runner.generation === 1, {
       what: "the runner to follow generation 1 after a failed try",
     });
-    // Three projectors of generation 1 run, nothing of the failed try is left open.
-    await waitFor(() => opened.filter((c) => c.status !== "end").length === 3, {
-      what: "exactly three open projector connections",
+    // One projector per projection of generation 1 runs, nothing of the failed try is left open.
+    const n = PROJECTION_NAMES.length;
+    await waitFor(() => opened.filter((c) => c.status !== "end").length === n, {
+      what: "exactly one open connection per projection",
     });
-    assert.equal(opened.filter((c) => c.options.connectionName?.endsWith("@1")).length, 3);
+    assert.equal(opened.filter((c) => c.options.connectionName?.endsWith("@1")).length, n);
   } finally {
     await runner.stop();
   }

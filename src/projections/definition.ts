@@ -31,14 +31,19 @@ export interface ProjectionRoute {
   summary: string;
   /** Path parameters, as documented. */
   params?: z.ZodObject;
+  /**
+   * Query parameters, as documented: the HTTP layer parses the query string with it (400 naming
+   * each bad field) and passes the result to `handle`.
+   */
+  query?: z.ZodObject;
   response: { schema: z.ZodType; description: string };
   /** Documented problem+json responses besides 200. */
-  problems: Partial<Record<404 | 503, string>>;
+  problems: Partial<Record<400 | 404 | 503, string>>;
   /**
    * Reads the view. A ProblemError (a 404, say) is answered as problem+json; any other failure
    * is a Redis failure, answered 503 by the HTTP layer.
    */
-  handle(context: RouteContext, params: Record<string, string>): Promise<unknown>;
+  handle(context: RouteContext, params: Record<string, string>, query?: unknown): Promise<unknown>;
 }
 
 /**

@@ -19,6 +19,7 @@ export const ingestScript = defineScript({
     "user_id",
     "is_revision",
     "idempotency_key",
+    "prompt",
     "timeline_ttl_s",
     "bucket_capacity",
     "bucket_rate",
@@ -97,4 +98,11 @@ export const reprocessScript = defineScript({
     "dead_letter_entry",
     "timeline_ttl_s",
   ],
+});
+
+/** One page of a task index set, newest first, filtered by status and prompt substring. */
+export const taskIndexPageScript = defineScript({
+  name: "task_index_page",
+  keys: ["source", "status", "prompts"],
+  args: ["max", "min", "limit", "budget", "needle", "check_status"],
 });

@@ -1,0 +1,51 @@
+import type { Redis } from "ioredis";
+import type { StoredEvent } from "../src/events.ts";
+import { taskIndex } from "../src/projections/task_index/projection.ts";
+import { taskIndexKeys } from "../src/projections/task_index/view.ts";
+
+/** Applies the task index's plan to `events` in batches of `size`, as the projector would. */
+export async function projectIndex(
+  redis: Redis,
+  prefix: string,
+  events: StoredEvent[],
+  { size = 500, viewTtlS = 86_400 } = {},
+) {
+  for (let i = 0; i < events.length; i += size) {
+    const batch = events.slice(i, i + size).filter((e) => taskIndex.handles.includes(e.type));
+    if (!batch.length) continue;
+    const ops = await taskIndex.plan({ redis, prefix, viewTtlS }, batch);
+    const pipeline = redis.pipeline();
+    for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
+    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+  }
+}
+
+const byKey = <T>(record: Record<string, T>) =>
+  Object.fromEntries(Object.entries(record).sort(([a], [b]) => a < b ? -1 : 1));
+
+/** What the index's keys hold in Redis, in indexContents' shape (sets sorted by key). */
+export async function storedIndex(redis: Redis, prefix: string) {
+  const keys = taskIndexKeys(prefix);
+  const sets: Record<string, string[]> = {};
+  let cursor = "0";
+  const found: string[] = [];
+  do {
+    const [next, batch] = await redis.scan(cursor, "MATCH", keys.pattern, "COUNT", 1000);
+    cursor = next;
+    found.push(...batch);
+  } while (cursor !== "0");
+  for (const key of found) {
+    if (await redis.type(key) === "zset") sets[key] = await redis.zrange(key, 0, -1);
+  }
+  return {
+    sets: byKey(sets),
+    docs: await redis.hgetall(keys.docs),
+    prompts: await redis.hgetall(keys.prompts),
+    meta: await redis.hgetall(keys.meta),
+  };
+}
+
+/** indexContents with its sets sorted by key, to compare with storedIndex. */
+export function expectedIndex<T extends { sets: Record<string, string[]> }>(contents: T): T {
+  return { ...contents, sets: byKey(contents.sets) };
+}
