@@ -342,12 +342,16 @@ Deno.test("view keys per generation are the same strings as before", () => {
   const keys = createKeys("vp");
   assert.equal(taskViewKey(keys.views(0).prefix, "t"), "{vp}:view:task:t");
   assert.equal(videoViewKey(keys.views(3).prefix, "v"), "{vp}:view@3:video:v");
-  assert.deepEqual(statsKeys(keys.views(0).prefix), {
+  const { minute, ...named } = statsKeys(keys.views(0).prefix);
+  assert.deepEqual(named, {
     counters: "{vp}:view:stats",
     statusPrefix: "{vp}:view:stats:task:",
     durations: "{vp}:view:stats:duration-buckets",
     finished: "{vp}:view:stats:finished-by-second",
+    minutes: "{vp}:view:stats:finished-by-minute",
+    minutePattern: "{vp}:view:stats:minute:*",
   });
+  assert.equal(minute(29_000_000), "{vp}:view:stats:minute:29000000");
   assert.equal(statsStatusKey(keys.views(0).prefix, "t"), "{vp}:view:stats:task:t");
   // The keys of the earlier unbounded layout stay owned, so a reset or rebuild drops them.
   assert.deepEqual(stats.ownedKeys(keys.views(2).prefix), [
@@ -355,6 +359,8 @@ Deno.test("view keys per generation are the same strings as before", () => {
     "{vp}:view@2:stats:task:*",
     "{vp}:view@2:stats:duration-buckets",
     "{vp}:view@2:stats:finished-by-second",
+    "{vp}:view@2:stats:finished-by-minute",
+    "{vp}:view@2:stats:minute:*",
     "{vp}:view@2:stats:status",
     "{vp}:view@2:stats:durations",
     "{vp}:view@2:stats:finished",
