@@ -86,9 +86,10 @@ export function createServices(config: Config, log: Logger) {
     streamRetentionMs: config.STREAM_RETENTION_S * 1000,
     admin: {
       token: config.ADMIN_TOKEN,
-      rebuild: ({ force }) =>
+      rebuild: ({ force, onProgress }) =>
         rebuildProjections({
           force,
+          onProgress,
           redis,
           redisUrl: config.REDIS_URL,
           keys,
@@ -97,6 +98,7 @@ export function createServices(config: Config, log: Logger) {
           owner: `admin-${consumerName()}`,
         }),
     },
+    dashboard: { sessionTtlS: config.DASHBOARD_SESSION_TTL_S },
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
     health: {

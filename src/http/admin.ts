@@ -52,7 +52,10 @@ export interface AdminDeps {
   /** ADMIN_TOKEN; without it every /admin route answers 404. */
   token?: string;
   store: EventStore;
-  rebuild: (options: { force: boolean }) => Promise<RebuildResult>;
+  rebuild: (options: {
+    force: boolean;
+    onProgress?: (applied: number, total: number) => void;
+  }) => Promise<RebuildResult>;
   now: () => Date;
 }
 

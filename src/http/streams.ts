@@ -63,8 +63,11 @@ export function streamRoutes(app: OpenAPIHono, deps: StreamDeps): void {
   describeStreamRoutes(app);
 }
 
-/** GET /task/{task_id}/stream: a snapshot, then the task's events until it is over. */
-async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
+/**
+ * GET /task/{task_id}/stream: a snapshot, then the task's events until it is over. The dashboard
+ * serves it too, behind its session instead of a token (src/dashboard/).
+ */
+export async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
   const { redis, keys, store } = deps;
   const taskId = c.req.param("task_id")!;
   const follow = flag(c.req.query("follow"));
@@ -116,8 +119,8 @@ async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
   });
 }
 
-/** GET /events/stream: every task's events as they are appended, optionally filtered. */
-async function allStream(c: Context, deps: StreamDeps): Promise<Response> {
+/** GET /events/stream (and the dashboard's live feed): every task's events, optionally filtered. */
+export async function allStream(c: Context, deps: StreamDeps): Promise<Response> {
   const { feed, redis, keys } = deps;
   const statusChanges = flag(c.req.query("status_changes"));
   const videoId = c.req.query("video_id") || null;

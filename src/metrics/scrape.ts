@@ -1,7 +1,7 @@
 import type { Redis } from "ioredis";
 import { readRegistry } from "../consumer_registry.ts";
-import { idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
+import { oldestPendingAgeS } from "../queries.ts";
 import { groupInfo } from "../redis/streams.ts";
 import { CONTENT_TYPE, type Metrics, refreshProcess } from "./registry.ts";
 
@@ -94,9 +94,7 @@ async function readStreams(metrics: Metrics, { redis, keys, nowMs }: ScrapeSourc
         continue;
       }
       oldest.push((async () => {
-        const [, first] = await redis.xpending(key, g.name) as [number, string | null];
-        const age = first ? Math.max(0, now - idTime(first)) / 1000 : 0;
-        metrics.groupOldestPending.set(labels, age);
+        metrics.groupOldestPending.set(labels, await oldestPendingAgeS(redis, key, g.name, now));
       })());
     }
   });

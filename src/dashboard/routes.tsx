@@ -1,0 +1,490 @@
+/**
+ * /dashboard: the operator's board, served by the app itself. Off (every path 404) unless
+ * ADMIN_TOKEN is set. Pages are rendered on the server (Hono JSX); one small script keeps the live
+ * regions current over Server-Sent Events. Every page needs a session (see session.ts); every
+ * mutation needs the session's CSRF token and the admin role, goes through a confirmation page
+ * showing a dry run, and calls the same functions as the CLI and the admin API, so it is recorded
+ * the same way.
+ */
+import type { OpenAPIHono } from "@hono/zod-openapi";
+import { type Context, Hono } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { deleteCookie, getCookie, setCookie } from "hono/cookie";
+import type { Child } from "hono/jsx";
+import type { Redis } from "ioredis";
+import { redriveProblem, replayProblem } from "../cli/rules.ts";
+import type { EventStore } from "../event_store.ts";
+import type { HealthReport } from "../http/health.ts";
+import { clientAddress } from "../http/webhook_route.ts";
+import type { Keys } from "../keys.ts";
+import type { Logger } from "../log.ts";
+import type { TaskList, TaskListQuery } from "../projections/task_index/query.ts";
+import {
+  getDeadLetter,
+  listDeadLetters,
+  redrive,
+  reprocessTasks,
+  type StatusFilter,
+} from "../replay/reprocess.ts";
+import { takeToken } from "../security/rate_limit.ts";
+import { asset } from "./assets.ts";
+import {
+  type DashboardContext,
+  type DashboardEnv,
+  isHttps,
+  requireMutation,
+  requireSession,
+} from "./auth.ts";
+import { ConfirmPage, replayable } from "./pages/confirm.tsx";
+import { DeadLetterPage, DeadLettersPage, OutcomeTable } from "./pages/dead_letters.tsx";
+import { overviewData, OverviewPage, OverviewRegion } from "./pages/overview.tsx";
+import { RebuildRegion, ReplayPage } from "./pages/replay.tsx";
+import { SignInPage } from "./pages/sign_in.tsx";
+import { loadTasks, type TaskFilters, TasksPage, TasksRegion, utcDate } from "./pages/tasks.tsx";
+import { taskDetail, TaskPage, TaskRegion } from "./pages/task.tsx";
+import { RebuildJobs, type RunRebuild } from "./rebuild_jobs.ts";
+import { roleFor, SESSION_COOKIE, SessionStore } from "./session.ts";
+import { BASE, Layout, Notice, type PageId } from "./ui.tsx";
+
+/** Sign-in attempts per minute from one client address (a burst of as many). */
+export const SIGN_IN_PER_MINUTE = 10;
+/** Dead letters per page. */
+const PAGE_SIZE = 50;
+
+export interface DashboardDeps {
+  /** ADMIN_TOKEN: without it the dashboard does not exist (404). */
+  adminToken?: string;
+  /** READ_TOKEN: signs in a read-only session. */
+  readToken?: string;
+  redis: Redis;
+  store: EventStore;
+  keys: Keys;
+  log: Logger;
+  now: () => Date;
+  /** TRUST_PROXY: X-Forwarded-For names the client, X-Forwarded-Proto the scheme. */
+  trustProxy: boolean;
+  sessionTtlS: number;
+  streamRetentionMs: number;
+  /** The /health report. */
+  health: (detailed: boolean) => Promise<HealthReport>;
+  /** The SSE handlers of GET /task/{id}/stream and GET /events/stream (src/http/streams.ts). */
+  live: { task(c: Context): Promise<Response>; all(c: Context): Promise<Response> };
+  rebuild: RunRebuild;
+  /** One page of the task index (GET /tasks's query). */
+  tasks: (query: TaskListQuery) => Promise<TaskList>;
+}
+
+const CSP = [
+  "default-src 'self'",
+  // Result images live wherever the request's image_url and the provider put them.
+  "img-src 'self' http: https: data:",
+  "style-src 'self'",
+  "script-src 'self'",
+  "connect-src 'self'",
+  "form-action 'self'",
+  "frame-ancestors 'none'",
+  "base-uri 'none'",
+].join("; ");
+
+/** Mounts the dashboard on `app` when ADMIN_TOKEN is set; otherwise mounts nothing (404). */
+export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
+  if (!deps.adminToken) return;
+  const { redis, keys, store, log, now } = deps;
+  const sessions = new SessionStore(redis, keys, deps.sessionTtlS);
+  const jobs = new RebuildJobs(deps.rebuild, now);
+  const dash = new Hono<DashboardEnv>();
+  const signIn = `${BASE}/sign-in`;
+
+  dash.use(async function dashboardHeaders(c, next) {
+    await next();
+    c.header("content-security-policy", CSP);
+    if (!c.req.path.startsWith(`${BASE}/assets/`)) c.header("cache-control", "no-store");
+  });
+  dash.use(bodyLimit({
+    maxSize: 256 * 1024,
+    onError: (c) => c.text("The form is too large", 413),
+  }));
+
+  dash.get("/assets/:name", (c) => {
+    const found = asset(c.req.param("name"));
+    if (!found) return c.notFound();
+    return c.body(found.body, 200, {
+      "content-type": found.type,
+      "cache-control": "public, max-age=31536000, immutable",
+    });
+  });
+
+  dash.get("/sign-in", async (c) => {
+    if (await sessions.get(getCookie(c, SESSION_COOKIE))) return c.redirect(BASE, 303);
+    return c.html(<SignInPage />);
+  });
+
+  dash.post("/sign-in", async (c) => {
+    // Every attempt takes a token from the address's bucket, so guessing is slow; the token is
+    // compared in constant time and never logged or echoed.
+    const bucket = await takeToken(redis, keys.dashboardSignIn(clientAddress(c, deps.trustProxy)), {
+      perMinute: SIGN_IN_PER_MINUTE,
+      nowMs: Date.now(),
+    });
+    if (!bucket.allowed) {
+      c.header("retry-after", String(bucket.retryAfterS));
+      return c.html(
+        <SignInPage error={`Too many attempts: try again in ${bucket.retryAfterS} s`} />,
+        429,
+      );
+    }
+    const form = await c.req.parseBody();
+    const sent = typeof form.token === "string" ? form.token.trim() : "";
+    const role = sent ? roleFor(sent, { admin: deps.adminToken, read: deps.readToken }) : null;
+    if (!role) {
+      log.warn("Dashboard sign-in refused", { reason: "wrong token" });
+      return c.html(<SignInPage error="That token is not valid" />, 401);
+    }
+    const { id } = await sessions.create(role, now());
+    setCookie(c, SESSION_COOKIE, id, {
+      path: BASE,
+      httpOnly: true,
+      sameSite: "Strict",
+      secure: isHttps(c, deps.trustProxy),
+      maxAge: deps.sessionTtlS,
+    });
+    log.info("Dashboard session started", { role });
+    return c.redirect(BASE, 303);
+  });
+
+  // Everything below needs a session.
+  dash.use(requireSession(sessions, signIn));
+  const forbidden = (c: DashboardContext, detail: string) =>
+    page(c, "Not allowed", "overview", <Notice kind="error">{detail}</Notice>, 403);
+
+  dash.post("/sign-out", requireMutation(forbidden, { allowRead: true }), async (c) => {
+    await sessions.revoke(c.get("sessionId"));
+    deleteCookie(c, SESSION_COOKIE, { path: BASE, secure: isHttps(c, deps.trustProxy) });
+    return c.redirect(signIn, 303);
+  });
+
+  // Live: the SSE routes' own handlers, behind the session instead of a token in the URL.
+  dash.get("/live/events", (c) => deps.live.all(c));
+  dash.get("/live/tasks/:task_id", (c) => deps.live.task(c));
+
+  dash.get("/", async (c) => {
+    const data = await overviewData({
+      redis,
+      keys,
+      nowMs: now().getTime(),
+      retentionMs: deps.streamRetentionMs,
+      health: deps.health,
+    });
+    if (fragment(c)) return c.html(<OverviewRegion data={data} />);
+    return page(c, "Overview", "overview", <OverviewPage data={data} />);
+  });
+
+  dash.get("/tasks", async (c) => {
+    const q = (name: string) => c.req.query(name)?.trim() ?? "";
+    const filters: TaskFilters = {
+      q: q("q"),
+      field: q("field") || "any",
+      status: q("status"),
+      from: q("from"),
+      to: q("to"),
+      limit: q("limit"),
+      cursor: q("cursor"),
+    };
+    const anchor = q("anchor") && fragment(c)
+      ? { member: q("anchor"), more: q("more") === "1" }
+      : null;
+    const { list, error } = await loadTasks(deps.tasks, filters, anchor);
+    if (fragment(c)) return c.html(<TasksRegion list={list} filters={filters} />);
+    return page(
+      c,
+      "Tasks",
+      "tasks",
+      <TasksPage list={list} filters={filters} error={error} />,
+      error ? 400 : 200,
+    );
+  });
+
+  dash.get("/tasks/:task_id", async (c) => {
+    const session = c.get("session");
+    const detail = await taskDetail({ redis, keys, store }, c.req.param("task_id"), session.role);
+    if (!detail) return notFound(c, "No such task");
+    if (fragment(c)) return c.html(<TaskRegion detail={detail} />);
+    return page(
+      c,
+      `Task ${detail.view.task_id}`,
+      "tasks",
+      <TaskPage detail={detail} role={session.role} csrf={session.csrf} />,
+    );
+  });
+
+  dash.post("/tasks/:task_id/reprocess", requireMutation(forbidden), async (c) => {
+    const taskId = c.req.param("task_id");
+    const form = await c.req.parseBody({ all: true });
+    const confirmed = form.confirm === "yes";
+    const reason = text(form.reason) || "dashboard reprocess";
+    const back = `${BASE}/tasks/${encodeURIComponent(taskId)}`;
+    const outcomes = await reprocessTasks(store, { taskIds: [taskId] }, {
+      requestedBy: "dashboard",
+      reason,
+      dryRun: !confirmed,
+      now: now(),
+    });
+    if (confirmed) {
+      const [outcome] = outcomes;
+      if (outcome?.skipped) {
+        return page(
+          c,
+          "Not reprocessed",
+          "tasks",
+          <OutcomeTable outcomes={outcomes} dryRun={false} />,
+        );
+      }
+      return c.redirect(back, 303);
+    }
+    return page(
+      c,
+      "Reprocess task",
+      "tasks",
+      <ConfirmPage
+        title={`Reprocess task ${taskId}?`}
+        action={`${back}/reprocess`}
+        fields={replayable(form)}
+        csrf={c.get("session").csrf}
+        cancel={back}
+        reason={reason}
+        button="Reprocess"
+      >
+        <OutcomeTable outcomes={outcomes} dryRun />
+      </ConfirmPage>,
+    );
+  });
+
+  dash.get("/dead-letters", async (c) => {
+    const session = c.get("session");
+    const after = c.req.query("after") ?? null;
+    if (after !== null && !/^\d+-\d+$/.test(after)) return notFound(c, "No such page");
+    const letters = await listDeadLetters(store, PAGE_SIZE + 1, after ? `(${after}` : "-");
+    const shown = letters.slice(0, PAGE_SIZE);
+    const next = letters.length > PAGE_SIZE ? shown.at(-1)!.id : null;
+    return page(
+      c,
+      "Dead letters",
+      "dead-letters",
+      <DeadLettersPage
+        letters={shown}
+        role={session.role}
+        csrf={session.csrf}
+        next={next}
+        after={after}
+      />,
+    );
+  });
+
+  dash.get("/dead-letters/:id", async (c) => {
+    const session = c.get("session");
+    const id = c.req.param("id");
+    const letter = /^\d+-\d+$/.test(id) ? await getDeadLetter(store, id) : null;
+    if (!letter) return notFound(c, "No such dead letter (redriven or deleted?)");
+    return page(
+      c,
+      `Dead letter ${id}`,
+      "dead-letters",
+      <DeadLetterPage letter={letter} role={session.role} csrf={session.csrf} />,
+    );
+  });
+
+  dash.post("/dead-letters/redrive", requireMutation(forbidden), async (c) => {
+    const form = await c.req.parseBody({ all: true });
+    const ids = list(form.ids).filter((id) => /^\d+-\d+$/.test(id));
+    const problem = redriveProblem({ ids, all: false }, () => "selected dead letters");
+    if (problem) {
+      return page(
+        c,
+        "Redrive",
+        "dead-letters",
+        <Notice kind="error">Select dead letters first</Notice>,
+        400,
+      );
+    }
+    const confirmed = form.confirm === "yes";
+    const reason = text(form.reason) || "dashboard redrive";
+    const outcomes = await redrive(store, ids, {
+      requestedBy: "dashboard",
+      reason,
+      dryRun: !confirmed,
+      now: now(),
+    });
+    if (confirmed) {
+      return page(
+        c,
+        "Redriven",
+        "dead-letters",
+        <>
+          <h1>Redrive</h1>
+          <Notice kind="ok">
+            Redrove {outcomes.filter((o) => !o.skipped).length} dead letter(s),{" "}
+            {outcomes.filter((o) => o.skipped).length} skipped
+          </Notice>
+          <OutcomeTable outcomes={outcomes} dryRun={false} />
+          <p>
+            <a href={`${BASE}/dead-letters`}>Back to the dead letters</a>
+          </p>
+        </>,
+      );
+    }
+    return page(
+      c,
+      "Redrive",
+      "dead-letters",
+      <ConfirmPage
+        title={`Redrive ${ids.length} dead letter(s)?`}
+        action={`${BASE}/dead-letters/redrive`}
+        fields={replayable(form).filter(([name]) => name === "ids")}
+        csrf={c.get("session").csrf}
+        cancel={`${BASE}/dead-letters`}
+        reason={reason}
+        button="Redrive"
+      >
+        <OutcomeTable outcomes={outcomes} dryRun />
+      </ConfirmPage>,
+    );
+  });
+
+  dash.get("/replay", async (c) => {
+    const session = c.get("session");
+    if (fragment(c)) return c.html(<RebuildRegion jobs={jobs.list()} />);
+    return page(
+      c,
+      "Replay",
+      "replay",
+      <ReplayPage
+        jobs={jobs.list()}
+        role={session.role}
+        csrf={session.csrf}
+        eventCount={await redis.xlen(keys.eventStream)}
+      />,
+    );
+  });
+
+  dash.post("/replay/rebuild", requireMutation(forbidden), async (c) => {
+    const form = await c.req.parseBody({ all: true });
+    const force = form.force === "true";
+    if (form.confirm !== "yes") {
+      const events = await redis.xlen(keys.eventStream);
+      return page(
+        c,
+        "Rebuild",
+        "replay",
+        <ConfirmPage
+          title="Rebuild every projection?"
+          action={`${BASE}/replay/rebuild`}
+          fields={force ? [["force", "true"]] : []}
+          csrf={c.get("session").csrf}
+          cancel={`${BASE}/replay`}
+          reason={null}
+          button="Rebuild"
+        >
+          <p>
+            {events} events will be folded into a new generation of views
+            {force && ", although retention has trimmed the log (older tasks' views are lost)"}.
+          </p>
+        </ConfirmPage>,
+      );
+    }
+    jobs.start(force);
+    return c.redirect(`${BASE}/replay`, 303);
+  });
+
+  dash.post("/replay/reprocess", requireMutation(forbidden), async (c) => {
+    const form = await c.req.parseBody({ all: true });
+    const since = utcDate(text(form.since));
+    const until = utcDate(text(form.until));
+    const status = (["failed", "dead_lettered", "completed"] as const).find((s) =>
+      s === text(form.status)
+    ) as StatusFilter | undefined;
+    if (since === null || until === null) {
+      return page(
+        c,
+        "Reprocess",
+        "replay",
+        <Notice kind="error">A time is not a date</Notice>,
+        400,
+      );
+    }
+    const bad = replayProblem(
+      { projections: false, taskIds: [], since, until, status },
+      (field) => FIELD_NAMES[field] ?? field,
+    );
+    if (bad) return page(c, "Reprocess", "replay", <Notice kind="error">{bad}</Notice>, 400);
+    const confirmed = form.confirm === "yes";
+    const reason = text(form.reason) || "dashboard reprocess";
+    const outcomes = await reprocessTasks(store, { since, until, status }, {
+      requestedBy: "dashboard",
+      reason,
+      dryRun: !confirmed,
+      now: now(),
+    });
+    const started = outcomes.filter((o) => !o.skipped).length;
+    if (confirmed) {
+      return page(
+        c,
+        "Reprocessed",
+        "replay",
+        <>
+          <h1>Reprocess</h1>
+          <Notice kind="ok">
+            Reprocessing {started} task(s), {outcomes.length - started} skipped
+          </Notice>
+          <OutcomeTable outcomes={outcomes} dryRun={false} />
+        </>,
+      );
+    }
+    return page(
+      c,
+      "Reprocess",
+      "replay",
+      <ConfirmPage
+        title={`Reprocess ${started} task(s)?`}
+        action={`${BASE}/replay/reprocess`}
+        fields={replayable(form)}
+        csrf={c.get("session").csrf}
+        cancel={`${BASE}/replay`}
+        reason={reason}
+        button="Reprocess"
+      >
+        <p>Dry run: nothing has changed yet.</p>
+        <OutcomeTable outcomes={outcomes} dryRun />
+      </ConfirmPage>,
+    );
+  });
+
+  app.route(BASE, dash);
+
+  function page(c: DashboardContext, title: string, id: PageId, body: Child, status = 200) {
+    return c.html(
+      <Layout title={title} page={id} session={c.get("session")}>
+        {body}
+      </Layout>,
+      status as 200,
+    );
+  }
+  function notFound(c: DashboardContext, detail: string) {
+    return page(c, "Not found", "overview", <Notice kind="error">{detail}</Notice>, 404);
+  }
+}
+
+/** The reprocess form's fields, as a refusal names them. */
+const FIELD_NAMES: Record<string, string> = {
+  since: "“Queued since”",
+  until: "“Queued until”",
+  status: "a status",
+};
+
+/** A request for a live region alone (the client script's refresh). */
+const fragment = (c: Context) => c.req.header("x-dashboard-fragment") === "1";
+
+const text = (value: unknown) => typeof value === "string" ? value.trim() : "";
+const list = (value: unknown): string[] =>
+  (Array.isArray(value) ? value : value === undefined ? [] : [value]).filter((v): v is string =>
+    typeof v === "string"
+  );
