@@ -9,6 +9,7 @@
 import { parseArgs } from "node:util";
 import type { Redis } from "ioredis";
 import type { BenchContext } from "./context.ts";
+import { dashboardPhase } from "./dashboard.ts";
 import { e2ePhase } from "./e2e.ts";
 import { ingestPhase } from "./ingest.ts";
 import { deletePeerKeys, peerPhase } from "./peer.ts";
@@ -23,7 +24,7 @@ import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tool
 
 export interface BenchOptions {
   /** `soak` and `sse` only run when named: they take minutes of their own. */
-  phases: ("ingest" | "e2e" | "replay" | "profile" | "peer" | "soak" | "sse")[];
+  phases: ("ingest" | "e2e" | "replay" | "profile" | "peer" | "soak" | "sse" | "dashboard")[];
   connections: number[];
   durationS: number;
   warmupS: number;
@@ -54,6 +55,9 @@ export interface BenchOptions {
   sseIngestClients: number;
   /** Peer: ingest connection counts for ours vs BullMQ vs minimal ([]: the top of `connections`). */
   peerConnections: number[];
+  /** Dashboard: tasks in the index, pages asked for per kind of query. */
+  dashboardTasks: number;
+  dashboardRepeats: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** Use wrk when installed (false: the fetch loop in this process). */
   wrk: boolean;
@@ -64,7 +68,7 @@ export interface BenchOptions {
 }
 
 export const DEFAULTS: BenchOptions = {
-  phases: ["ingest", "e2e", "replay", "profile", "peer"],
+  phases: ["ingest", "e2e", "replay", "profile", "peer", "dashboard"],
   connections: [1, 100, 1000],
   durationS: 10,
   warmupS: 2,
@@ -93,6 +97,8 @@ export const DEFAULTS: BenchOptions = {
   sseAllClients: 20,
   sseIngestClients: 1_000,
   peerConnections: [],
+  dashboardTasks: 100_000,
+  dashboardRepeats: 30,
   logLevel: "info",
   wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
@@ -131,6 +137,7 @@ export interface BenchResult {
   sse?: Awaited2<ReturnType<typeof ssePhase>> | null;
   /** Side by side with the Hono + BullMQ peer; `skipped` says why when node/npm are missing. */
   peer?: Awaited2<ReturnType<typeof peerPhase>> | null;
+  dashboard?: Awaited2<ReturnType<typeof dashboardPhase>> | null;
   targets: Target[];
   notes: string[];
   /** Phases that failed (the bench exits 1 when there is any). */
@@ -295,6 +302,14 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         }
       });
     }
+    if (options.phases.includes("dashboard")) {
+      await phase("Dashboard: the task index", async () => {
+        result.dashboard = await dashboardPhase(ctx, {
+          tasks: options.dashboardTasks,
+          repeats: options.dashboardRepeats,
+        });
+      });
+    }
     if (options.phases.includes("soak")) {
       await phase("Soak", async () => {
         result.soak = await soakPhase(ctx, options);
@@ -318,8 +333,8 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
 const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
 
-  --phases LIST            ingest,e2e,replay,profile,peer,soak,sse (default: all but soak
-                           and sse)
+  --phases LIST            ingest,e2e,replay,profile,peer,dashboard,soak,sse (default: all
+                           but soak and sse)
   --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
@@ -357,6 +372,9 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
                            and npm (skipped, with a note, without them); the peer comes from
                            ../shared/peers/bullmq (env BENCH_PEER_DIR), installed once with
                            npm ci into bench/.peer-cache/
+  --dashboard-tasks N       dashboard: tasks folded into the task index (default 100000)
+                           env BENCH_DASHBOARD_TASKS
+  --dashboard-repeats N     dashboard: pages asked for per kind of query (default 30)
   --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
@@ -397,6 +415,8 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "sse-all-clients": { type: "string" },
       "sse-ingest-clients": { type: "string" },
       "peer-connections": { type: "string" },
+      "dashboard-tasks": { type: "string" },
+      "dashboard-repeats": { type: "string" },
       "log-level": { type: "string" },
       "no-wrk": { type: "boolean" },
       out: { type: "string" },
@@ -414,6 +434,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       warmupS: 1,
       tasks: 2_000,
       replayEvents: 20_000,
+      dashboardTasks: 20_000,
       drainTimeoutS: 120,
       pacedSeconds: 5,
     }
@@ -455,6 +476,8 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("sseIngestClients", num(values["sse-ingest-clients"], "BENCH_SSE_INGEST_CLIENTS"));
   const peerConns = values["peer-connections"] ?? env.BENCH_PEER_CONNECTIONS;
   set("peerConnections", peerConns ? list(peerConns) : undefined);
+  set("dashboardTasks", num(values["dashboard-tasks"], "BENCH_DASHBOARD_TASKS"));
+  set("dashboardRepeats", num(values["dashboard-repeats"], "BENCH_DASHBOARD_REPEATS"));
   if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;
