@@ -26,6 +26,8 @@ const CALLBACK_SECRET = `whsec_${btoa("callback-secret-for-the-dashboard")}`;
 // Browser-side globals, for the functions the tests run in the page (module-scoped).
 // deno-lint-ignore no-explicit-any
 declare const document: any;
+// deno-lint-ignore no-explicit-any
+declare function getComputedStyle(element: any): { backgroundColor: string };
 
 /** A small product image, served on loopback so the result's before/after images load. */
 const IMAGE =
@@ -126,14 +128,32 @@ Deno.test({
         for (const [name, path] of pages) {
           const response = await page.goto(base + path);
           assert.equal(response?.status(), 200, path);
-          await page.waitForLoadState("networkidle").catch(() => {});
           await page.waitForFunction(() =>
             // deno-lint-ignore no-explicit-any
             [...document.images].every((i: any) => i.complete && i.naturalWidth > 0)
           );
           await screenshot(page, `page-${name}`);
           assertClean(watch, path);
+          // The page, its style sheet, script and icon, as sent (uncompressed, cache or not).
+          const bytes: number = await page.evaluate(() =>
+            // deno-lint-ignore no-explicit-any
+            (performance.getEntries() as any[]).reduce(
+              (sum, e) => sum + (e.encodedBodySize ?? 0),
+              0,
+            )
+          );
+          assert.ok(bytes < 300_000, `${path}: ${bytes} bytes`);
+          if (Deno.env.get("DASHBOARD_WEIGHT")) console.log(`${path}: ${bytes} bytes`);
         }
+        // Dark, as the system asks.
+        await page.emulateMedia({ colorScheme: "dark" });
+        await page.goto(`${base}/dashboard/tasks/${done}`);
+        const background: string = await page.evaluate(() =>
+          getComputedStyle(document.documentElement).backgroundColor
+        );
+        assert.equal(background, "rgb(16, 19, 24)");
+        await screenshot(page, "dark-task");
+        await page.emulateMedia({ colorScheme: "light" });
         // A narrow phone screen: nothing wider than the viewport but the tables' own scrollers.
         await page.setViewportSize({ width: 375, height: 740 });
         await page.goto(`${base}/dashboard/tasks/${done}`);

@@ -43,11 +43,9 @@ import { SignInPage } from "./pages/sign_in.tsx";
 import { loadTasks, type TaskFilters, TasksPage, TasksRegion, utcDate } from "./pages/tasks.tsx";
 import { taskDetail, TaskPage, TaskRegion } from "./pages/task.tsx";
 import { RebuildJobs, type RunRebuild } from "./rebuild_jobs.ts";
-import { roleFor, SESSION_COOKIE, SessionStore } from "./session.ts";
+import { roleFor, SESSION_COOKIE, SessionStore, SIGN_IN_PER_MINUTE } from "./session.ts";
 import { BASE, Layout, Notice, type PageId } from "./ui.tsx";
 
-/** Sign-in attempts per minute from one client address (a burst of as many). */
-export const SIGN_IN_PER_MINUTE = 10;
 /** Dead letters per page. */
 const PAGE_SIZE = 50;
 

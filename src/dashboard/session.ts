@@ -22,6 +22,9 @@ const SessionSchema = z.object({
 });
 export type Session = z.infer<typeof SessionSchema>;
 
+/** Sign-in attempts per minute from one client address (a burst of as many). */
+export const SIGN_IN_PER_MINUTE = 10;
+
 /** The session cookie's name. */
 export const SESSION_COOKIE = "vp_dashboard";
 /** The form field and the header a mutation carries its CSRF token in. */
