@@ -252,6 +252,7 @@ Deno.test({
         for (let n = 0; n < 20; n++) {
           await page.waitForSelector("#tasks table, [data-testid=no-tasks]");
           shown.push(...await taskIds(page));
+          if (n === 0) await screenshot(page, "tasks-first-page");
           // New tasks arrive between pages.
           await post({ video_id: `vid-page-new-${n}` });
           const older = page.locator("[data-testid=older]");
@@ -330,6 +331,7 @@ Deno.test({
       await t.step("sign-out ends the session on the server", async () => {
         const cookie = (await context.cookies()).find((c) => c.name === "vp_dashboard")!;
         await page.goto(`${base}/dashboard`);
+        await screenshot(page, "overview-end");
         await page.click(".sign-out button");
         await page.waitForURL(`${base}/dashboard/sign-in`);
         await screenshot(page, "signed-out");

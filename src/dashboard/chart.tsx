@@ -9,9 +9,9 @@ import { formatMs } from "./ui.tsx";
 /** One minute of GET /stats's `last_hour`. */
 export type SeriesPoint = MinuteStats;
 
-const W = 600;
-const H = 160;
-const PAD = { left: 34, right: 46, top: 10, bottom: 20 };
+const W = 1000;
+const H = 180;
+const PAD = { left: 34, right: 56, top: 10, bottom: 20 };
 
 /** A "nice" upper bound for an axis: 1, 2 or 5 times a power of ten, at least `max`. */
 function niceMax(max: number): number {
@@ -84,6 +84,16 @@ export function SeriesChart({ points }: { points: SeriesPoint[] }) {
         </g>
         <path class="p50" d={line((p) => p.p50_ms)} />
         <path class="p95" d={line((p) => p.p95_ms)} />
+        {(["p50", "p95"] as const).map((name) => (
+          <g class={name}>
+            {points.map((p, i) => {
+              const v = name === "p50" ? p.p50_ms : p.p95_ms;
+              return v === null
+                ? null
+                : <circle cx={(x(i) + slot / 2).toFixed(1)} cy={yMs(v).toFixed(1)} r="3" />;
+            })}
+          </g>
+        ))}
         <g class="axis">
           <text x={PAD.left - 4} y={PAD.top + 8} text-anchor="end">{maxFinished}</text>
           <text x={PAD.left - 4} y={PAD.top + plotH} text-anchor="end">0</text>
