@@ -175,16 +175,28 @@ export async function dashboardPhase(ctx: BenchContext, options: DashboardOption
     const indexS = (performance.now() - t) / 1000;
     const indexBytes = (await usedMemory(redis)) - before;
     const ik = taskIndexKeys(view);
-    const [allBytes, docsBytes, promptsBytes, indexed] = await Promise.all([
-      redis.memory("USAGE", ik.all),
-      redis.memory("USAGE", ik.docs),
-      redis.memory("USAGE", ik.prompts),
-      redis.zcard(ik.all),
-    ]);
+    const blocks = await redis.hkeys(ik.gramBlocks);
+    const [allBytes, docsBytes, promptsBytes, positionsBytes, indexed, ...blockBytes] =
+      await Promise
+        .all([
+          redis.memory("USAGE", ik.all),
+          redis.memory("USAGE", ik.docs),
+          redis.memory("USAGE", ik.prompts),
+          redis.memory("USAGE", ik.positions),
+          redis.zcard(ik.all),
+          ...blocks.map((b) => redis.memory("USAGE", ik.grams(b))),
+        ]);
+    const gramsBytes = blockBytes.reduce((sum: number, b) => sum + Number(b ?? 0), 0);
     t = performance.now();
     await fold(redis, taskView, view, generated.events, ttl);
     const viewS = (performance.now() - t) / 1000;
-    ctx.say(`  ${indexed} tasks indexed in ${round(indexS)} s (task views ${round(viewS)} s)`);
+    ctx.say(
+      `  ${indexed} tasks indexed in ${round(indexS)} s (task views ${round(viewS)} s); index ` +
+        `${round(indexBytes / 1e6)} MB (${Math.round(indexBytes / Math.max(1, indexed))} B a ` +
+        `task): prompts ${round(Number(promptsBytes) / 1e6)} MB, trigram bitmaps ` +
+        `${round(gramsBytes / 1e6)} MB in ${blocks.length} blocks, the all set ` +
+        `${round(Number(allBytes) / 1e6)} MB`,
+    );
 
     const time = async (work: () => Promise<unknown>) => {
       const samples: number[] = [];
@@ -277,6 +289,9 @@ export async function dashboardPhase(ctx: BenchContext, options: DashboardOption
         all_set_mb: round(Number(allBytes) / 1e6, 1),
         docs_mb: round(Number(docsBytes) / 1e6, 1),
         prompts_mb: round(Number(promptsBytes) / 1e6, 1),
+        positions_mb: round(Number(positionsBytes) / 1e6, 1),
+        trigram_bitmaps_mb: round(gramsBytes / 1e6, 1),
+        trigram_blocks: blocks.length,
       },
       minimal_get_p50_ms: round(minimal.p50, 3),
       points,

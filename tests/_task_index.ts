@@ -34,18 +34,38 @@ export async function storedIndex(redis: Redis, prefix: string) {
     cursor = next;
     found.push(...batch);
   } while (cursor !== "0");
+  const grams: Record<string, number[]> = {};
   for (const key of found) {
-    if (await redis.type(key) === "zset") sets[key] = await redis.zrange(key, 0, -1);
+    const type = await redis.type(key);
+    if (type === "zset") sets[key] = await redis.zrange(key, 0, -1);
+    if (type === "string") {
+      const offsets = setBits(await redis.getBuffer(key));
+      if (offsets.length) grams[key] = offsets;
+    }
   }
   return {
     sets: byKey(sets),
     docs: await redis.hgetall(keys.docs),
     prompts: await redis.hgetall(keys.prompts),
     meta: await redis.hgetall(keys.meta),
+    positions: await redis.hgetall(keys.positions),
+    grams: byKey(grams),
+    blocks: await redis.hgetall(keys.gramBlocks),
   };
 }
 
+/** The offsets of a bitmap's set bits (Redis numbers bits from each byte's most significant). */
+function setBits(bytes: Uint8Array | null): number[] {
+  const offsets: number[] = [];
+  bytes?.forEach((byte, i) => {
+    for (let b = 0; b < 8; b++) if (byte & (0x80 >> b)) offsets.push(i * 8 + b);
+  });
+  return offsets;
+}
+
 /** indexContents with its sets sorted by key, to compare with storedIndex. */
-export function expectedIndex<T extends { sets: Record<string, string[]> }>(contents: T): T {
-  return { ...contents, sets: byKey(contents.sets) };
+export function expectedIndex<
+  T extends { sets: Record<string, string[]>; grams: Record<string, number[]> },
+>(contents: T): T {
+  return { ...contents, sets: byKey(contents.sets), grams: byKey(contents.grams) };
 }

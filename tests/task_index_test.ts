@@ -171,3 +171,60 @@ Deno.test("pages: newest first, no task twice while tasks arrive, every filter",
   assert.deepEqual(byId.items.map((t) => t.task_id), ["t42"]);
   assert.deepEqual(byId.matched, ["task_id"]);
 });
+
+Deno.test("prompt search finds exactly the tasks whose prompt holds the text, page by page", async () => {
+  await using env = await testEnv("task-index-prompts");
+  const { redis, keys } = env.services;
+  const prefix = keys.views(0).prefix;
+  const words = "drone shot golden hour neon rain city street ocean waves hero walks slow zoom"
+    .split(" ");
+  let seed = 7;
+  const rnd = () => (seed = (seed * 48271) % 2_147_483_647) / 2_147_483_647;
+  const events: StoredEvent[] = [];
+  const prompts: Record<string, string> = {};
+  for (let i = 0; i < 400; i++) {
+    const n = 2 + Math.floor(rnd() * 12);
+    const prompt = Array.from({ length: n }, () => words[Math.floor(rnd() * words.length)])
+      .join(i % 3 ? " " : "  ") + (i % 50 === 0 ? " Ünïcode ✓" : "");
+    prompts[`t${i}`] = prompt;
+    events.push(queued(`t${i}`, T0 + i * 1_000, { prompt }));
+    if (i % 3 === 0) events.push(started(`t${i}`, T0 + i * 1_000 + 1));
+  }
+  await projectIndex(redis, prefix, events, { size: 64 });
+  const state = fold(taskIndex, events);
+  const needles = [
+    "golden hour",
+    "hour neon",
+    "GOLDEN  HOUR",
+    "ves he",
+    "ünïcode ✓",
+    "zebra",
+    "slow slow slow",
+    "ro", // shorter than a trigram: walks the set
+    "o",
+  ];
+  for (const needle of needles) {
+    for (const status of [undefined, "processing" as const]) {
+      const want = Object.entries(state.tasks)
+        .filter(([, t]) => t.prompt!.includes(needle.toLowerCase().replace(/\s+/g, " ")))
+        .filter(([, t]) => status === undefined || t.status === status)
+        .map(([, t]) => t.member).sort().reverse().map((m) => m.slice(14));
+      const got: string[] = [];
+      let cursor: string | undefined;
+      do {
+        const page = await queryTaskIndex(redis, [prefix], {
+          q: needle,
+          field: "prompt",
+          status,
+          limit: 7,
+          cursor,
+        });
+        assert.deepEqual(page.matched, ["prompt"]);
+        got.push(...page.items.map((t) => t.task_id));
+        cursor = page.next_cursor ?? undefined;
+      } while (cursor);
+      assert.deepEqual(got, want, `${needle} (${status ?? "any status"})`);
+    }
+  }
+  assert.ok(Object.keys(prompts).length === 400);
+});

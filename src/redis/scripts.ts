@@ -106,3 +106,21 @@ export const taskIndexPageScript = defineScript({
   keys: ["source", "status", "prompts"],
   args: ["max", "min", "limit", "budget", "needle", "check_status"],
 });
+
+/** A prompt search of the task index through its trigram bitmaps, exact, newest first. */
+export const taskIndexGramsScript = defineScript({
+  name: "task_index_grams",
+  keys: ["positions", "prompts", "status"],
+  args: [
+    "slots",
+    "blocks",
+    "block_bits",
+    "max",
+    "min",
+    "limit",
+    "needle",
+    "check_status",
+    "cap",
+  ],
+  extra: { keys: true }, // the bitmap blocks
+});

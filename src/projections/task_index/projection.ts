@@ -10,6 +10,7 @@ import {
 import {
   eventTime,
   evolveTaskIndex,
+  gramBits,
   type IndexDoc,
   type IndexedTask,
   indexSets,
@@ -28,7 +29,9 @@ import {
  * `indexTask` as the pure fold; then every task created before the trim floor (the newest event
  * time less VIEW_RETENTION_S) is dropped, in the batch or already stored (one ZRANGE BYLEX). Each
  * task's writes are the difference between its stored entry and its new one, so a status change
- * is one ZREM and one ZADD.
+ * is one ZREM and one ZADD, a new task a ZADD per set, its doc, prompt, position and one BITFIELD
+ * setting its trigram bits, and a trimmed task the reverse (its bits cleared, its bitmap block
+ * deleted with the block's last task).
  */
 async function planTaskIndex(
   { redis, prefix, viewTtlS }: PlanContext,
@@ -36,25 +39,28 @@ async function planTaskIndex(
 ): Promise<Op[]> {
   const keys = taskIndexKeys(prefix);
   const ids = [...new Set(events.map((e) => e.task_id))];
-  const [mark, raw] = await Promise.all([
-    redis.hget(keys.meta, "watermark"),
+  const [[mark, nextPosition], raw] = await Promise.all([
+    redis.hmget(keys.meta, "watermark", "next_position"),
     redis.hmget(keys.docs, ...ids),
   ]);
   const stored = new Map<string, IndexDoc>();
   ids.forEach((id, i) => raw[i] && stored.set(id, JSON.parse(raw[i]!) as IndexDoc));
   let watermark = mark === null ? null : Number(mark);
+  let position = Number(nextPosition ?? 0);
   const next = new Map<string, IndexedTask | undefined>();
   for (const event of events) {
     watermark = Math.max(watermark ?? -Infinity, eventTime(event));
     const floor = trimFloor(watermark, viewTtlS * 1000);
     const id = event.task_id;
-    // A stored task's prompt is not read back: only a new task's prompt is written.
+    // A stored task's prompt is not read back unless it is trimmed (below).
     const current = next.has(id)
       ? next.get(id)
       : stored.has(id)
       ? { ...stored.get(id)!, prompt: null }
       : undefined;
-    next.set(id, indexTask(current, event, floor));
+    const task = indexTask(current, event, { floor, position });
+    if (task && !current) position += 1;
+    next.set(id, task);
   }
   const lowest = memberFloor(trimFloor(watermark, viewTtlS * 1000));
   for (const [id, task] of next) if (task && task.member < lowest) next.set(id, undefined);
@@ -68,12 +74,89 @@ async function planTaskIndex(
       next.set(id, undefined);
     });
   }
+  const trimmed = [...next].filter(([id, task]) => !task && stored.has(id)).map(([id]) => id);
+  const [prompts, blockCounts] = trimmed.length
+    ? await Promise.all([redis.hmget(keys.prompts, ...trimmed), redis.hgetall(keys.gramBlocks)])
+    : [[], {}];
+  const trimmedPrompts = new Map(trimmed.map((id, i) => [id, prompts[i] ?? null]));
   const ops: Op[] = [];
-  for (const [id, task] of next) ops.push(...entryWrites(keys, id, stored.get(id), task));
-  if (watermark !== null && String(watermark) !== mark) {
-    ops.push(["HSET", keys.meta, "watermark", String(watermark)]);
+  const blocks = new Map<number, number>();
+  const bits = new GramBits();
+  for (const [id, task] of next) {
+    const before = stored.get(id);
+    ops.push(...entryWrites(keys, id, before, task));
+    if (before && !task) {
+      const { block, offsets } = gramBits(before.position, trimmedPrompts.get(id) ?? null);
+      bits.add(block, offsets, -1);
+      ops.push(["HDEL", keys.positions, before.position]);
+      blocks.set(block, (blocks.get(block) ?? 0) - 1);
+    } else if (task && !before) {
+      const { block, offsets } = gramBits(task.position, task.prompt);
+      bits.add(block, offsets, 1);
+      ops.push(["HSET", keys.positions, task.position, task.member]);
+      blocks.set(block, (blocks.get(block) ?? 0) + 1);
+    }
+  }
+  ops.push(...bits.writes(keys));
+  for (const [block, change] of blocks) {
+    if (change === 0) continue;
+    const count = Number((blockCounts as Record<string, string>)[block] ?? 0) + change;
+    // Counts only fall when tasks are trimmed, when the stored counts were read.
+    if (change < 0 && count <= 0) {
+      ops.push(["HDEL", keys.gramBlocks, block], ["DEL", keys.grams(block)]);
+    } else ops.push(["HINCRBY", keys.gramBlocks, block, change]);
+  }
+  if (
+    watermark !== null &&
+    (String(watermark) !== mark || String(position) !== (nextPosition ?? "0") || mark === null)
+  ) {
+    ops.push(["HSET", keys.meta, "watermark", String(watermark), "next_position", position]);
   }
   return ops;
+}
+
+/** Subcommands per BITFIELD op: project.lua unpacks an op onto Lua's stack (8,000 slots). */
+const BITFIELD_CHUNK = 1_000;
+
+/**
+ * A batch's trigram bit changes, summed per 32-bit word: a new task's bits are still 0 (its
+ * position is new) and a trimmed task's are 1, so setting is adding and clearing subtracting,
+ * and one BITFIELD INCRBY per word changes many tasks' bits at once (a bulk fold of thousands of
+ * tasks writes each row's words once, not each bit).
+ */
+class GramBits {
+  readonly #words = new Map<number, Map<number, number>>();
+
+  add(block: number, offsets: number[], sign: 1 | -1) {
+    let words = this.#words.get(block);
+    if (!words) this.#words.set(block, words = new Map());
+    for (const offset of offsets) {
+      const word = offset - (offset % 32);
+      words.set(word, (words.get(word) ?? 0) + sign * 2 ** (31 - (offset % 32)));
+    }
+  }
+
+  writes(keys: ReturnType<typeof taskIndexKeys>): Op[] {
+    const ops: Op[] = [];
+    for (const [block, words] of this.#words) {
+      const changes = [...words].filter(([, delta]) => delta !== 0).sort(([a], [b]) => a - b);
+      for (let i = 0; i < changes.length; i += BITFIELD_CHUNK) {
+        ops.push([
+          "BITFIELD",
+          keys.grams(block),
+          "OVERFLOW",
+          "WRAP",
+          ...changes.slice(i, i + BITFIELD_CHUNK).flatMap(([word, delta]) => [
+            "INCRBY",
+            "u32",
+            word,
+            delta,
+          ]),
+        ]);
+      }
+    }
+    return ops;
+  }
 }
 
 /** The writes that turn a task's stored entry (or none) into its new one (or none). */

@@ -1,9 +1,11 @@
 import type { Redis } from "ioredis";
 import { z } from "zod";
-import { taskIndexPageScript } from "../../redis/scripts.ts";
+import { taskIndexGramsScript, taskIndexPageScript } from "../../redis/scripts.ts";
 import { initialTaskView, type TaskView, taskViewKey, TaskViewSchema } from "../task_view/view.ts";
 import { TaskStatusSchema } from "../task_view/view.ts";
 import {
+  GRAM_BLOCK,
+  gramSlots,
   type IndexDoc,
   MEMBER_PATTERN,
   memberFloor,
@@ -22,6 +24,12 @@ export const DEFAULT_PAGE = 25;
  * check). A page that runs out of it holds fewer tasks than asked, with a next_cursor to go on.
  */
 export const SCAN_BUDGET = 20_000;
+/**
+ * Candidates a prompt search through the trigram bitmaps checks at most (each a prompt read);
+ * past it the needle narrows too little and the search walks the set instead, where matches are
+ * then dense enough to fill a page quickly (or the walk's budget bounds the page).
+ */
+export const GRAM_CANDIDATES = 5_000;
 
 /** What a search term is matched against; `any` tries the ids first, then the prompt. */
 export const SearchFieldSchema = z.enum([
@@ -217,8 +225,13 @@ function idSet(prefix: string, field: "video_id" | "user_id" | "idempotency_key"
 async function runWalk(
   redis: Redis,
   walk: Walk,
-  { max, min, limit, budget }: { max: string; min: string; limit: number; budget: number },
+  bounds: { max: string; min: string; limit: number; budget: number },
 ): Promise<WalkResult> {
+  if (walk.needle !== "") {
+    const found = await gramSearch(redis, walk, bounds);
+    if (found) return found;
+  }
+  const { max, min, limit, budget } = bounds;
   const keys = taskIndexKeys(walk.prefix);
   const [members, stop] = await taskIndexPageScript.run(redis, {
     keys: { source: walk.source, status: walk.status ?? walk.source, prompts: keys.prompts },
@@ -232,6 +245,39 @@ async function runWalk(
     },
   }) as [string[], string];
   return { members, stop: stop === "" ? null : stop };
+}
+
+/**
+ * A prompt search through the trigram bitmaps: exact and complete for the bounds, or null when
+ * the needle is shorter than a trigram or leaves more than GRAM_CANDIDATES candidates.
+ */
+async function gramSearch(
+  redis: Redis,
+  walk: Walk,
+  { max, min, limit }: { max: string; min: string; limit: number },
+): Promise<WalkResult | null> {
+  const slots = gramSlots(walk.needle);
+  if (slots.length === 0) return null;
+  const keys = taskIndexKeys(walk.prefix);
+  const blocks = (await redis.hkeys(keys.gramBlocks)).map(Number).sort((a, b) => b - a);
+  if (blocks.length === 0) return { members: [], stop: null };
+  // The walk's source is the status set when filtering by status: check membership of it.
+  const status = walk.source === keys.all ? null : walk.source;
+  const [members, mark] = await taskIndexGramsScript.run(redis, {
+    keys: { positions: keys.positions, prompts: keys.prompts, status: status ?? keys.all },
+    args: {
+      slots: slots.join(","),
+      blocks: blocks.join(","),
+      block_bits: GRAM_BLOCK,
+      max,
+      min,
+      limit,
+      needle: walk.needle,
+      check_status: status === null ? "0" : "1",
+      cap: GRAM_CANDIDATES,
+    },
+  }, { keys: blocks.map((b) => keys.grams(b)) }) as [string[], string];
+  return mark === "too-many" ? null : { members, stop: null };
 }
 
 /**

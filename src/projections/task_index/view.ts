@@ -28,8 +28,20 @@ export function taskIndexKeys(prefix: string) {
     docs: `${p}:docs`,
     /** Task id -> its prompt, normalised (searchPrompt), for substring search. */
     prompts: `${p}:prompts`,
-    /** `watermark`: the newest status event time folded (ms), from which the trim floor follows. */
+    /**
+     * `watermark`: the newest status event time folded (ms), from which the trim floor follows;
+     * `next_position`: the position the next indexed task gets.
+     */
     meta: `${p}:meta`,
+    /** Position -> index member, for the tasks a trigram lookup finds (hash). */
+    positions: `${p}:positions`,
+    /**
+     * The trigram bitmap of a block of GRAM_BLOCK positions (string): row `slot` holds one bit
+     * per position, set when that task's prompt has a trigram hashing to `slot`.
+     */
+    grams: (block: number | string) => `${p}:grams:${block}`,
+    /** Block -> tasks indexed in it (hash): a block's bitmap goes when its last task does. */
+    gramBlocks: `${p}:gram-blocks`,
     /** Every key of the index, as a SCAN pattern. */
     pattern: `${p}:*`,
   };
@@ -55,9 +67,45 @@ export const MEMBER_PATTERN = /^\d{13}:.+$/;
  */
 export const searchPrompt = (text: string) => text.toLowerCase().replace(/\s+/g, " ").trim();
 
+/**
+ * Trigram rows (hash slots) of the prompt bitmaps. With prompts of a few hundred characters
+ * (about 300 distinct trigrams) a row is set for about a quarter of the tasks, so a query of n
+ * trigrams leaves about 0.25^n of them as candidates to check.
+ */
+export const GRAM_SLOTS = 1024;
+/** Positions per bitmap block: a block's string is GRAM_SLOTS rows of GRAM_BLOCK bits (2 MB). */
+export const GRAM_BLOCK = 16_384;
+
+const utf8 = new TextEncoder();
+
+/**
+ * The trigram rows of a normalised text: every three consecutive UTF-8 bytes, hashed (FNV-1a) to
+ * one of GRAM_SLOTS rows, distinct and sorted. Empty below three bytes.
+ */
+export function gramSlots(text: string): number[] {
+  const bytes = utf8.encode(text);
+  const slots = new Set<number>();
+  for (let i = 0; i + 2 < bytes.length; i++) {
+    let h = 0x811c9dc5;
+    for (let j = i; j < i + 3; j++) h = Math.imul(h ^ bytes[j], 0x01000193);
+    slots.add((h >>> 0) % GRAM_SLOTS);
+  }
+  return [...slots].sort((a, b) => a - b);
+}
+
+/** A task's bitmap block and its bit offsets there (one per trigram row of its prompt). */
+export function gramBits(position: number, prompt: string | null) {
+  const block = Math.floor(position / GRAM_BLOCK);
+  const column = position % GRAM_BLOCK;
+  const offsets = prompt === null ? [] : gramSlots(prompt).map((s) => s * GRAM_BLOCK + column);
+  return { block, offsets };
+}
+
 /** One indexed task. */
 export interface IndexedTask {
   member: string;
+  /** Its column in the trigram bitmaps: tasks are numbered as they are indexed, from 0. */
+  position: number;
   status: TaskStatus;
   video_id: string;
   user_id: string;
@@ -74,6 +122,8 @@ export interface TaskIndexState {
   retention_ms: number;
   /** The newest status event time folded (ms), or null before any. */
   watermark: number | null;
+  /** The position the next indexed task gets. */
+  next_position: number;
   tasks: Record<string, IndexedTask>;
 }
 
@@ -81,7 +131,7 @@ export interface TaskIndexState {
 const DEFAULT_RETENTION_S = 2_592_000;
 
 export function initialTaskIndex(retentionS = DEFAULT_RETENTION_S): TaskIndexState {
-  return { retention_ms: retentionS * 1000, watermark: null, tasks: {} };
+  return { retention_ms: retentionS * 1000, watermark: null, next_position: 0, tasks: {} };
 }
 
 /** An event's time in ms (its entry id's time if `at` does not parse, so a fold never gets NaN). */
@@ -103,13 +153,14 @@ export const trimFloor = (watermark: number | null, retentionMs: number) =>
 export function indexTask(
   task: IndexedTask | undefined,
   event: StoredEvent,
-  floor: number,
+  { floor, position }: { floor: number; position: number },
 ): IndexedTask | undefined {
   if (event.type === "task.queued" && !task) {
     const created = eventTime(event);
     if (created < floor) return undefined;
     return {
       member: indexMember(created, event.task_id),
+      position,
       status: taskStatusAfter("queued", event),
       video_id: event.data.video_id,
       user_id: event.data.user_id,
@@ -134,11 +185,13 @@ export function evolveTaskIndex(state: TaskIndexState, event: StoredEvent): Task
   const watermark = Math.max(state.watermark ?? -Infinity, eventTime(event));
   const floor = trimFloor(watermark, state.retention_ms);
   const tasks = { ...state.tasks };
-  const next = indexTask(tasks[event.task_id], event, floor);
+  const before = tasks[event.task_id];
+  const next = indexTask(before, event, { floor, position: state.next_position });
   if (next) tasks[event.task_id] = next;
   const lowest = memberFloor(floor);
   for (const [id, task] of Object.entries(tasks)) if (task.member < lowest) delete tasks[id];
-  return { ...state, watermark, tasks };
+  const next_position = state.next_position + (next && !before ? 1 : 0);
+  return { ...state, watermark, next_position, tasks };
 }
 
 /** The sorted sets an indexed task is a member of. */
@@ -164,14 +217,23 @@ export function indexContents(state: TaskIndexState, prefix: string) {
   const sets: Record<string, string[]> = {};
   const docs: Record<string, string> = {};
   const prompts: Record<string, string> = {};
+  const positions: Record<string, string> = {};
+  /** Block key -> the offsets of its set bits, sorted. */
+  const grams: Record<string, number[]> = {};
+  const blocks: Record<string, string> = {};
   for (const [id, task] of Object.entries(state.tasks)) {
     for (const set of indexSets(keys, task)) (sets[set] ??= []).push(task.member);
     docs[id] = JSON.stringify(toDoc(task));
     if (task.prompt !== null) prompts[id] = task.prompt;
+    positions[task.position] = task.member;
+    const { block, offsets } = gramBits(task.position, task.prompt);
+    blocks[block] = String(Number(blocks[block] ?? 0) + 1);
+    if (offsets.length) (grams[keys.grams(block)] ??= []).push(...offsets);
   }
   for (const members of Object.values(sets)) members.sort();
+  for (const offsets of Object.values(grams)) offsets.sort((a, b) => a - b);
   const meta: Record<string, string> = state.watermark === null
     ? {}
-    : { watermark: String(state.watermark) };
-  return { sets, docs, prompts, meta };
+    : { watermark: String(state.watermark), next_position: String(state.next_position) };
+  return { sets, docs, prompts, meta, positions, grams, blocks };
 }
