@@ -85,6 +85,15 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
     z.object({ error: z.string(), attempts: z.number().int(), dead_letter_entry: z.string() }),
   ),
   base(
+    "task.dead_letter_deleted",
+    z.object({
+      /** The dead letter an operator deleted for good (it will not be redriven). */
+      dead_letter_entry: z.string(),
+      requested_by: z.string(),
+      reason: z.string(),
+    }),
+  ),
+  base(
     "callback.attempted",
     z.object({
       webhook_id: z.string(),

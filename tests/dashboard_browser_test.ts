@@ -298,6 +298,36 @@ Deno.test({
         },
       );
 
+      await t.step(
+        "a dead letter is inspected, then deleted for good, and that is recorded",
+        async () => {
+          broken.on = true;
+          const taskId = await post({ video_id: "broken-delete" });
+          const letter = await waitFor(async () => (await view(base, taskId))?.dead_letter_entry, {
+            what: "the dead letter",
+          });
+          await page.goto(`${base}/dashboard/dead-letters`);
+          await page.click(`a[href="/dashboard/dead-letters/${letter}"]`);
+          assert.match(await page.textContent("pre.json") ?? "", /m\*\*\*@example\.com/);
+          await page.click("button[formaction$='/dead-letters/delete']");
+          await page.waitForSelector("[data-testid=confirm]");
+          await page.fill("#reason", "a test prompt, not worth redoing");
+          await page.click("[data-testid=confirm] button[type=submit]");
+          await page.waitForSelector("[data-testid=deletions]");
+          assert.match(await page.textContent("main") ?? "", /Deleted 1 dead letter/);
+          const events = await env.services.store.timeline(taskId);
+          const deleted = events.find((e) => e.type === "task.dead_letter_deleted");
+          assert.deepEqual(deleted?.data, {
+            requested_by: "dashboard",
+            reason: "a test prompt, not worth redoing",
+            dead_letter_entry: letter,
+          });
+          await page.goto(`${base}/dashboard/dead-letters`);
+          assert.equal(await page.locator(`tr[data-dead-letter="${letter}"]`).count(), 0);
+          assertClean(watch);
+        },
+      );
+
       await t.step("a mutation without the session's CSRF token is refused", async () => {
         const letterless = await page.request.post(`${base}/dashboard/replay/rebuild`, {
           form: { confirm: "yes" },

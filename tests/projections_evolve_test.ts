@@ -123,6 +123,30 @@ Deno.test("task view: a reprocess starts a new run with no steps, error or dead 
   });
 });
 
+Deno.test("task view: a deleted dead letter leaves the task failed with nothing to redrive", () => {
+  const deadLettered = on("t1", "task.dead_lettered", {
+    error: "Provider down",
+    attempts: 3,
+    dead_letter_entry: "9-0",
+  });
+  const deleted = (entry: string) =>
+    on("t1", "task.dead_letter_deleted", {
+      dead_letter_entry: entry,
+      requested_by: "maya",
+      reason: "bad input",
+    });
+  const history = [queued("t1"), started("t1"), failed("t1", true), deadLettered];
+  given(taskView, history).when(deleted("9-0")).then((view) => {
+    assert.equal(view?.status, "failed");
+    assert.equal(view?.dead_letter_entry, null);
+    assert.equal(view?.error?.message, "Provider down");
+  });
+  // Another (older) dead letter's deletion leaves the current one.
+  given(taskView, history).when(deleted("8-0")).then((view) => {
+    assert.equal(view?.dead_letter_entry, "9-0");
+  });
+});
+
 Deno.test("task view: completion records the result and step durations", () => {
   given(taskView, [queued("t1"), started("t1"), stepCompleted("t1", "reframe")])
     .when(stepCompleted("t1", "scenes"), completed("t1"))
@@ -306,6 +330,11 @@ Deno.test("every projection leaves its state alone for the events it does not ha
       error: "x",
       attempts: 3,
       dead_letter_entry: "9-0",
+    }),
+    "task.dead_letter_deleted": on("t1", "task.dead_letter_deleted", {
+      dead_letter_entry: "9-0",
+      requested_by: "maya",
+      reason: "x",
     }),
     "callback.attempted": on("t1", "callback.attempted", {
       webhook_id: "m",

@@ -20,6 +20,7 @@ import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { TaskList, TaskListQuery } from "../projections/task_index/query.ts";
 import {
+  deleteDeadLetters,
   getDeadLetter,
   listDeadLetters,
   redrive,
@@ -36,7 +37,12 @@ import {
   requireSession,
 } from "./auth.ts";
 import { ConfirmPage, replayable } from "./pages/confirm.tsx";
-import { DeadLetterPage, DeadLettersPage, OutcomeTable } from "./pages/dead_letters.tsx";
+import {
+  DeadLetterPage,
+  DeadLettersPage,
+  DeletionTable,
+  OutcomeTable,
+} from "./pages/dead_letters.tsx";
 import { overviewData, OverviewPage, OverviewRegion } from "./pages/overview.tsx";
 import { RebuildRegion, ReplayPage } from "./pages/replay.tsx";
 import { SignInPage } from "./pages/sign_in.tsx";
@@ -344,6 +350,67 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
         button="Redrive"
       >
         <OutcomeTable outcomes={outcomes} dryRun />
+      </ConfirmPage>,
+    );
+  });
+
+  dash.post("/dead-letters/delete", requireMutation(forbidden), async (c) => {
+    const form = await c.req.parseBody({ all: true });
+    const ids = list(form.ids).filter((id) => /^\d+-\d+$/.test(id));
+    if (!ids.length) {
+      return page(
+        c,
+        "Delete",
+        "dead-letters",
+        <Notice kind="error">Select dead letters first</Notice>,
+        400,
+      );
+    }
+    const confirmed = form.confirm === "yes";
+    const reason = text(form.reason) || "dead-letter deleted";
+    const deletions = await deleteDeadLetters(store, ids, {
+      requestedBy: "dashboard",
+      reason,
+      dryRun: !confirmed,
+      now: now(),
+    });
+    if (confirmed) {
+      const done = deletions.filter((d) => !d.skipped).length;
+      return page(
+        c,
+        "Deleted",
+        "dead-letters",
+        <>
+          <h1>Delete</h1>
+          <Notice kind="ok">
+            Deleted {done} dead letter(s), {deletions.length - done} skipped
+          </Notice>
+          <DeletionTable deletions={deletions} dryRun={false} />
+          <p>
+            <a href={`${BASE}/dead-letters`}>Back to the dead letters</a>
+          </p>
+        </>,
+      );
+    }
+    return page(
+      c,
+      "Delete",
+      "dead-letters",
+      <ConfirmPage
+        title={`Delete ${ids.length} dead letter(s) for good?`}
+        action={`${BASE}/dead-letters/delete`}
+        fields={ids.map((id) => ["ids", id])}
+        csrf={c.get("session").csrf}
+        cancel={`${BASE}/dead-letters`}
+        reason={reason}
+        button="Delete"
+        danger
+      >
+        <p>
+          Their tasks stay failed; they can still be reprocessed (Replay) while their request is in
+          the log.
+        </p>
+        <DeletionTable deletions={deletions} dryRun />
       </ConfirmPage>,
     );
   });

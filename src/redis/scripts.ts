@@ -100,6 +100,13 @@ export const reprocessScript = defineScript({
   ],
 });
 
+/** Deletes a dead letter for good, recording task.dead_letter_deleted in its task's timeline. */
+export const deleteDeadLetterScript = defineScript({
+  name: "delete_dead_letter",
+  keys: ["dead_letters", "events", "timeline"],
+  args: ["entry", "task_id", "at", "data", "timeline_ttl_s"],
+});
+
 /** One page of a task index set, newest first, filtered by status and prompt substring. */
 export const taskIndexPageScript = defineScript({
   name: "task_index_page",

@@ -1,5 +1,5 @@
 /** Page 4, dead letters: list, inspect, and the confirmation and outcome of an action. */
-import type { DeadLetter, Outcome } from "../../replay/reprocess.ts";
+import type { DeadLetter, Deletion, Outcome } from "../../replay/reprocess.ts";
 import { maskEmails } from "../../log.ts";
 import type { Role } from "../session.ts";
 import { BASE, StatusBadge, Time } from "../ui.tsx";
@@ -94,6 +94,15 @@ export function DeadLettersPage(
             {admin && (
               <p class="actions">
                 <button type="submit" name="action" value="redrive">Redrive selected…</button>
+                <button
+                  type="submit"
+                  name="action"
+                  value="delete"
+                  formaction={`${BASE}/dead-letters/delete`}
+                  class="danger"
+                >
+                  Delete selected…
+                </button>
               </p>
             )}
           </form>
@@ -146,6 +155,9 @@ export function DeadLetterPage(
           <input type="hidden" name="_csrf" value={csrf} />
           <input type="hidden" name="ids" value={letter.id} />
           <button type="submit">Redrive…</button>
+          <button type="submit" formaction={`${BASE}/dead-letters/delete`} class="danger">
+            Delete…
+          </button>
         </form>
       )}
       <h2>Request (e-mail masked)</h2>
@@ -183,6 +195,36 @@ export function OutcomeTable(
                 <StatusBadge status={o.status} />
               </td>
               <td>{o.skipped ? `skip: ${o.skipped}` : `start run ${o.run}`}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+/** What deleting dead letters did (or would do). */
+export function DeletionTable({ deletions, dryRun }: { deletions: Deletion[]; dryRun: boolean }) {
+  return (
+    <div class="scroll">
+      <table data-testid="deletions">
+        <thead>
+          <tr>
+            <th scope="col">Dead letter</th>
+            <th scope="col">Task</th>
+            <th scope="col">{dryRun ? "Would" : "Did"}</th>
+          </tr>
+        </thead>
+        <tbody>
+          {deletions.map((d) => (
+            <tr>
+              <td>{d.dead_letter}</td>
+              <td>
+                {d.task_id
+                  ? <a href={`${BASE}/tasks/${encodeURIComponent(d.task_id)}`}>{d.task_id}</a>
+                  : "–"}
+              </td>
+              <td>{d.skipped ? `skip: ${d.skipped}` : dryRun ? "delete" : "deleted"}</td>
             </tr>
           ))}
         </tbody>

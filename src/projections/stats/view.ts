@@ -141,6 +141,7 @@ export function statsChange(previous: TaskStatus | undefined, event: StoredEvent
     case "step.started":
     case "scenes.generated":
     case "callback.attempted":
+    case "task.dead_letter_deleted":
       return { counters: {} };
     case "callback.delivered":
       return { counters: { callbacks_delivered: 1 } };

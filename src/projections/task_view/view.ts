@@ -171,6 +171,11 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
       };
     case "task.dead_lettered":
       return { ...next, dead_letter_entry: event.data.dead_letter_entry };
+    case "task.dead_letter_deleted":
+      // Deleted for good: nothing left to redrive (the task stays failed).
+      return view.dead_letter_entry === event.data.dead_letter_entry
+        ? { ...next, dead_letter_entry: null }
+        : next;
     case "callback.attempted":
     case "callback.delivered":
     case "callback.failed":
