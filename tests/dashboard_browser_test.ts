@@ -86,6 +86,7 @@ Deno.test({
     };
 
     let browser: Browser | null = null;
+    let firstTask: string | null = null;
     try {
       browser = await launchBrowser();
       const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
@@ -117,6 +118,7 @@ Deno.test({
 
       await t.step("every page loads with no console error and no failed request", async () => {
         const done = await post({ video_id: "vid-pages", prompt: "A calm ad. Three scenes." });
+        firstTask = done;
         await waitFor(async () => (await view(base, done))?.status === "completed");
         const pages = [
           ["overview", "/dashboard"],
@@ -324,6 +326,40 @@ Deno.test({
           });
           await page.goto(`${base}/dashboard/dead-letters`);
           assert.equal(await page.locator(`tr[data-dead-letter="${letter}"]`).count(), 0);
+          assertClean(watch);
+        },
+      );
+
+      await t.step(
+        "replay: a confirmed rebuild shows its progress; a reprocess dry run",
+        async () => {
+          await page.goto(`${base}/dashboard/replay`);
+          await page.click("form[action$='/replay/rebuild'] button");
+          await page.waitForSelector("[data-testid=confirm]");
+          await page.click("[data-testid=confirm] button[type=submit]");
+          await page.waitForURL(`${base}/dashboard/replay`);
+          // The list of rebuilds refreshes itself until this one is done.
+          await markPage(page);
+          await page.waitForSelector("[data-testid=rebuild-jobs] li[data-state=done]", {
+            timeout: 15_000,
+          });
+          assert.match(
+            await page.textContent("[data-testid=rebuild-jobs]") ?? "",
+            /generation 0 → 1/,
+          );
+          assert.ok(await stillMarked(page), "progress arrived without a reload");
+          await screenshot(page, "replay-rebuilt");
+          // Everything finished: a dry run of "reprocess the completed ones" lists them, changes nothing.
+          const before = (await env.services.store.timeline(firstTask!)).length;
+          await page.selectOption("#status", "completed");
+          await page.click("form[action$='/replay/reprocess'] button[type=submit]");
+          await page.waitForSelector("[data-testid=confirm]");
+          assert.match(await page.textContent("[data-testid=outcomes]") ?? "", /start run 2/);
+          assert.match(await page.textContent("main") ?? "", /Dry run: nothing has changed yet/);
+          await screenshot(page, "reprocess-dry-run");
+          assert.equal((await env.services.store.timeline(firstTask!)).length, before);
+          await page.click("[data-testid=confirm] a.button");
+          await page.waitForURL(`${base}/dashboard/replay`);
           assertClean(watch);
         },
       );

@@ -11,6 +11,8 @@ import {
   SIGN_IN_PER_MINUTE,
 } from "../src/dashboard/session.ts";
 import { loadConfig } from "../src/config.ts";
+import { waterfall } from "../src/dashboard/waterfall.ts";
+import type { StoredEvent } from "../src/events.ts";
 import { createLogger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
 import { waitReady } from "../src/redis/client.ts";
@@ -94,13 +96,19 @@ Deno.test("sign-in sets an HttpOnly, SameSite=Strict, expiring cookie; Secure ov
 
   // The session is in Redis under the prefix, by the hash of its id, with the TTL.
   const id = cookieOf(res).split("=")[1];
-  const [, stored] = await env.services.redis.scan(
-    0,
-    "MATCH",
-    `{${env.prefix}}:dashboard-session:*`,
-    "COUNT",
-    1000,
-  );
+  const stored: string[] = [];
+  let cursor = "0";
+  do {
+    const [next, found] = await env.services.redis.scan(
+      cursor,
+      "MATCH",
+      `{${env.prefix}}:dashboard-session:*`,
+      "COUNT",
+      10_000,
+    );
+    stored.push(...found);
+    cursor = next;
+  } while (cursor !== "0");
   assert.equal(stored.length, 1);
   assert.ok(!stored[0].includes(id), "the key does not hold the cookie's id");
   const ttl = await env.services.redis.ttl(stored[0]);
@@ -125,6 +133,11 @@ Deno.test("pages need a session; sign-out revokes it on the server", async () =>
   const fragment = await app.request("/dashboard", { headers: { "x-dashboard-fragment": "1" } });
   assert.equal(fragment.status, 401);
   await fragment.body?.cancel();
+  for (const path of ["/dashboard/live/events", "/dashboard/live/tasks/t1"]) {
+    const live = await app.request(path);
+    assert.equal(live.status, 401, path);
+    await live.body?.cancel();
+  }
   const forged = await app.request("/dashboard", {
     headers: { cookie: `${SESSION_COOKIE}=not-a-session` },
   });
@@ -244,4 +257,53 @@ Deno.test("the tokens never reach the log, a URL or a page", async () => {
     await deleteMatching(services.redis, services.keys.pattern);
     await services.close();
   }
+});
+
+Deno.test("waterfall: queue wait, then each step attempt on the run's time axis, failures marked", () => {
+  const at = (ms: number) => new Date(Date.UTC(2026, 11, 1, 12, 0, 0, ms)).toISOString();
+  let n = 0;
+  const e = (ms: number, type: string, data: Record<string, unknown>) =>
+    ({ id: `${++n}-0`, task_id: "t1", type, at: at(ms), data }) as unknown as StoredEvent;
+  const history = [
+    e(0, "task.queued", { video_id: "v", user_id: "u", is_revision: false, webhook_entry: "1-0" }),
+    e(40, "task.started", { attempt: 1, worker: "w" }),
+    e(40, "step.started", { step: "reframe", attempt: 1 }),
+    e(140, "task.failed", {
+      error: "timeout",
+      step: "reframe",
+      retryable: true,
+      attempt: 1,
+      final: false,
+    }),
+    e(300, "task.started", { attempt: 2, worker: "w" }),
+    e(300, "step.started", { step: "reframe", attempt: 2 }),
+    e(350, "step.completed", { step: "reframe", attempt: 2, duration_ms: 48, output: {} }),
+    e(350, "step.started", { step: "scenes", attempt: 2 }),
+  ];
+  const w = waterfall(history);
+  assert.equal(w.run, 1);
+  assert.deepEqual(
+    w.bars.map((b) => [b.label, b.attempt, b.startMs, b.endMs, b.state]),
+    [
+      ["queue", null, 0, 40, "done"],
+      ["reframe", 1, 40, 140, "failed"],
+      ["reframe", 2, 300, 350, "done"],
+      ["scenes", 2, 350, null, "running"],
+    ],
+  );
+  assert.equal(w.bars[1].note, "timeout");
+  assert.equal(w.spanMs, 350);
+  // A reprocess starts a new run: only its events count, from its request.
+  const rerun = waterfall([
+    ...history,
+    e(1000, "task.reprocess_requested", {
+      run: 2,
+      requested_by: "maya",
+      reason: "r",
+      source: "replay",
+    }),
+    e(1010, "task.started", { attempt: 1, worker: "w" }),
+  ]);
+  assert.equal(rerun.run, 2);
+  assert.deepEqual(rerun.bars.map((b) => [b.label, b.startMs, b.endMs]), [["queue", 0, 10]]);
 });

@@ -212,7 +212,9 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
     const session = c.get("session");
     const detail = await taskDetail({ redis, keys, store }, c.req.param("task_id"), session.role);
     if (!detail) return notFound(c, "No such task");
-    if (fragment(c)) return c.html(<TaskRegion detail={detail} />);
+    if (fragment(c)) {
+      return c.html(<TaskRegion detail={detail} role={session.role} csrf={session.csrf} />);
+    }
     return page(
       c,
       `Task ${detail.view.task_id}`,

@@ -239,10 +239,19 @@ function Callbacks({ events }: { events: StoredEvent[] }) {
 }
 
 /** The live part of the task page: refreshed on each of the task's events until it ends. */
-export function TaskRegion({ detail }: { detail: TaskDetail }) {
+export function TaskRegion(
+  { detail, role, csrf }: { detail: TaskDetail; role: Role; csrf: string },
+) {
   const { view } = detail;
+  const path = `${BASE}/tasks/${encodeURIComponent(view.task_id)}`;
   return (
     <>
+      {role === "admin" && FINAL.has(view.status) && (
+        <form method="post" action={`${path}/reprocess`} class="actions">
+          <input type="hidden" name="_csrf" value={csrf} />
+          <button type="submit" id="reprocess">Reprocess…</button>
+        </form>
+      )}
       <dl class="figures">
         <div class="figure">
           <dt>Status</dt>
@@ -350,18 +359,12 @@ export function TaskPage(
         video <code>{view.video_id}</code> · user <code>{view.user_id}</code>
         {view.is_revision && " · revision"}
       </p>
-      {role === "admin" && FINAL.has(view.status) && (
-        <form method="post" action={`${path}/reprocess`} class="actions">
-          <input type="hidden" name="_csrf" value={csrf} />
-          <button type="submit">Reprocess…</button>
-        </form>
-      )}
       <Live
         id="task"
         src={live ? `${BASE}/live/tasks/${encodeURIComponent(view.task_id)}` : undefined}
         refresh={path}
       >
-        <TaskRegion detail={detail} />
+        <TaskRegion detail={detail} role={role} csrf={csrf} />
       </Live>
     </>
   );

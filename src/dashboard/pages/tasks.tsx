@@ -1,6 +1,11 @@
 /** Page 2, tasks: newest first, filtered, searched, paged by cursor (the task index's query). */
 import { ZodError } from "zod";
-import { MAX_PAGE, type TaskList, type TaskListQuery } from "../../projections/task_index/query.ts";
+import {
+  DEFAULT_PAGE,
+  MAX_PAGE,
+  type TaskList,
+  type TaskListQuery,
+} from "../../projections/task_index/query.ts";
 import { indexMember, memberTime } from "../../projections/task_index/view.ts";
 import type { TaskView } from "../../projections/task_view/view.ts";
 import { BASE, Live, StatusBadge, Time } from "../ui.tsx";
@@ -102,10 +107,19 @@ export function tasksUrl(filters: TaskFilters, cursor: string | null): string {
 }
 
 export function TasksRegion({ list, filters }: { list: TaskList; filters: TaskFilters }) {
+  // A prompt search looks at a bounded number of tasks a page: it may stop short with more to see.
+  const short = list.next_cursor !== null &&
+    list.items.length < (Number(filters.limit) || DEFAULT_PAGE);
+  const searchedTo = short ? new Date(memberTime(list.next_cursor!)).toISOString() : null;
   return (
     <>
+      {searchedTo && (
+        <p class="muted">
+          Searched back to <Time at={searchedTo} />; older tasks may match too: see "Older tasks".
+        </p>
+      )}
       {list.items.length === 0
-        ? <p data-testid="no-tasks">No tasks match.</p>
+        ? <p data-testid="no-tasks">{searchedTo ? "No match so far." : "No tasks match."}</p>
         : (
           <div class="scroll">
             <table data-testid="tasks">
