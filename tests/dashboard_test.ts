@@ -150,6 +150,11 @@ Deno.test("pages need a session; sign-out revokes it on the server", async () =>
   assert.match(html, /<h1>Overview<\/h1>/);
   assert.equal(overview.headers.get("cache-control"), "no-store");
   assert.match(overview.headers.get("content-security-policy")!, /script-src 'self'/);
+  // A HEAD of a live stream gets its head, not a stream left open.
+  const head = await app.request("/dashboard/live/events", { method: "HEAD", headers: { cookie } });
+  assert.equal(head.status, 200);
+  assert.equal(head.headers.get("content-type"), "text/event-stream");
+  assert.equal(await head.text(), "");
 
   const csrf = await csrfOf(env, cookie);
   const out = await post(env, "/dashboard/sign-out", cookie, { _csrf: csrf });
@@ -306,4 +311,25 @@ Deno.test("waterfall: queue wait, then each step attempt on the run's time axis,
   ]);
   assert.equal(rerun.run, 2);
   assert.deepEqual(rerun.bars.map((b) => [b.label, b.startMs, b.endMs]), [["queue", 0, 10]]);
+});
+
+Deno.test("with Redis unreachable the dashboard answers a 503 page, not a stack trace", async () => {
+  const config = loadConfig({
+    KEY_PREFIX: uniquePrefix("dash-down"),
+    ADMIN_TOKEN: ADMIN,
+    REDIS_URL: "redis://127.0.0.1:1",
+  });
+  const services = createServices(config, createLogger("error", {}, () => {}));
+  try {
+    const res = await services.app.request("/dashboard/sign-in", {
+      method: "POST",
+      body: new URLSearchParams({ token: ADMIN }),
+    });
+    assert.equal(res.status, 503);
+    assert.equal(res.headers.get("retry-after"), "1");
+    assert.match(res.headers.get("content-type")!, /text\/html/);
+    assert.match(await res.text(), /unreachable/);
+  } finally {
+    await services.close();
+  }
 });

@@ -13,6 +13,7 @@ import { deleteCookie, getCookie, setCookie } from "hono/cookie";
 import type { Child } from "hono/jsx";
 import type { Redis } from "ioredis";
 import { redriveProblem, replayProblem } from "../cli/rules.ts";
+import { ProblemError, UnavailableError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { HealthReport } from "../http/health.ts";
 import { clientAddress } from "../http/webhook_route.ts";
@@ -144,6 +145,8 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
       log.warn("Dashboard sign-in refused", { reason: "wrong token" });
       return c.html(<SignInPage error="That token is not valid" />, 401);
     }
+    // A new session id at each sign-in (no fixation); the browser's previous session ends.
+    await sessions.revoke(getCookie(c, SESSION_COOKIE));
     const { id } = await sessions.create(role, now());
     setCookie(c, SESSION_COOKIE, id, {
       path: BASE,
@@ -168,8 +171,13 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   });
 
   // Live: the SSE routes' own handlers, behind the session instead of a token in the URL.
-  dash.get("/live/events", (c) => deps.live.all(c));
-  dash.get("/live/tasks/:task_id", (c) => deps.live.task(c));
+  // HEAD gets the head only: a stream opened for it would never be read or closed.
+  const head = (c: Context) => c.body(null, 200, { "content-type": "text/event-stream" });
+  dash.get("/live/events", (c) => c.req.method === "HEAD" ? head(c) : deps.live.all(c));
+  dash.get(
+    "/live/tasks/:task_id",
+    (c) => c.req.method === "HEAD" ? head(c) : deps.live.task(c),
+  );
 
   dash.get("/", async (c) => {
     const data = await overviewData({
@@ -522,6 +530,23 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
         <p>Dry run: nothing has changed yet.</p>
         <OutcomeTable outcomes={outcomes} dryRun />
       </ConfirmPage>,
+    );
+  });
+
+  // A page, not problem+json: a refusal says why; anything else is Redis failing (as the API's
+  // fromRedis treats it), answered 503 with Retry-After.
+  dash.onError((error, c) => {
+    const problem = error instanceof ProblemError ? error : new UnavailableError(error);
+    if (!(error instanceof ProblemError)) {
+      log.error("Dashboard request failed", { path: c.req.path, error: String(error) });
+    }
+    if (problem.status === 503) c.header("retry-after", "1");
+    return c.html(
+      <Layout title={problem.title} page="overview" session={c.get("session") ?? null}>
+        <h1>{problem.title}</h1>
+        <Notice kind="error">{problem.message}</Notice>
+      </Layout>,
+      problem.status as 503,
     );
   });
 
