@@ -18,6 +18,7 @@ import type { EventStore } from "../event_store.ts";
 import type { HealthReport } from "../http/health.ts";
 import { clientAddress } from "../http/webhook_route.ts";
 import type { Keys } from "../keys.ts";
+import { viewGeneration } from "../queries.ts";
 import type { Logger } from "../log.ts";
 import type { TaskList, TaskListQuery } from "../projections/task_index/query.ts";
 import {
@@ -427,17 +428,19 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
 
   dash.get("/replay", async (c) => {
     const session = c.get("session");
-    if (fragment(c)) return c.html(<RebuildRegion jobs={jobs.list()} />);
+    // Whatever process runs it, a rebuild holds the lock; the generation says where readers are.
+    const [locked, generation, eventCount] = await Promise.all([
+      redis.exists(keys.rebuildLock),
+      viewGeneration(redis, keys),
+      redis.xlen(keys.eventStream),
+    ]);
+    const state = { jobs: jobs.list(), elsewhere: locked === 1, generation };
+    if (fragment(c)) return c.html(<RebuildRegion {...state} />);
     return page(
       c,
       "Replay",
       "replay",
-      <ReplayPage
-        jobs={jobs.list()}
-        role={session.role}
-        csrf={session.csrf}
-        eventCount={await redis.xlen(keys.eventStream)}
-      />,
+      <ReplayPage {...state} role={session.role} csrf={session.csrf} eventCount={eventCount} />,
     );
   });
 

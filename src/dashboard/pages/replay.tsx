@@ -18,7 +18,7 @@ function JobRow({ job }: { job: RebuildJob }) {
       )}
       {job.result && (
         <span class="muted">
-          — generation {job.result.from_generation} → {job.result.generation}, {job.result.seconds}
+          , generation {job.result.from_generation} → {job.result.generation}, {job.result.seconds}
           {" "}
           s ({job.result.events_per_second}/s)
         </span>
@@ -28,25 +28,43 @@ function JobRow({ job }: { job: RebuildJob }) {
   );
 }
 
-export function RebuildRegion({ jobs }: { jobs: RebuildJob[] }) {
-  if (!jobs.length) return <p class="muted">No rebuild started from this server process yet.</p>;
+/** What the page knows of rebuilds: this process's jobs, and the lock any process's holds. */
+export interface RebuildState {
+  jobs: RebuildJob[];
+  /** The rebuild lock is held: a rebuild runs (maybe started by another process or the CLI). */
+  elsewhere: boolean;
+  /** The view generation readers use now. */
+  generation: number;
+}
+
+export function RebuildRegion({ jobs, elsewhere, generation }: RebuildState) {
+  const mine = jobs.some((j) => !j.finished_at);
   return (
-    <ul class="jobs" data-testid="rebuild-jobs">
-      {jobs.map((job) => <JobRow job={job} />)}
-    </ul>
+    <>
+      <p>
+        Views in use: generation {generation}.{" "}
+        {elsewhere && !mine && <strong>A rebuild is running (started elsewhere).</strong>}
+      </p>
+      {jobs.length
+        ? (
+          <ul class="jobs" data-testid="rebuild-jobs">
+            {jobs.map((job) => <JobRow job={job} />)}
+          </ul>
+        )
+        : <p class="muted">No rebuild started from this server process yet.</p>}
+    </>
   );
 }
 
 export function ReplayPage(
-  { jobs, role, csrf, eventCount }: {
-    jobs: RebuildJob[];
+  { role, csrf, eventCount, ...state }: RebuildState & {
     role: Role;
     csrf: string;
     eventCount: number;
   },
 ) {
   const admin = role === "admin";
-  const running = jobs.some((j) => !j.finished_at);
+  const running = state.elsewhere || state.jobs.some((j) => !j.finished_at);
   return (
     <>
       <h1>Replay</h1>
@@ -68,7 +86,7 @@ export function ReplayPage(
           </form>
         )}
         <Live id="rebuilds" refresh={`${BASE}/replay`} pollMs={running ? 500 : undefined}>
-          <RebuildRegion jobs={jobs} />
+          <RebuildRegion {...state} />
         </Live>
       </section>
       {admin && (
