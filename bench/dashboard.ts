@@ -10,6 +10,7 @@ import type { Redis } from "ioredis";
 import { loadConfig } from "../src/config.ts";
 import type { StoredEvent } from "../src/events.ts";
 import { createLogger } from "../src/log.ts";
+import { applyWrites } from "../src/projections/definition.ts";
 import { taskIndex } from "../src/projections/task_index/projection.ts";
 import { queryTaskIndex, type TaskListQuery } from "../src/projections/task_index/query.ts";
 import { taskIndexKeys } from "../src/projections/task_index/view.ts";
@@ -129,10 +130,10 @@ async function fold(
 ) {
   const handled = events.filter((e) => projection.handles.includes(e.type));
   for (let i = 0; i < handled.length; i += 5_000) {
-    const ops = await projection.plan({ redis, prefix, viewTtlS }, handled.slice(i, i + 5_000));
-    const pipeline = redis.pipeline();
-    for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
-    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    await applyWrites(
+      redis,
+      await projection.plan({ redis, prefix, viewTtlS }, handled.slice(i, i + 5_000)),
+    );
   }
 }
 

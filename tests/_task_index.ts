@@ -1,5 +1,6 @@
 import type { Redis } from "ioredis";
 import type { StoredEvent } from "../src/events.ts";
+import { applyWrites } from "../src/projections/definition.ts";
 import { taskIndex } from "../src/projections/task_index/projection.ts";
 import { taskIndexKeys } from "../src/projections/task_index/view.ts";
 
@@ -13,10 +14,7 @@ export async function projectIndex(
   for (let i = 0; i < events.length; i += size) {
     const batch = events.slice(i, i + size).filter((e) => taskIndex.handles.includes(e.type));
     if (!batch.length) continue;
-    const ops = await taskIndex.plan({ redis, prefix, viewTtlS }, batch);
-    const pipeline = redis.pipeline();
-    for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
-    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    await applyWrites(redis, await taskIndex.plan({ redis, prefix, viewTtlS }, batch));
   }
 }
 

@@ -5,8 +5,10 @@ import { taskIndex } from "../src/projections/task_index/projection.ts";
 import { queryTaskIndex, type TaskListQuery } from "../src/projections/task_index/query.ts";
 import {
   evolveTaskIndex,
+  GRAM_BLOCK,
   indexContents,
   initialTaskIndex,
+  taskIndexKeys,
   type TaskIndexState,
 } from "../src/projections/task_index/view.ts";
 import { testEnv } from "./_helpers.ts";
@@ -227,4 +229,31 @@ Deno.test("prompt search finds exactly the tasks whose prompt holds the text, pa
     }
   }
   assert.ok(Object.keys(prompts).length === 400);
+});
+
+Deno.test("a trigram block goes when retention has trimmed its last task", async () => {
+  await using env = await testEnv("task-index-blocks");
+  const { redis, keys } = env.services;
+  const prefix = keys.views(0).prefix;
+  // One task a second, a retention of 1,000 s: block 0 (positions up to GRAM_BLOCK - 1) is empty
+  // 1,000 tasks after its last one.
+  const n = GRAM_BLOCK + 1_200;
+  const events = Array.from(
+    { length: n },
+    (_, i) => queued(`t${i}`, T0 + i * 1_000, { prompt: `take ${i % 97}` }),
+  );
+  const retentionS = 1_000;
+  await projectIndex(redis, prefix, events, { size: 500, viewTtlS: retentionS });
+  const expected = events.reduce(evolveTaskIndex, initialTaskIndex(retentionS));
+  const want = expectedIndex(indexContents(expected, prefix));
+  assert.deepEqual(Object.keys(want.blocks), ["1"]);
+  assert.deepEqual(await storedIndex(redis, prefix), want);
+  const index = taskIndexKeys(prefix);
+  assert.equal(await redis.exists(index.grams(0)), 0, "block 0's bitmap is deleted");
+  const page = await queryTaskIndex(redis, [prefix], { q: "take 5", field: "prompt", limit: 100 });
+  assert.deepEqual(
+    page.items.map((t) => t.task_id),
+    Object.values(expected.tasks).filter((t) => t.prompt!.includes("take 5"))
+      .map((t) => t.member).sort().reverse().slice(0, 100).map((m) => m.slice(14)),
+  );
 });

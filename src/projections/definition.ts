@@ -7,6 +7,27 @@ import type { Keys } from "../keys.ts";
 /** A Redis write command, applied by the projection script together with the checkpoint. */
 export type Op = (string | number)[];
 
+/** Arguments per pipeline round when writes are sent without the projection script. */
+const PIPELINE_ARGS = 20_000;
+
+/**
+ * Sends writes in order, outside the projection script (a rebuild's bulk fold, which nobody
+ * reads yet): pipelined in rounds of about PIPELINE_ARGS arguments, so that no command of a big
+ * batch waits behind the rest of it past the connection's command timeout.
+ */
+export async function applyWrites(redis: Redis, ops: Op[]): Promise<void> {
+  for (let i = 0; i < ops.length;) {
+    const pipeline = redis.pipeline();
+    let args = 0;
+    for (; i < ops.length && (args === 0 || args + ops[i].length <= PIPELINE_ARGS); i++) {
+      const [command, ...rest] = ops[i];
+      pipeline.call(String(command), ...rest);
+      args += ops[i].length;
+    }
+    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+  }
+}
+
 /** Where a plan reads the views' current state and writes: one generation of views. */
 export interface PlanContext {
   redis: Redis;

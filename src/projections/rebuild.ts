@@ -2,6 +2,7 @@ import type { Redis } from "ioredis";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { decodeValid } from "../events.ts";
+import { applyWrites } from "./definition.ts";
 import { viewGeneration } from "../queries.ts";
 import { closeRedis, connectRedis } from "../redis/client.ts";
 import { Lease } from "../redis/lease.ts";
@@ -77,9 +78,7 @@ async function foldLog(
     const events = decodeValid(entries.map(([id, fields]) => ({ id, fields })), log);
     if (events.length) {
       const plans = await Promise.all(projections.map((p) => p.plan(events)));
-      const pipeline = redis.pipeline();
-      for (const [command, ...args] of plans.flat()) pipeline.call(String(command), ...args);
-      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+      await applyWrites(redis, plans.flat());
     }
     last = entries[entries.length - 1][0];
     read += entries.length;

@@ -10,6 +10,8 @@ import {
 import {
   eventTime,
   evolveTaskIndex,
+  GRAM_BLOCK,
+  GRAM_SLOTS,
   gramBits,
   type IndexDoc,
   type IndexedTask,
@@ -86,13 +88,15 @@ async function planTaskIndex(
     const before = stored.get(id);
     ops.push(...entryWrites(keys, id, before, task));
     if (before && !task) {
-      const { block, offsets } = gramBits(before.position, trimmedPrompts.get(id) ?? null);
-      bits.add(block, offsets, -1);
+      const bitsOf = gramBits(before.position, trimmedPrompts.get(id) ?? null);
+      bits.add(bitsOf, -1);
+      const { block } = bitsOf;
       ops.push(["HDEL", keys.positions, before.position]);
       blocks.set(block, (blocks.get(block) ?? 0) - 1);
     } else if (task && !before) {
-      const { block, offsets } = gramBits(task.position, task.prompt);
-      bits.add(block, offsets, 1);
+      const bitsOf = gramBits(task.position, task.prompt);
+      bits.add(bitsOf, 1);
+      const { block } = bitsOf;
       ops.push(["HSET", keys.positions, task.position, task.member]);
       blocks.set(block, (blocks.get(block) ?? 0) + 1);
     }
@@ -118,40 +122,54 @@ async function planTaskIndex(
 /** Subcommands per BITFIELD op: project.lua unpacks an op onto Lua's stack (8,000 slots). */
 const BITFIELD_CHUNK = 1_000;
 
+/** 32-bit words in one row of a block of the trigram bitmaps. */
+const ROW_WORDS = GRAM_BLOCK / 32;
+
 /**
- * A batch's trigram bit changes, summed per 32-bit word: a new task's bits are still 0 (its
- * position is new) and a trimmed task's are 1, so setting is adding and clearing subtracting,
- * and one BITFIELD INCRBY per word changes many tasks' bits at once (a bulk fold of thousands of
- * tasks writes each row's words once, not each bit).
+ * A batch's trigram bit changes, summed per word: a new task's bits are still 0 (its position is
+ * new) and a trimmed task's are 1, so setting a bit is adding its value and clearing subtracting
+ * it, with no carry; one BITFIELD INCRBY per 64-bit word then changes many tasks' bits at once
+ * (a bulk fold of thousands of tasks writes each row's words once, not each bit). A task's bits
+ * all sit in the same column word of their rows, so the sums are kept per column word: one
+ * GRAM_SLOTS-long array each.
  */
 class GramBits {
-  readonly #words = new Map<number, Map<number, number>>();
+  /** Block -> column word -> the delta of that word in each row. */
+  readonly #blocks = new Map<number, Map<number, Float64Array>>();
 
-  add(block: number, offsets: number[], sign: 1 | -1) {
-    let words = this.#words.get(block);
-    if (!words) this.#words.set(block, words = new Map());
-    for (const offset of offsets) {
-      const word = offset - (offset % 32);
-      words.set(word, (words.get(word) ?? 0) + sign * 2 ** (31 - (offset % 32)));
-    }
+  add({ block, column, slots }: ReturnType<typeof gramBits>, sign: 1 | -1) {
+    if (slots.length === 0) return;
+    let words = this.#blocks.get(block);
+    if (!words) this.#blocks.set(block, words = new Map());
+    const word = column >>> 5;
+    let rows = words.get(word);
+    if (!rows) words.set(word, rows = new Float64Array(GRAM_SLOTS));
+    const value = sign * 2 ** (31 - (column & 31));
+    for (const slot of slots) rows[slot] += value;
   }
 
   writes(keys: ReturnType<typeof taskIndexKeys>): Op[] {
     const ops: Op[] = [];
-    for (const [block, words] of this.#words) {
-      const changes = [...words].filter(([, delta]) => delta !== 0).sort(([a], [b]) => a - b);
-      for (let i = 0; i < changes.length; i += BITFIELD_CHUNK) {
+    for (const [block, words] of this.#blocks) {
+      // Pairs of 32-bit words as one signed 64-bit delta (Redis wraps it like the sum it is).
+      const pairs = [...new Set([...words.keys()].map((w) => w >>> 1))].sort((a, b) => a - b);
+      const subcommands: (string | number)[] = [];
+      for (let slot = 0; slot < GRAM_SLOTS; slot++) {
+        for (const pair of pairs) {
+          const high = words.get(pair * 2)?.[slot] ?? 0;
+          const low = words.get(pair * 2 + 1)?.[slot] ?? 0;
+          if (high === 0 && low === 0) continue;
+          const delta = BigInt.asIntN(64, (BigInt(high) << 32n) + BigInt(low));
+          subcommands.push("INCRBY", "i64", (slot * ROW_WORDS + pair * 2) * 32, delta.toString());
+        }
+      }
+      for (let i = 0; i < subcommands.length; i += BITFIELD_CHUNK * 4) {
         ops.push([
           "BITFIELD",
           keys.grams(block),
           "OVERFLOW",
           "WRAP",
-          ...changes.slice(i, i + BITFIELD_CHUNK).flatMap(([word, delta]) => [
-            "INCRBY",
-            "u32",
-            word,
-            delta,
-          ]),
+          ...subcommands.slice(i, i + BITFIELD_CHUNK * 4),
         ]);
       }
     }

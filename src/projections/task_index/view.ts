@@ -73,32 +73,45 @@ export const searchPrompt = (text: string) => text.toLowerCase().replace(/\s+/g,
  * trigrams leaves about 0.25^n of them as candidates to check.
  */
 export const GRAM_SLOTS = 1024;
-/** Positions per bitmap block: a block's string is GRAM_SLOTS rows of GRAM_BLOCK bits (2 MB). */
-export const GRAM_BLOCK = 16_384;
-
-const utf8 = new TextEncoder();
+const GRAM_BITS = 10; // GRAM_SLOTS = 2 ** GRAM_BITS: a slot is the hash's top bits
+/** Positions per bitmap block: a block's string is GRAM_SLOTS rows of GRAM_BLOCK bits (512 KB). */
+export const GRAM_BLOCK = 4_096;
 
 /**
- * The trigram rows of a normalised text: every three consecutive UTF-8 bytes, hashed (FNV-1a) to
- * one of GRAM_SLOTS rows, distinct and sorted. Empty below three bytes.
+ * The trigram rows of a normalised text: every three consecutive UTF-16 code units, hashed to one
+ * of GRAM_SLOTS rows, distinct and in order. Empty below three code units. (Plans and queries
+ * both compute them here; Redis only stores and ANDs the rows.)
  */
 export function gramSlots(text: string): number[] {
-  const bytes = utf8.encode(text);
-  const slots = new Set<number>();
-  for (let i = 0; i + 2 < bytes.length; i++) {
-    let h = 0x811c9dc5;
-    for (let j = i; j < i + 3; j++) h = Math.imul(h ^ bytes[j], 0x01000193);
-    slots.add((h >>> 0) % GRAM_SLOTS);
+  const seen = new Uint8Array(GRAM_SLOTS);
+  let count = 0;
+  for (let i = 0; i + 2 < text.length; i++) {
+    const h = Math.imul(
+      Math.imul(text.charCodeAt(i), 0x9e3779b1) ^ Math.imul(text.charCodeAt(i + 1), 0x85ebca77) ^
+        Math.imul(text.charCodeAt(i + 2), 0xc2b2ae3d),
+      0x27d4eb2f,
+    );
+    const slot = h >>> (32 - GRAM_BITS);
+    if (seen[slot] === 0) {
+      seen[slot] = 1;
+      count++;
+    }
   }
-  return [...slots].sort((a, b) => a - b);
+  const slots = new Array<number>(count);
+  for (let slot = 0, k = 0; slot < GRAM_SLOTS; slot++) if (seen[slot]) slots[k++] = slot;
+  return slots;
 }
 
-/** A task's bitmap block and its bit offsets there (one per trigram row of its prompt). */
+/**
+ * Where a task's trigram bits are: its bitmap block, its column there, and its prompt's rows; bit
+ * offset `slot * GRAM_BLOCK + column` of the block's string.
+ */
 export function gramBits(position: number, prompt: string | null) {
-  const block = Math.floor(position / GRAM_BLOCK);
-  const column = position % GRAM_BLOCK;
-  const offsets = prompt === null ? [] : gramSlots(prompt).map((s) => s * GRAM_BLOCK + column);
-  return { block, offsets };
+  return {
+    block: Math.floor(position / GRAM_BLOCK),
+    column: position % GRAM_BLOCK,
+    slots: prompt === null ? [] : gramSlots(prompt),
+  };
 }
 
 /** One indexed task. */
@@ -184,12 +197,13 @@ export function evolveTaskIndex(state: TaskIndexState, event: StoredEvent): Task
   if (!handled.has(event.type)) return state;
   const watermark = Math.max(state.watermark ?? -Infinity, eventTime(event));
   const floor = trimFloor(watermark, state.retention_ms);
-  const tasks = { ...state.tasks };
-  const before = tasks[event.task_id];
+  const before = state.tasks[event.task_id];
   const next = indexTask(before, event, { floor, position: state.next_position });
-  if (next) tasks[event.task_id] = next;
+  // A new object of the tasks kept (no `delete`, which makes every later copy slow).
   const lowest = memberFloor(floor);
-  for (const [id, task] of Object.entries(tasks)) if (task.member < lowest) delete tasks[id];
+  const tasks: Record<string, IndexedTask> = {};
+  for (const [id, task] of Object.entries(state.tasks)) if (task.member >= lowest) tasks[id] = task;
+  if (next && next.member >= lowest) tasks[event.task_id] = next;
   const next_position = state.next_position + (next && !before ? 1 : 0);
   return { ...state, watermark, next_position, tasks };
 }
@@ -226,8 +240,9 @@ export function indexContents(state: TaskIndexState, prefix: string) {
     docs[id] = JSON.stringify(toDoc(task));
     if (task.prompt !== null) prompts[id] = task.prompt;
     positions[task.position] = task.member;
-    const { block, offsets } = gramBits(task.position, task.prompt);
+    const { block, column, slots } = gramBits(task.position, task.prompt);
     blocks[block] = String(Number(blocks[block] ?? 0) + 1);
+    const offsets = slots.map((slot) => slot * GRAM_BLOCK + column);
     if (offsets.length) (grams[keys.grams(block)] ??= []).push(...offsets);
   }
   for (const members of Object.values(sets)) members.sort();
