@@ -10,52 +10,30 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
-import type { Child } from "hono/jsx";
 import type { Redis } from "ioredis";
-import { redriveProblem, replayProblem } from "../cli/rules.ts";
 import { ProblemError, UnavailableError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
-import type { HealthReport } from "../http/health.ts";
+import type { HealthCheck } from "../http/health.ts";
 import { clientAddress } from "../http/webhook_route.ts";
 import type { Keys } from "../keys.ts";
-import { viewGeneration } from "../queries.ts";
 import type { Logger } from "../log.ts";
 import type { TaskList, TaskListQuery } from "../projections/task_index/query.ts";
-import {
-  deleteDeadLetters,
-  getDeadLetter,
-  listDeadLetters,
-  redrive,
-  reprocessTasks,
-  type StatusFilter,
-} from "../replay/reprocess.ts";
+import { reprocessTasks } from "../replay/reprocess.ts";
 import { takeToken } from "../security/rate_limit.ts";
 import { asset } from "./assets.ts";
-import {
-  type DashboardContext,
-  type DashboardEnv,
-  isHttps,
-  requireMutation,
-  requireSession,
-} from "./auth.ts";
+import { type DashboardEnv, isHttps, requireMutation, requireSession } from "./auth.ts";
+import { deadLetterRoutes } from "./dead_letter_routes.tsx";
 import { ConfirmPage, replayable } from "./pages/confirm.tsx";
-import {
-  DeadLetterPage,
-  DeadLettersPage,
-  DeletionTable,
-  OutcomeTable,
-} from "./pages/dead_letters.tsx";
+import { OutcomeTable } from "./pages/dead_letters.tsx";
 import { overviewData, OverviewPage, OverviewRegion } from "./pages/overview.tsx";
-import { RebuildRegion, ReplayPage } from "./pages/replay.tsx";
 import { SignInPage } from "./pages/sign_in.tsx";
-import { loadTasks, type TaskFilters, TasksPage, TasksRegion, utcDate } from "./pages/tasks.tsx";
 import { taskDetail, TaskPage, TaskRegion } from "./pages/task.tsx";
-import { RebuildJobs, type RunRebuild } from "./rebuild_jobs.ts";
+import { loadTasks, type TaskFilters, TasksPage, TasksRegion } from "./pages/tasks.tsx";
+import type { RunRebuild } from "./rebuild_jobs.ts";
+import { replayRoutes } from "./replay_routes.tsx";
+import { forbidden, fragment, notFound, page, text } from "./respond.tsx";
 import { roleFor, SESSION_COOKIE, SessionStore, SIGN_IN_PER_MINUTE } from "./session.ts";
-import { BASE, Layout, Notice, type PageId } from "./ui.tsx";
-
-/** Dead letters per page. */
-const PAGE_SIZE = 50;
+import { BASE, Layout, Notice } from "./ui.tsx";
 
 export interface DashboardDeps {
   /** ADMIN_TOKEN: without it the dashboard does not exist (404). */
@@ -72,7 +50,7 @@ export interface DashboardDeps {
   sessionTtlS: number;
   streamRetentionMs: number;
   /** The /health report. */
-  health: (detailed: boolean) => Promise<HealthReport>;
+  health: HealthCheck;
   /** The SSE handlers of GET /task/{id}/stream and GET /events/stream (src/http/streams.ts). */
   live: { task(c: Context): Promise<Response>; all(c: Context): Promise<Response> };
   rebuild: RunRebuild;
@@ -97,7 +75,6 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   if (!deps.adminToken) return;
   const { redis, keys, store, log, now } = deps;
   const sessions = new SessionStore(redis, keys, deps.sessionTtlS);
-  const jobs = new RebuildJobs(deps.rebuild, now);
   const dash = new Hono<DashboardEnv>();
   const signIn = `${BASE}/sign-in`;
 
@@ -162,8 +139,6 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
 
   // Everything below needs a session.
   dash.use(requireSession(sessions, signIn));
-  const forbidden = (c: DashboardContext, detail: string) =>
-    page(c, "Not allowed", "overview", <Notice kind="error">{detail}</Notice>, 403);
 
   dash.post("/sign-out", requireMutation(forbidden, { allowRead: true }), async (c) => {
     await sessions.revoke(c.get("sessionId"));
@@ -274,270 +249,9 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
     );
   });
 
-  dash.get("/dead-letters", async (c) => {
-    const session = c.get("session");
-    const after = c.req.query("after") ?? null;
-    if (after !== null && !/^\d+-\d+$/.test(after)) return notFound(c, "No such page");
-    const letters = await listDeadLetters(store, PAGE_SIZE + 1, after ? `(${after}` : "-");
-    const shown = letters.slice(0, PAGE_SIZE);
-    const next = letters.length > PAGE_SIZE ? shown.at(-1)!.id : null;
-    return page(
-      c,
-      "Dead letters",
-      "dead-letters",
-      <DeadLettersPage
-        letters={shown}
-        role={session.role}
-        csrf={session.csrf}
-        next={next}
-        after={after}
-      />,
-    );
-  });
+  deadLetterRoutes(dash, deps);
+  replayRoutes(dash, deps);
 
-  dash.get("/dead-letters/:id", async (c) => {
-    const session = c.get("session");
-    const id = c.req.param("id");
-    const letter = /^\d+-\d+$/.test(id) ? await getDeadLetter(store, id) : null;
-    if (!letter) return notFound(c, "No such dead letter (redriven or deleted?)");
-    return page(
-      c,
-      `Dead letter ${id}`,
-      "dead-letters",
-      <DeadLetterPage letter={letter} role={session.role} csrf={session.csrf} />,
-    );
-  });
-
-  dash.post("/dead-letters/redrive", requireMutation(forbidden), async (c) => {
-    const form = await c.req.parseBody({ all: true });
-    const ids = list(form.ids).filter((id) => /^\d+-\d+$/.test(id));
-    const problem = redriveProblem({ ids, all: false }, () => "selected dead letters");
-    if (problem) {
-      return page(
-        c,
-        "Redrive",
-        "dead-letters",
-        <Notice kind="error">Select dead letters first</Notice>,
-        400,
-      );
-    }
-    const confirmed = form.confirm === "yes";
-    const reason = text(form.reason) || "dashboard redrive";
-    const outcomes = await redrive(store, ids, {
-      requestedBy: "dashboard",
-      reason,
-      dryRun: !confirmed,
-      now: now(),
-    });
-    if (confirmed) {
-      return page(
-        c,
-        "Redriven",
-        "dead-letters",
-        <>
-          <h1>Redrive</h1>
-          <Notice kind="ok">
-            Redrove {outcomes.filter((o) => !o.skipped).length} dead letter(s),{" "}
-            {outcomes.filter((o) => o.skipped).length} skipped
-          </Notice>
-          <OutcomeTable outcomes={outcomes} dryRun={false} />
-          <p>
-            <a href={`${BASE}/dead-letters`}>Back to the dead letters</a>
-          </p>
-        </>,
-      );
-    }
-    return page(
-      c,
-      "Redrive",
-      "dead-letters",
-      <ConfirmPage
-        title={`Redrive ${ids.length} dead letter(s)?`}
-        action={`${BASE}/dead-letters/redrive`}
-        fields={replayable(form).filter(([name]) => name === "ids")}
-        csrf={c.get("session").csrf}
-        cancel={`${BASE}/dead-letters`}
-        reason={reason}
-        button="Redrive"
-      >
-        <OutcomeTable outcomes={outcomes} dryRun />
-      </ConfirmPage>,
-    );
-  });
-
-  dash.post("/dead-letters/delete", requireMutation(forbidden), async (c) => {
-    const form = await c.req.parseBody({ all: true });
-    const ids = list(form.ids).filter((id) => /^\d+-\d+$/.test(id));
-    if (!ids.length) {
-      return page(
-        c,
-        "Delete",
-        "dead-letters",
-        <Notice kind="error">Select dead letters first</Notice>,
-        400,
-      );
-    }
-    const confirmed = form.confirm === "yes";
-    const reason = text(form.reason) || "dead-letter deleted";
-    const deletions = await deleteDeadLetters(store, ids, {
-      requestedBy: "dashboard",
-      reason,
-      dryRun: !confirmed,
-      now: now(),
-    });
-    if (confirmed) {
-      const done = deletions.filter((d) => !d.skipped).length;
-      return page(
-        c,
-        "Deleted",
-        "dead-letters",
-        <>
-          <h1>Delete</h1>
-          <Notice kind="ok">
-            Deleted {done} dead letter(s), {deletions.length - done} skipped
-          </Notice>
-          <DeletionTable deletions={deletions} dryRun={false} />
-          <p>
-            <a href={`${BASE}/dead-letters`}>Back to the dead letters</a>
-          </p>
-        </>,
-      );
-    }
-    return page(
-      c,
-      "Delete",
-      "dead-letters",
-      <ConfirmPage
-        title={`Delete ${ids.length} dead letter(s) for good?`}
-        action={`${BASE}/dead-letters/delete`}
-        fields={ids.map((id) => ["ids", id])}
-        csrf={c.get("session").csrf}
-        cancel={`${BASE}/dead-letters`}
-        reason={reason}
-        button="Delete"
-        danger
-      >
-        <p>
-          Their tasks stay failed; they can still be reprocessed (Replay) while their request is in
-          the log.
-        </p>
-        <DeletionTable deletions={deletions} dryRun />
-      </ConfirmPage>,
-    );
-  });
-
-  dash.get("/replay", async (c) => {
-    const session = c.get("session");
-    // Whatever process runs it, a rebuild holds the lock; the generation says where readers are.
-    const [locked, generation, eventCount] = await Promise.all([
-      redis.exists(keys.rebuildLock),
-      viewGeneration(redis, keys),
-      redis.xlen(keys.eventStream),
-    ]);
-    const state = { jobs: jobs.list(), elsewhere: locked === 1, generation };
-    if (fragment(c)) return c.html(<RebuildRegion {...state} />);
-    return page(
-      c,
-      "Replay",
-      "replay",
-      <ReplayPage {...state} role={session.role} csrf={session.csrf} eventCount={eventCount} />,
-    );
-  });
-
-  dash.post("/replay/rebuild", requireMutation(forbidden), async (c) => {
-    const form = await c.req.parseBody({ all: true });
-    const force = form.force === "true";
-    if (form.confirm !== "yes") {
-      const events = await redis.xlen(keys.eventStream);
-      return page(
-        c,
-        "Rebuild",
-        "replay",
-        <ConfirmPage
-          title="Rebuild every projection?"
-          action={`${BASE}/replay/rebuild`}
-          fields={force ? [["force", "true"]] : []}
-          csrf={c.get("session").csrf}
-          cancel={`${BASE}/replay`}
-          reason={null}
-          button="Rebuild"
-        >
-          <p>
-            {events} events will be folded into a new generation of views
-            {force && ", although retention has trimmed the log (older tasks' views are lost)"}.
-          </p>
-        </ConfirmPage>,
-      );
-    }
-    jobs.start(force);
-    return c.redirect(`${BASE}/replay`, 303);
-  });
-
-  dash.post("/replay/reprocess", requireMutation(forbidden), async (c) => {
-    const form = await c.req.parseBody({ all: true });
-    const since = utcDate(text(form.since));
-    const until = utcDate(text(form.until));
-    const status = (["failed", "dead_lettered", "completed"] as const).find((s) =>
-      s === text(form.status)
-    ) as StatusFilter | undefined;
-    if (since === null || until === null) {
-      return page(
-        c,
-        "Reprocess",
-        "replay",
-        <Notice kind="error">A time is not a date</Notice>,
-        400,
-      );
-    }
-    const bad = replayProblem(
-      { projections: false, taskIds: [], since, until, status },
-      (field) => FIELD_NAMES[field] ?? field,
-    );
-    if (bad) return page(c, "Reprocess", "replay", <Notice kind="error">{bad}</Notice>, 400);
-    const confirmed = form.confirm === "yes";
-    const reason = text(form.reason) || "dashboard reprocess";
-    const outcomes = await reprocessTasks(store, { since, until, status }, {
-      requestedBy: "dashboard",
-      reason,
-      dryRun: !confirmed,
-      now: now(),
-    });
-    const started = outcomes.filter((o) => !o.skipped).length;
-    if (confirmed) {
-      return page(
-        c,
-        "Reprocessed",
-        "replay",
-        <>
-          <h1>Reprocess</h1>
-          <Notice kind="ok">
-            Reprocessing {started} task(s), {outcomes.length - started} skipped
-          </Notice>
-          <OutcomeTable outcomes={outcomes} dryRun={false} />
-        </>,
-      );
-    }
-    return page(
-      c,
-      "Reprocess",
-      "replay",
-      <ConfirmPage
-        title={`Reprocess ${started} task(s)?`}
-        action={`${BASE}/replay/reprocess`}
-        fields={replayable(form)}
-        csrf={c.get("session").csrf}
-        cancel={`${BASE}/replay`}
-        reason={reason}
-        button="Reprocess"
-      >
-        <p>Dry run: nothing has changed yet.</p>
-        <OutcomeTable outcomes={outcomes} dryRun />
-      </ConfirmPage>,
-    );
-  });
-
-  // A page, not problem+json: a refusal says why; anything else is Redis failing (as the API's
-  // fromRedis treats it), answered 503 with Retry-After.
   dash.onError((error, c) => {
     const problem = error instanceof ProblemError ? error : new UnavailableError(error);
     if (!(error instanceof ProblemError)) {
@@ -554,32 +268,4 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   });
 
   app.route(BASE, dash);
-
-  function page(c: DashboardContext, title: string, id: PageId, body: Child, status = 200) {
-    return c.html(
-      <Layout title={title} page={id} session={c.get("session")}>
-        {body}
-      </Layout>,
-      status as 200,
-    );
-  }
-  function notFound(c: DashboardContext, detail: string) {
-    return page(c, "Not found", "overview", <Notice kind="error">{detail}</Notice>, 404);
-  }
 }
-
-/** The reprocess form's fields, as a refusal names them. */
-const FIELD_NAMES: Record<string, string> = {
-  since: "“Queued since”",
-  until: "“Queued until”",
-  status: "a status",
-};
-
-/** A request for a live region alone (the client script's refresh). */
-const fragment = (c: Context) => c.req.header("x-dashboard-fragment") === "1";
-
-const text = (value: unknown) => typeof value === "string" ? value.trim() : "";
-const list = (value: unknown): string[] =>
-  (Array.isArray(value) ? value : value === undefined ? [] : [value]).filter((v): v is string =>
-    typeof v === "string"
-  );

@@ -25,16 +25,24 @@ export interface HealthReport {
 }
 
 /**
+ * The health report; `groups` (default: `detailed`) adds the consumer groups' backlogs, which a
+ * caller that reads them anyway (the dashboard, from /stats) leaves out.
+ */
+export type HealthCheck = (detailed: boolean, options?: { groups?: boolean }) => Promise<
+  HealthReport
+>;
+
+/**
  * The readiness report of GET /health (and the dashboard's overview): Redis, the consumer groups
  * of the deployment, provider mode, webhook auth and the scene sink. `detailed` (read access)
  * adds the groups' names, backlogs and the scene sink's error, which strangers do not see.
  */
-export function healthCheck(deps: HealthDeps): (detailed: boolean) => Promise<HealthReport> {
+export function healthCheck(deps: HealthDeps): HealthCheck {
   const { redis, keys } = deps;
   // The kinds the deployment runs, as the consumer registry said when last read here: kept, so a
   // Redis that lost its data (and the registry with it) cannot make /health forget them.
   const expected = new Map<string, KindReport>();
-  return async function health(detailed) {
+  return async function health(detailed, { groups = detailed } = {}) {
     const sink = deps.sceneSink;
     const checked = sink ? await sink.check() : null;
     const sceneSink = sink
@@ -68,7 +76,7 @@ export function healthCheck(deps: HealthDeps): (detailed: boolean) => Promise<He
         problems: detailed ? problems : problems.map(() => "A consumer group is not healthy"),
         redis: { ok: true, latency_ms: latency, aof },
         ...common,
-        ...(detailed ? { consumer_groups: await consumerGroups(redis, keys) } : {}),
+        ...(groups ? { consumer_groups: await consumerGroups(redis, keys) } : {}),
       };
     } catch {
       return {
@@ -76,7 +84,7 @@ export function healthCheck(deps: HealthDeps): (detailed: boolean) => Promise<He
         problems: ["Redis is unreachable"],
         redis: { ok: false, latency_ms: null, aof: null },
         ...common,
-        ...(detailed ? { consumer_groups: [] } : {}),
+        ...(groups ? { consumer_groups: [] } : {}),
       };
     }
   };

@@ -58,7 +58,7 @@ function liveRegion(region) {
       inFlight = false;
       if (again && !stopped) {
         again = false;
-        setTimeout(refresh, 250);
+        setTimeout(refresh, 50);
       }
     }
   }

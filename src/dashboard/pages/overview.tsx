@@ -1,7 +1,7 @@
 /** Page 1, the overview: what /stats and /health say, with the groups' oldest pending age. */
 import type { Redis } from "ioredis";
 import type { Keys } from "../../keys.ts";
-import type { HealthReport } from "../../http/health.ts";
+import type { HealthCheck, HealthReport } from "../../http/health.ts";
 import { readStats, type Stats } from "../../projections/stats/projection.ts";
 import { oldestPendingAgeS } from "../../queries.ts";
 import { SeriesChart } from "../chart.tsx";
@@ -27,12 +27,13 @@ export async function overviewData(
     keys: Keys;
     nowMs: number;
     retentionMs: number;
-    health: (detailed: boolean) => Promise<HealthReport>;
+    health: HealthCheck;
   },
 ): Promise<OverviewData> {
   const [stats, report, deadLetters] = await Promise.all([
     readStats(redis, keys, nowMs, retentionMs),
-    health(true),
+    // Detailed (problems by name), without the groups: readStats has them.
+    health(true, { groups: false }),
     redis.xlen(keys.deadLetterStream),
   ]);
   const streamKey = (stream: string) =>
