@@ -11,7 +11,10 @@ import {
   SIGN_IN_PER_MINUTE,
 } from "../src/dashboard/session.ts";
 import { loadConfig } from "../src/config.ts";
+import { loadTasks } from "../src/dashboard/pages/tasks.tsx";
 import { waterfall } from "../src/dashboard/waterfall.ts";
+import type { TaskList, TaskListQuery } from "../src/projections/task_index/query.ts";
+import type { TaskView } from "../src/projections/task_view/view.ts";
 import type { StoredEvent } from "../src/events.ts";
 import { createLogger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
@@ -332,4 +335,31 @@ Deno.test("with Redis unreachable the dashboard answers a 503 page, not a stack 
   } finally {
     await services.close();
   }
+});
+
+Deno.test("a live first page keeps its place: new tasks join on top, older ones stay paged", async () => {
+  const view = (ms: number, id: string) =>
+    ({ task_id: id, created_at: new Date(ms).toISOString() }) as TaskView;
+  const member = (ms: number, id: string) => `${String(ms).padStart(13, "0")}:${id}`;
+  const asked: TaskListQuery[] = [];
+  // The index now: two new tasks (300, 400) above the first render's last one (200).
+  const query = (q: TaskListQuery): Promise<TaskList> => {
+    asked.push(q);
+    const items = [view(400, "d"), view(300, "c"), view(200, "b"), view(100, "a")]
+      .filter((t) => Date.parse(t.created_at!) >= Number(q.from ?? 0));
+    return Promise.resolve({ items, next_cursor: null, matched: [] });
+  };
+  const filters = { q: "", field: "any", status: "", from: "", to: "", limit: "", cursor: "" };
+  const { list, gap } = await loadTasks(query, filters, { member: member(200, "b"), more: true });
+  assert.deepEqual(list.items.map((t) => t.task_id), ["d", "c", "b"]);
+  assert.equal(list.next_cursor, member(200, "b"), "Older tasks still starts below b");
+  assert.equal(gap, false);
+  assert.equal(asked[0].from, 200);
+  assert.equal(asked[0].limit, 100);
+  // Without older tasks at the first render, there is still no "older" link.
+  const last = await loadTasks(query, filters, { member: member(200, "b"), more: false });
+  assert.equal(last.list.next_cursor, null);
+  // A bad time is said, not thrown.
+  const bad = await loadTasks(query, { ...filters, from: "yesterday" }, null);
+  assert.equal(bad.error, "A time is not a date");
 });

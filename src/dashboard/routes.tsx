@@ -181,8 +181,8 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
     const anchor = q("anchor") && fragment(c)
       ? { member: q("anchor"), more: q("more") === "1" }
       : null;
-    const { list, error } = await loadTasks(deps.tasks, filters, anchor);
-    if (fragment(c)) return c.html(<TasksRegion list={list} filters={filters} />);
+    const { list, error, gap } = await loadTasks(deps.tasks, filters, anchor);
+    if (fragment(c)) return c.html(<TasksRegion list={list} filters={filters} gap={gap} />);
     return page(
       c,
       "Tasks",

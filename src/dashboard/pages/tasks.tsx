@@ -51,7 +51,7 @@ export async function loadTasks(
   query: (q: TaskListQuery) => Promise<TaskList>,
   filters: TaskFilters,
   anchor: Anchor | null,
-): Promise<{ list: TaskList; error?: string }> {
+): Promise<{ list: TaskList; error?: string; gap?: boolean }> {
   const empty: TaskList = { items: [], next_cursor: null, matched: [] };
   const from = utcDate(filters.from);
   const to = utcDate(filters.to);
@@ -76,7 +76,9 @@ export async function loadTasks(
     const floor = Math.max(from?.getTime() ?? 0, memberTime(anchor.member));
     const list = await query({ ...base, from: floor, limit: MAX_PAGE });
     const items = list.items.filter((t) => (member(t) ?? "") >= anchor.member);
-    return { list: { ...list, items, next_cursor: anchor.more ? anchor.member : null } };
+    // More new tasks than a page holds: the ones between are not shown (a reload shows them).
+    const gap = list.next_cursor !== null && list.next_cursor > anchor.member;
+    return { list: { ...list, items, next_cursor: anchor.more ? anchor.member : null }, gap };
   } catch (error) {
     if (!(error instanceof ZodError)) throw error;
     const detail = error.issues.map((i) => `${i.path.join(".") || "query"} ${i.message}`);
@@ -106,13 +108,21 @@ export function tasksUrl(filters: TaskFilters, cursor: string | null): string {
   return query ? `${BASE}/tasks?${query}` : `${BASE}/tasks`;
 }
 
-export function TasksRegion({ list, filters }: { list: TaskList; filters: TaskFilters }) {
+export function TasksRegion(
+  { list, filters, gap = false }: { list: TaskList; filters: TaskFilters; gap?: boolean },
+) {
   // A prompt search looks at a bounded number of tasks a page: it may stop short with more to see.
   const short = list.next_cursor !== null &&
     list.items.length < (Number(filters.limit) || DEFAULT_PAGE);
   const searchedTo = short ? new Date(memberTime(list.next_cursor!)).toISOString() : null;
   return (
     <>
+      {gap && (
+        <p class="notice notice-info" role="status">
+          More than {MAX_PAGE} new tasks arrived: <a href={tasksUrl(filters, null)}>reload</a>{" "}
+          to page through all of them.
+        </p>
+      )}
       {searchedTo && (
         <p class="muted">
           Searched back to <Time at={searchedTo} />; older tasks may match too: see "Older tasks".
