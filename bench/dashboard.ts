@@ -211,6 +211,7 @@ export async function dashboardPhase(ctx: BenchContext, options: DashboardOption
       return { p50: percentile(samples, 0.5), p99: percentile(samples, 0.99), last };
     };
     const minimal = await time(() => redis.get(taskViewKey(view, generated.someTaskId)));
+    ctx.say(`  GET of one task view (the minimal read): p50 ${round(minimal.p50, 2)} ms`);
     const points: QueryPoint[] = [];
     const measure = async (name: string, query: TaskListQuery) => {
       const r = await time(() => queryTaskIndex(redis, [view], query));
