@@ -40,6 +40,7 @@ export interface BenchOptions {
   splitProjections: boolean;
   pacedRate: number;
   pacedSeconds: number;
+  freshnessEvery: number;
   replayEvents: number;
   profileRequests: number;
   cpuProfile: boolean;
@@ -81,6 +82,7 @@ export const DEFAULTS: BenchOptions = {
   splitProjections: true,
   pacedRate: 1_000,
   pacedSeconds: 10,
+  freshnessEvery: 100,
   replayEvents: 100_000,
   profileRequests: 200,
   cpuProfile: true,
@@ -333,6 +335,8 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --no-split               skip the backlog run with the projections in a process of their own
   --paced-rate N           an extra run offering N tasks/s for --paced-seconds (default 1000, 10;
                            0 skips it): projection lag without a backlog
+  --freshness-every N      first end-to-end run: poll GET /task/{id} after every Nth
+                           task.completed until it answers completed (default 100; 0 skips)
   --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
   --profile-requests N     requests/tasks under MONITOR (default 200)
   --no-cpu-profile         skip the V8 CPU profile of the server
@@ -386,6 +390,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "replay-events": { type: "string" },
       "paced-rate": { type: "string" },
       "paced-seconds": { type: "string" },
+      "freshness-every": { type: "string" },
       "profile-requests": { type: "string" },
       "no-cpu-profile": { type: "boolean" },
       "soak-seconds": { type: "string" },
@@ -442,6 +447,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("concurrency", num(values.concurrency, "BENCH_CONCURRENCY"));
   set("pacedRate", num(values["paced-rate"], "BENCH_PACED_RATE"));
   set("pacedSeconds", num(values["paced-seconds"], "BENCH_PACED_SECONDS"));
+  set("freshnessEvery", num(values["freshness-every"], "BENCH_FRESHNESS_EVERY"));
   set("replayEvents", num(values["replay-events"], "BENCH_REPLAY_EVENTS"));
   set("profileRequests", num(values["profile-requests"], "BENCH_PROFILE_REQUESTS"));
   if (values["no-cpu-profile"]) o.cpuProfile = false;
