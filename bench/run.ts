@@ -236,6 +236,12 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         const e2e = await e2ePhase(ctx, options);
         result.e2e = { runs: e2e.runs };
         eventsPrefix = e2e.eventsPrefix;
+        // Kept for the replay phase only: a later run of the same name (the peer phase's) must
+        // not find its stats view already counting these tasks.
+        if (eventsPrefix && !options.phases.includes("replay")) {
+          await deletePrefix(ctx.redis, eventsPrefix);
+          eventsPrefix = null;
+        }
       });
     }
     if (options.phases.includes("replay")) {

@@ -79,9 +79,10 @@ export type VideoRequest = z.infer<typeof VideoRequestSchema>;
  * tests/validation_test.ts holds the two equal on every fixture and on generated inputs.
  */
 export function parseVideoRequest(
-  fields: Record<string, unknown>,
+  fields: unknown,
 ): { success: true; data: VideoRequest } | { success: false; error: z.ZodError } {
-  const data = acceptVideoRequest(fields);
+  const plain = typeof fields === "object" && fields !== null && !Array.isArray(fields);
+  const data = plain ? acceptVideoRequest(fields as Record<string, unknown>) : null;
   if (data) return { success: true, data };
   const parsed = VideoRequestSchema.safeParse(fields);
   return parsed.success ? { success: true, data: parsed.data } : parsed;

@@ -246,3 +246,11 @@ Deno.test("the fast validator keeps unknown fields as sent and skips an own __pr
   assert.equal(Object.getPrototypeOf(data), Object.prototype);
   assert.equal(data.alpha, input.alpha, "unknown values are passed on as they are");
 });
+
+Deno.test("the fast validator hands anything but a plain object to zod", () => {
+  for (const value of [null, undefined, 5, "x", true, [], [{ prompt: "p" }]]) {
+    const parsed = parseVideoRequest(value);
+    assert.equal(parsed.success, false, JSON.stringify(value));
+    assert.deepEqual(parsed.error, VideoRequestSchema.safeParse(value).error);
+  }
+});
