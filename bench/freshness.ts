@@ -24,6 +24,9 @@ export interface FreshnessSummary {
   /** Of the latency, the probe's own share: append → the probe read the event (p50, p99). */
   detect_p50_ms: number;
   detect_p99_ms: number;
+  /** The server's share: the probe read the event → GET answered completed (p50, p99). */
+  answer_p50_ms: number;
+  answer_p99_ms: number;
 }
 
 export function startFreshnessProbe(options: {
@@ -44,18 +47,21 @@ export function startFreshnessProbe(options: {
   let requests = 0;
   let notCompleted = 0;
   const detects: number[] = [];
+  const answers: number[] = [];
   let running = true;
   let seen = 0;
 
   const poll = async (taskId: string, appendedMs: number) => {
     const deadline = appendedMs + timeoutMs;
-    detects.push(Date.now() - appendedMs);
+    const seenAt = Date.now();
+    detects.push(seenAt - appendedMs);
     while (Date.now() < deadline) {
       requests++;
       const res = await fetch(`${options.base}/task/${taskId}`).catch(() => null);
       const view = res?.ok ? await res.json() : await res?.body?.cancel();
       if (view?.status === "completed") {
         latencies.push(Date.now() - appendedMs);
+        answers.push(Date.now() - seenAt);
         return;
       }
       notCompleted++;
@@ -110,6 +116,8 @@ export function startFreshnessProbe(options: {
         not_completed: notCompleted,
         detect_p50_ms: round(quantile(detects, 0.5), 0),
         detect_p99_ms: round(quantile(detects, 0.99), 0),
+        answer_p50_ms: round(quantile(answers, 0.5), 0),
+        answer_p99_ms: round(quantile(answers, 0.99), 0),
       };
     },
   };

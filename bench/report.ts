@@ -218,7 +218,7 @@ export function table(r: BenchResult): string {
     for (const x of r.e2e.runs.filter((x) => x.status_freshness)) {
       const f = x.status_freshness!;
       lines.push(
-        `Status freshness (${x.latency_ms} ms, ${x.workers} worker(s), every task posted at once): task.completed appended → GET /task/{id} completed p50 ${f.p50_ms} / p99 ${f.p99_ms} / max ${f.max_ms} ms over ${f.samples} sampled tasks (${f.timed_out} timed out, ${f.requests} GETs, ${f.not_completed} not yet completed; the probe read the event p50 ${f.detect_p50_ms} / p99 ${f.detect_p99_ms} ms after its append), projection lag p99 ${x.projection_lag_ms.p99} ms`,
+        `Status freshness (${x.latency_ms} ms, ${x.workers} worker(s), every task posted at once): task.completed appended → GET /task/{id} completed p50 ${f.p50_ms} / p99 ${f.p99_ms} / max ${f.max_ms} ms over ${f.samples} sampled tasks (${f.timed_out} timed out, ${f.requests} GETs, ${f.not_completed} not yet completed; the probe read the event p50 ${f.detect_p50_ms} / p99 ${f.detect_p99_ms} ms after its append, then GET answered completed p50 ${f.answer_p50_ms} / p99 ${f.answer_p99_ms} ms later), projection lag p99 ${x.projection_lag_ms.p99} ms`,
       );
     }
   }
