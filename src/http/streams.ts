@@ -22,7 +22,7 @@ import { type FeedItem, HEARTBEAT, type Subscription } from "../feed/subscriptio
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { readTaskView } from "../projections/task_view/projection.ts";
-import { foldTaskView } from "../projections/task_view/view.ts";
+import { catchUpTaskView } from "../projections/task_view/view.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
 import { requireAdmin } from "./admin.ts";
 import { ACCESS_TOKEN_PARAM, type ReadAuth } from "./read_auth.ts";
@@ -86,7 +86,8 @@ export async function taskStream(c: Context, deps: StreamDeps): Promise<Response
       throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     }
     if (!resume) {
-      const view = projected ?? foldTaskView(taskId, history);
+      // The projector may be behind: the snapshot folds what it has not reached yet.
+      const view = catchUpTaskView(taskId, projected, history);
       snapshot = view;
       after = view.last_event_id;
     }

@@ -11,9 +11,9 @@ import { rememberWebhookId, tokenMatcher } from "../security/signature.ts";
 import {
   boundUnknownFields,
   fieldErrors,
+  parseVideoRequest,
   unwrapEnvelope,
   type VideoRequest,
-  VideoRequestSchema,
 } from "../webhook.ts";
 import { authenticateHeaders, unauthorized, verifySignature, type WebhookAuth } from "./auth.ts";
 import {
@@ -169,7 +169,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       });
     }
     const fields = unwrapEnvelope(raw as Record<string, unknown>);
-    const parsed = VideoRequestSchema.safeParse(fields);
+    const parsed = parseVideoRequest(fields);
     const bounded = parsed.success
       ? boundUnknownFields(parsed.data, limits.unknownFieldsMaxBytes)
       : null;

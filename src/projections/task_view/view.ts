@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { StepName, type StoredEvent } from "../../events.ts";
+import { compareIds, StepName, type StoredEvent } from "../../events.ts";
 import { TaskResultSchema } from "../../pipeline/scene.ts";
 
 export const TaskStatusSchema = z.enum(["queued", "processing", "completed", "failed"]);
@@ -223,4 +223,21 @@ function evolveCallback(previous: CallbackState | null, event: CallbackEvent): C
 /** A task's view from its whole timeline. */
 export function foldTaskView(taskId: string, events: StoredEvent[]): TaskView {
   return events.reduce(evolveTaskView, initialTaskView(taskId));
+}
+
+/**
+ * The view brought up to date with events of the task the projector has not folded yet: those of
+ * `events` after the view's last event, folded with the same evolve. A view projected from the
+ * first k events and caught up with the rest is the fold of all of them, so a reader sees what the
+ * projector will store once it gets there. Without a view, the fold of `events`.
+ */
+export function catchUpTaskView(
+  taskId: string,
+  view: TaskView | null,
+  events: StoredEvent[],
+): TaskView {
+  if (view === null) return foldTaskView(taskId, events);
+  const last = view.last_event_id;
+  return events.filter((e) => last === null || compareIds(e.id, last) > 0)
+    .reduce(evolveTaskView, view);
 }
