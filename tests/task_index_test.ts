@@ -11,7 +11,7 @@ import {
   taskIndexKeys,
   type TaskIndexState,
 } from "../src/projections/task_index/view.ts";
-import { testEnv } from "./_helpers.ts";
+import { fixture, runConsumers, testEnv, waitFor } from "./_helpers.ts";
 import { expectedIndex, projectIndex, storedIndex } from "./_task_index.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -256,4 +256,46 @@ Deno.test("a trigram block goes when retention has trimmed its last task", async
     Object.values(expected.tasks).filter((t) => t.prompt!.includes("take 5"))
       .map((t) => t.member).sort().reverse().slice(0, 100).map((m) => m.slice(14)),
   );
+});
+
+Deno.test("GET /tasks finds a posted task by its ids and its prompt; bad parameters answer 400", async () => {
+  await using env = await testEnv("task-index-http");
+  const consumers = await runConsumers(env);
+  try {
+    const body = JSON.parse(await fixture("minimal.json"));
+    const posted = await env.post({ ...body, idempotency_key: "idem-http-1" });
+    assert.equal(posted.status, 202);
+    const { task_id } = await posted.json();
+    const get = async (query: string) => {
+      const res = await env.services.app.request(`/tasks?${query}`);
+      return { status: res.status, body: await res.json() };
+    };
+    await waitFor(async () => (await get("status=completed")).body.items?.length === 1, {
+      what: "the task to be indexed as completed",
+    });
+    for (
+      const [query, matched] of [
+        [`q=${task_id}`, ["task_id"]],
+        [`q=${body.video_id}`, ["video_id"]],
+        [`q=${body.user_id}`, ["user_id"]],
+        ["q=idem-http-1", ["idempotency_key"]],
+        ["q=Pour-Over%20COFFEE", ["prompt"]],
+      ] as const
+    ) {
+      const { status, body: page } = await get(query);
+      assert.equal(status, 200, query);
+      assert.deepEqual(page.items.map((t: { task_id: string }) => t.task_id), [task_id], query);
+      assert.deepEqual(page.matched, matched, query);
+      assert.equal(page.items[0].status, "completed");
+    }
+    assert.deepEqual((await get("q=espresso")).body.items, []);
+    const bad = await get("limit=0&status=done&cursor=nope&from=yesterday");
+    assert.equal(bad.status, 400);
+    assert.deepEqual(
+      bad.body.errors.map((e: { field: string }) => e.field).sort(),
+      ["cursor", "from", "limit", "status"],
+    );
+  } finally {
+    await consumers.stop(1_000);
+  }
 });
