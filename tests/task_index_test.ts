@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { EventOf, StoredEvent, TaskEventType } from "../src/events.ts";
 import { fold } from "../src/projections/definition.ts";
 import { taskIndex } from "../src/projections/task_index/projection.ts";
-import { queryTaskIndex, type TaskListQuery } from "../src/projections/task_index/query.ts";
+import { merge, queryTaskIndex, type TaskListQuery } from "../src/projections/task_index/query.ts";
 import {
   evolveTaskIndex,
   GRAM_BLOCK,
@@ -298,4 +298,61 @@ Deno.test("GET /tasks finds a posted task by its ids and its prompt; bad paramet
   } finally {
     await consumers.stop(1_000);
   }
+});
+
+Deno.test("several partitions page as one list, newest first, each task once", async () => {
+  await using env = await testEnv("task-index-partitions");
+  const { redis, keys } = env.services;
+  // Three key spaces (as partitions would have), tasks dealt among them unevenly.
+  const prefixes = [keys.views(1).prefix, keys.views(2).prefix, keys.views(3).prefix];
+  const all: StoredEvent[][] = [[], [], []];
+  for (let i = 0; i < 90; i++) {
+    const part = i % 7 === 0 ? 2 : i % 2;
+    all[part].push(queued(`p${i}`, T0 + i * 1_000, {
+      video: `v${i % 5}`,
+      prompt: i % 4 === 0 ? `sunset ${i}` : `night ${i}`,
+    }));
+    if (i % 3 === 0) all[part].push(started(`p${i}`, T0 + i * 1_000 + 1));
+  }
+  for (const [i, prefix] of prefixes.entries()) await projectIndex(redis, prefix, all[i]);
+  const pages = async (query: TaskListQuery) => {
+    const ids: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await queryTaskIndex(redis, prefixes, { ...query, cursor, limit: 8 });
+      ids.push(...page.items.map((t) => t.task_id));
+      cursor = page.next_cursor ?? undefined;
+    } while (cursor);
+    return ids;
+  };
+  const newestFirst = (keep: (i: number) => boolean) =>
+    Array.from({ length: 90 }, (_, i) => 89 - i).filter(keep).map((i) => `p${i}`);
+  assert.deepEqual(await pages({}), newestFirst(() => true));
+  assert.deepEqual(await pages({ status: "processing" }), newestFirst((i) => i % 3 === 0));
+  assert.deepEqual(await pages({ q: "v2" }), newestFirst((i) => i % 5 === 2));
+  assert.deepEqual(await pages({ q: "sunset" }), newestFirst((i) => i % 4 === 0));
+  assert.deepEqual(await pages({ q: "p14" }), ["p14"]);
+});
+
+Deno.test("merging walks: nothing below where a walk stopped early, which becomes the cursor", () => {
+  const m = (n: number) => `${String(T0 + n).padStart(13, "0")}:t${n}`;
+  // Walk A found 9, 7, 3; walk B ran out of budget after looking down to 6 and found 8.
+  const walks = [{ members: [m(9), m(7), m(3)], stop: null }, { members: [m(8)], stop: m(6) }];
+  assert.deepEqual(merge(walks, 5), { members: [m(9), m(8), m(7)], next: m(6) });
+  // A full page ends at its last member, whoever stopped below it.
+  assert.deepEqual(merge(walks, 2), { members: [m(9), m(8)], next: m(8) });
+  // Every walk ended: no cursor once the page is not full.
+  assert.deepEqual(merge([{ members: [m(2), m(1)], stop: null }], 5), {
+    members: [m(2), m(1)],
+    next: null,
+  });
+  // Walks ask for limit + 1: one more than the page means another page.
+  assert.deepEqual(merge([{ members: [m(3), m(2), m(1)], stop: null }], 2), {
+    members: [m(3), m(2)],
+    next: m(2),
+  });
+  assert.deepEqual(merge([{ members: [m(3), m(2)], stop: null }], 2), {
+    members: [m(3), m(2)],
+    next: null,
+  });
 });
