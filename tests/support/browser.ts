@@ -49,8 +49,8 @@ export interface PageProblems {
 
 /**
  * Records every console error, page error, failed request and unexpected HTTP error of `page`.
- * An event stream or a live region's refresh cut by leaving the page (net::ERR_ABORTED) is not a
- * failure.
+ * An event stream, a live region's refresh or the icon cut by leaving the page (net::ERR_ABORTED)
+ * is not a failure.
  */
 export function watchPage(page: Page): PageProblems {
   const problems: string[] = [];
@@ -66,9 +66,11 @@ export function watchPage(page: Page): PageProblems {
   page.on("requestfailed", (request) => {
     const failure = request.failure()?.errorText ?? "failed";
     const url = new URL(request.url());
-    // Leaving a page cuts its event streams and any refresh still on its way.
-    const live = url.pathname.includes("/live/") || request.headers()["x-dashboard-fragment"];
-    if (failure === "net::ERR_ABORTED" && live) return;
+    // Leaving a page cuts its event streams, any refresh still on its way, and the icon, which
+    // Chromium asks for after the page has loaded.
+    const cut = url.pathname.includes("/live/") || request.headers()["x-dashboard-fragment"] ||
+      url.pathname.endsWith("/icon.svg");
+    if (failure === "net::ERR_ABORTED" && cut) return;
     problems.push(`request failed: ${request.method()} ${url.pathname} ${failure}`);
   });
   page.on("response", (response) => {
