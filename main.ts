@@ -3,7 +3,7 @@ import { devRedis } from "./src/dev/dev_redis.ts";
 import { MissingBinary } from "./src/dev/local_services.ts";
 import { authMode } from "./src/http/auth.ts";
 import { createLogger, logFormat } from "./src/log.ts";
-import { aofEnabled, waitReady } from "./src/redis/client.ts";
+import { aofEnabled, describeTarget, redisTarget, waitReady } from "./src/redis/client.ts";
 import { createServices } from "./src/runtime.ts";
 import { startWorkerHttp } from "./src/worker_http.ts";
 import { startConsumers } from "./consumers/kinds.ts";
@@ -31,7 +31,7 @@ async function main(command: string | undefined): Promise<number> {
   }
   // `dev` brings its own Redis when none is configured or running; `serve` and `worker` never do.
   let privateRedis = null;
-  if (command === "dev") {
+  if (command === "dev" && typeof redisTarget(config) === "string") {
     try {
       privateRedis = await devRedis(Deno.env.get("REDIS_URL"), {
         port: config.DEV_REDIS_PORT,
@@ -99,7 +99,7 @@ async function main(command: string | undefined): Promise<number> {
   // Redis it is given, and a wrong address should not look like a slow start.
   const ready = await waitReady(services.redis, 3_000).then(() => true, () => false);
   if (!ready) {
-    log.error(`Redis is not reachable at ${redactUrl(config.REDIS_URL)}`, {
+    log.error(`Redis is not reachable at ${describeTarget(redisTarget(config))}`, {
       detail: command === "dev"
         ? "start it, or unset REDIS_URL to let dev start a private one"
         : "start Redis or set REDIS_URL to where it runs",
@@ -216,11 +216,6 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => Deno.unrefTimer(setTimeout(resolve, ms)));
 }
 
-/** The URL without its password, for messages. */
-function redactUrl(url: string): string {
-  return url.replace(/\/\/([^@/]*)@/, "//***@");
-}
-
 /** What runs where, for a person at a terminal (pretty logs only). */
 function banner(
   options: {
@@ -246,7 +241,7 @@ function banner(
     ["Consumers", command === "serve" ? "none (serve)" : config.CONSUMERS.join(", ")],
     [
       "Redis",
-      `${redactUrl(config.REDIS_URL)}${options.privateRedis ? " (started by dev)" : ""}`,
+      `${describeTarget(redisTarget(config))}${options.privateRedis ? " (started by dev)" : ""}`,
     ],
   ];
   const width = Math.max(...rows.map(([k]) => k.length));

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { isMissingGroup } from "../src/consumer_registry.ts";
 import { ClaimLostError } from "../src/event_store.ts";
 import { compareIds, decodeEvent, type StoredEvent } from "../src/events.ts";
@@ -20,9 +20,9 @@ export function decodeOrSkip(entry: StreamEntry): StoredEvent {
 }
 
 export interface GroupConsumerOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** A dedicated connection for XREADGROUP BLOCK. */
-  blocking: Redis;
+  blocking: RedisClient;
   stream: string;
   group: string;
   consumer: string;

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import { closeRedis, connectRedis, type RedisClient, redisTarget } from "../src/redis/client.ts";
 import type { Config, ConsumerName } from "../src/config.ts";
 import { type GroupRef, REPORT_MS, reportRunning } from "../src/consumer_registry.ts";
 import type { Keys } from "../src/keys.ts";
@@ -7,7 +7,6 @@ import { Samples } from "../src/metrics/samples.ts";
 import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
-import { closeRedis, connectRedis } from "../src/redis/client.ts";
 import { ensureGroup } from "../src/redis/streams.ts";
 import { startRetention } from "../src/replay/retention.ts";
 import type { RetryPolicy } from "../src/retry.ts";
@@ -26,7 +25,7 @@ export interface KindContext {
   /** This process's consumer name. */
   consumer: string;
   /** Opens a dedicated connection for blocking reads; closed when the consumers stop. */
-  blocking(name: string): Redis;
+  blocking(name: string): RedisClient;
   options: ConsumerOptions;
   clock: () => Date;
   /** Append-to-view delay of the events this process projected. */
@@ -215,7 +214,7 @@ export async function startConsumers(
   options: ConsumerOptions = {},
 ) {
   const consumer = consumerName();
-  const connections: Redis[] = [];
+  const connections: RedisClient[] = [];
   const context: KindContext = {
     config,
     services,
@@ -226,7 +225,7 @@ export async function startConsumers(
     // Also fed to projection_lag_seconds (the samples are ms).
     projectionLag: new Samples(100_000, (ms) => services.metrics.projectionLag.observe(ms / 1000)),
     blocking(name) {
-      const connection = connectRedis(config.REDIS_URL, { name });
+      const connection = connectRedis(redisTarget(config), { name });
       connections.push(connection);
       return connection;
     },
@@ -291,7 +290,7 @@ export async function startConsumers(
 }
 
 /** Removes this process's consumer from the groups where it holds no pending entries. */
-async function removeIdleConsumer(redis: Redis, keys: Keys, consumer: string) {
+async function removeIdleConsumer(redis: RedisClient, keys: Keys, consumer: string) {
   for (const kind of Object.values(CONSUMER_KINDS)) {
     if (!kind.group) continue;
     const stream = kind.group.stream(keys);

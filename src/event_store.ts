@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis/client.ts";
 import { decodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
 import type { Keys } from "./keys.ts";
 import { ingestScript, settleScript } from "./redis/scripts.ts";
@@ -38,7 +38,7 @@ export class ClaimLostError extends Error {}
 /** The event log: work entries, task events, timelines and dead letters in Redis Streams. */
 export class EventStore {
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisClient,
     readonly keys: Keys,
     readonly options: { idempotencyTtlS: number; timelineTtlS: number },
   ) {}

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis/client.ts";
 import { z } from "zod";
 import type { Keys, ViewSpace } from "./keys.ts";
 import { groupInfo } from "./redis/streams.ts";
@@ -15,7 +15,7 @@ export const GroupStatsSchema = z.object({
 export type GroupStats = z.infer<typeof GroupStatsSchema>;
 
 /** Every consumer group on the webhook and event streams, with its backlog. */
-export async function consumerGroups(redis: Redis, keys: Keys): Promise<GroupStats[]> {
+export async function consumerGroups(redis: RedisClient, keys: Keys): Promise<GroupStats[]> {
   const streams = [
     { name: "webhooks", key: keys.webhookStream },
     { name: "events", key: keys.eventStream },
@@ -41,11 +41,11 @@ export async function consumerGroups(redis: Redis, keys: Keys): Promise<GroupSta
 }
 
 /** The generation of views readers use (0 until a projection rebuild was swapped in). */
-export async function viewGeneration(redis: Redis, keys: Keys): Promise<number> {
+export async function viewGeneration(redis: RedisClient, keys: Keys): Promise<number> {
   return Number(await redis.get(keys.viewGeneration) ?? 0);
 }
 
 /** The view prefix of the generation readers use; each projection's query builds its keys on it. */
-export async function currentViews(redis: Redis, keys: Keys): Promise<ViewSpace> {
+export async function currentViews(redis: RedisClient, keys: Keys): Promise<ViewSpace> {
   return keys.views(await viewGeneration(redis, keys));
 }

@@ -12,7 +12,7 @@ import { bindPipeline, type Pipeline } from "./pipeline/steps.ts";
 import { createSupabaseScenes, scenesOf } from "./providers/supabase_scenes.ts";
 import { readVideoView } from "./projections/video_scenes/projection.ts";
 import { rebuildProjections } from "./projections/rebuild.ts";
-import { closeRedis, connectRedis } from "./redis/client.ts";
+import { closeRedis, connectRedis, redisTarget } from "./redis/client.ts";
 import { claimRevisionScript } from "./redis/scripts.ts";
 
 /** A consumer name unique to this process. */
@@ -27,7 +27,7 @@ export function createServices(config: Config, log: Logger) {
   const metrics = createMetrics();
   // Requests must never hang on a down Redis: while it is known to be down commands fail at once
   // (see connectRedis), and one that gets no answer gives up after 1 s; both answer 503.
-  const redis = connectRedis(config.REDIS_URL, { commandTimeoutMs: 1_000, name: "commands" });
+  const redis = connectRedis(redisTarget(config), { commandTimeoutMs: 1_000, name: "commands" });
   const store = new EventStore(redis, keys, {
     idempotencyTtlS: config.IDEMPOTENCY_TTL_S,
     timelineTtlS: config.VIEW_RETENTION_S,
@@ -51,7 +51,7 @@ export function createServices(config: Config, log: Logger) {
   const feed = new EventFeed({
     keys,
     redis,
-    connect: () => connectRedis(config.REDIS_URL, { name: "event-feed" }),
+    connect: () => connectRedis(redisTarget(config), { name: "event-feed" }),
     log,
     maxClients: config.SSE_MAX_CLIENTS,
     bufferEvents: config.SSE_BUFFER_EVENTS,
@@ -90,7 +90,7 @@ export function createServices(config: Config, log: Logger) {
         rebuildProjections({
           force,
           redis,
-          redisUrl: config.REDIS_URL,
+          redisTarget: redisTarget(config),
           keys,
           log,
           viewTtlS: config.VIEW_RETENTION_S,

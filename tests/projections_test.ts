@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent, type StoredEvent } from "../src/events.ts";
 import { fold } from "../src/projections/definition.ts";
@@ -16,7 +16,7 @@ import { createPipeline } from "../src/runtime.ts";
 import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
 
 /** Every view key of the prefix with its value, for exact comparison. */
-async function snapshot(redis: Redis, prefix: string) {
+async function snapshot(redis: RedisClient, prefix: string) {
   const keys: string[] = [];
   let cursor = "0";
   do {
@@ -200,7 +200,7 @@ Deno.test("a projector without the lease writes nothing", async () => {
 
 Deno.test("following a rebuilt generation closes the old projectors' connections", async () => {
   await using env = await testEnv("follow-close");
-  const opened: Redis[] = [];
+  const opened: RedisClient[] = [];
   const runner = new ProjectionRunner({
     redis: env.services.redis,
     keys: env.services.keys,
@@ -294,7 +294,7 @@ Deno.test("a former holder's late read is applied in order, never acked unapplie
 
 Deno.test("a runner whose switch to a new generation fails retries it on the next check", async () => {
   await using env = await testEnv("follow-retry");
-  const opened: Redis[] = [];
+  const opened: { name: string; connection: RedisClient }[] = [];
   let failOnce = true;
   const runner = new ProjectionRunner({
     redis: env.services.redis,
@@ -309,7 +309,7 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
         throw new Error("no connection this time");
       }
       const connection = connectRedis(env.config.REDIS_URL, { name });
-      opened.push(connection);
+      opened.push({ name, connection });
       return connection;
     },
   });
@@ -320,10 +320,9 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
       what: "the runner to follow generation 1 after a failed try",
     });
     // Three projectors of generation 1 run, nothing of the failed try is left open.
-    await waitFor(() => opened.filter((c) => c.status !== "end").length === 3, {
-      what: "exactly three open projector connections",
-    });
-    assert.equal(opened.filter((c) => c.options.connectionName?.endsWith("@1")).length, 3);
+    const open = () => opened.filter((c) => c.connection.status !== "end");
+    await waitFor(() => open().length === 3, { what: "exactly three open projector connections" });
+    assert.equal(open().filter((c) => c.name.endsWith("@1")).length, 3);
   } finally {
     await runner.stop();
   }

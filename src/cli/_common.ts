@@ -1,6 +1,6 @@
 import { type Config, ConfigError, loadConfig } from "../config.ts";
 import { createLogger } from "../log.ts";
-import { waitReady } from "../redis/client.ts";
+import { describeTarget, redisTarget, waitReady } from "../redis/client.ts";
 import { createServices, type Services } from "../runtime.ts";
 
 /** Thrown for bad arguments: the CLI prints it with the usage and exits 2. */
@@ -50,7 +50,7 @@ export async function connect(
     await waitReady(services.redis, 3_000);
   } catch {
     await services.close();
-    throw new Error(`Redis is unreachable at ${config.REDIS_URL}`);
+    throw new Error(`Redis is unreachable at ${describeTarget(redisTarget(config))}`);
   }
   return { services, config };
 }

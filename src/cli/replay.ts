@@ -5,6 +5,7 @@ import { consumerName } from "../runtime.ts";
 import { createLogger } from "../log.ts";
 import { connect, output, parseDate, runMain, UsageError } from "./_common.ts";
 import { type ReplayField, replayProblem } from "./rules.ts";
+import { redisTarget } from "../redis/client.ts";
 
 export const REPLAY_USAGE = `Usage: deno task replay [options]
 
@@ -110,7 +111,7 @@ export async function replayMain(
         Deno.addSignalListener("SIGINT", interrupt);
         const result = await rebuildProjections({
           redis: services.redis,
-          redisUrl: config.REDIS_URL,
+          redisTarget: redisTarget(config),
           keys: services.keys,
           log: createLogger("error"),
           viewTtlS: config.VIEW_RETENTION_S,

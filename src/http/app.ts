@@ -1,5 +1,5 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import { ProblemError } from "../errors.ts";
@@ -25,7 +25,7 @@ import { streamRoutes } from "./streams.ts";
 import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
-  redis: Redis;
+  redis: RedisClient;
   store: EventStore;
   keys: Keys;
   log: Logger;

@@ -11,7 +11,7 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { type SSEStreamingApi, streamSSE } from "hono/streaming";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
@@ -29,7 +29,7 @@ import { ACCESS_TOKEN_PARAM, type ReadAuth } from "./read_auth.ts";
 import { ProblemSchema } from "./schemas.ts";
 
 export interface StreamDeps {
-  redis: Redis;
+  redis: RedisClient;
   store: EventStore;
   keys: Keys;
   log: Logger;

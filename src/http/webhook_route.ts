@@ -1,6 +1,6 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { ProblemError, UnavailableError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
@@ -28,7 +28,7 @@ import { fromRedis } from "./problems.ts";
 
 export interface WebhookRouteDeps {
   store: EventStore;
-  redis: Redis;
+  redis: RedisClient;
   keys: Keys;
   log: Logger;
   now: () => Date;

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { readRegistry } from "../consumer_registry.ts";
 import { idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
@@ -7,7 +7,7 @@ import { CONTENT_TYPE, type Metrics, refreshProcess } from "./registry.ts";
 
 /** What a scrape reads besides the process: Redis, and the SSE clients when the process has any. */
 export interface ScrapeSources {
-  redis: Redis;
+  redis: RedisClient;
   keys: Keys;
   feed?: { clients: number; dropped: number };
   /** The upload guard's counts (src/http/guard.ts). */

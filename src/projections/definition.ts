@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import type { z } from "zod";
 import type { EventStore } from "../event_store.ts";
 import { type StoredEvent, TaskEventSchema, type TaskEventType } from "../events.ts";
@@ -9,7 +9,7 @@ export type Op = (string | number)[];
 
 /** Where a plan reads the views' current state and writes: one generation of views. */
 export interface PlanContext {
-  redis: Redis;
+  redis: RedisClient;
   /** The generation's view prefix: `{vp}:view`, or `{vp}:view@N` after rebuilds. */
   prefix: string;
   viewTtlS: number;
@@ -17,7 +17,7 @@ export interface PlanContext {
 
 /** What a projection's HTTP handler may read. */
 export interface RouteContext {
-  redis: Redis;
+  redis: RedisClient;
   keys: Keys;
   store: EventStore;
   now: () => Date;
@@ -116,7 +116,7 @@ export async function planJsonDocuments<View>(
 }
 
 /** Loads JSON views by key; missing keys give undefined. */
-async function loadJson<T>(redis: Redis, keys: string[]): Promise<Map<string, T>> {
+async function loadJson<T>(redis: RedisClient, keys: string[]): Promise<Map<string, T>> {
   const map = new Map<string, T>();
   if (keys.length === 0) return map;
   const values = await redis.mget(...keys);

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import { callWithKey, type RedisClient, scanKeys, unlinkKeys } from "../redis/client.ts";
 import { isMissingGroup } from "../consumer_registry.ts";
 import { compareIds, decodeValid, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
@@ -15,9 +15,9 @@ import type { Projection } from "./registry.ts";
 const CONSUMER = "projector";
 
 export interface ProjectorOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** A dedicated connection for XREADGROUP BLOCK. */
-  blocking: Redis;
+  blocking: RedisClient;
   keys: Keys;
   log: Logger;
   owner: string;
@@ -32,7 +32,7 @@ export interface ProjectorOptions {
  * Destroys a projection's consumer group with its checkpoint and lease (views stay). Here rather
  * than in rebuild.ts, which runs projectors: the projector drops its own group when superseded.
  */
-export async function dropProjectionGroup(redis: Redis, keys: Keys, group: string) {
+export async function dropProjectionGroup(redis: RedisClient, keys: Keys, group: string) {
   await redis.del(keys.checkpoint(group), keys.lease(group));
   try {
     await redis.xgroup("DESTROY", keys.eventStream, group);
@@ -46,7 +46,7 @@ export async function dropProjectionGroup(redis: Redis, keys: Keys, group: strin
  * groups, so the next projector start folds the task event stream again from its first entry.
  * Run it with the projectors stopped.
  */
-export async function resetProjections(redis: Redis, keys: Keys, projections: Projection[]) {
+export async function resetProjections(redis: RedisClient, keys: Keys, projections: Projection[]) {
   for (const projection of projections) {
     for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
     await dropProjectionGroup(redis, keys, projection.group);
@@ -54,22 +54,17 @@ export async function resetProjections(redis: Redis, keys: Keys, projections: Pr
 }
 
 /** Deletes the keys matching a SCAN pattern (a plain key name matches itself). */
-export async function deleteMatching(redis: Redis, pattern: string): Promise<number> {
-  let cursor = "0";
+export async function deleteMatching(redis: RedisClient, pattern: string): Promise<number> {
   let deleted = 0;
-  do {
-    const [next, found] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1_000);
-    cursor = next;
-    if (found.length) deleted += await redis.unlink(...found);
-  } while (cursor !== "0");
+  for await (const found of scanKeys(redis, pattern)) deleted += await unlinkKeys(redis, found);
   return deleted;
 }
 
 /** The last id ever added to a stream ("0-0" without a stream): trimming never lowers it. */
-async function lastGeneratedId(redis: Redis, stream: string): Promise<string> {
+async function lastGeneratedId(redis: RedisClient, stream: string): Promise<string> {
   // Only a missing stream means an empty log: any other failure must not look like a reset
   // (that would drop the views and refold a log that retention may have trimmed).
-  const info = await redis.xinfo("STREAM", stream).catch((error) => {
+  const info = await callWithKey(redis, stream, "XINFO", "STREAM", stream).catch((error) => {
     if (String((error as Error).message).includes("no such key")) return null;
     throw error;
   }) as unknown[] | null;

@@ -1,9 +1,14 @@
-import type { Redis } from "ioredis";
+import {
+  callWithKey,
+  closeRedis,
+  connectRedis,
+  type RedisClient,
+  type RedisTarget,
+} from "../redis/client.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { decodeValid } from "../events.ts";
 import { viewGeneration } from "../queries.ts";
-import { closeRedis, connectRedis } from "../redis/client.ts";
 import { Lease } from "../redis/lease.ts";
 import { ensureGroup, groupInfo } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
@@ -15,8 +20,8 @@ import { ProjectionRunner } from "./runner.ts";
 export { deleteMatching, resetProjections };
 
 export interface RebuildOptions {
-  redis: Redis;
-  redisUrl: string;
+  redis: RedisClient;
+  redisTarget: RedisTarget;
   keys: Keys;
   log: Logger;
   viewTtlS: number;
@@ -34,8 +39,9 @@ export interface RebuildOptions {
 export class RebuildRefused extends Error {}
 
 /** How many entries were ever added to the stream and how many remain (0, 0 without a stream). */
-async function streamCounts(redis: Redis, stream: string) {
-  const info = await redis.call("XINFO", "STREAM", stream).catch(() => null) as unknown[] | null;
+async function streamCounts(redis: RedisClient, stream: string) {
+  const info = await callWithKey(redis, stream, "XINFO", "STREAM", stream)
+    .catch(() => null) as unknown[] | null;
   if (!info) return { added: 0, length: 0 };
   const field = (name: string) => Number(info[info.indexOf(name) + 1] ?? 0);
   return { added: field("entries-added"), length: field("length") };
@@ -58,7 +64,7 @@ export interface RebuildResult {
  * empty log).
  */
 async function foldLog(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   projections: Projection[],
   log: Logger,
@@ -94,7 +100,7 @@ async function foldLog(
 const LOCK_MS = 60_000;
 
 /** Events the group has not yet applied: its lag plus what is read but not acknowledged. */
-async function behind(redis: Redis, stream: string, groups: string[]) {
+async function behind(redis: RedisClient, stream: string, groups: string[]) {
   const info = await groupInfo(redis, stream);
   let worst = 0;
   for (const name of groups) {
@@ -129,7 +135,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     throw new RebuildRefused("Another projection rebuild is running");
   }
   const stopRenewing = lock.keepAlive();
-  const connections: Redis[] = [];
+  const connections: RedisClient[] = [];
   const t0 = performance.now();
   let next: Projection[] = [];
   let generation = -1;
@@ -151,7 +157,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       generation,
       batchSize: 2_000,
       blocking: (name) => {
-        const connection = connectRedis(options.redisUrl, { name });
+        const connection = connectRedis(options.redisTarget, { name });
         connections.push(connection);
         return connection;
       },

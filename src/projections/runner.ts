@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Samples } from "../metrics/samples.ts";
@@ -9,9 +9,9 @@ import { Projector, resetProjections } from "./projector.ts";
 import { createProjections } from "./registry.ts";
 
 export interface ProjectionRunnerOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** Opens a dedicated connection for a projector's blocking reads; the runner closes it. */
-  blocking: (name: string) => Redis;
+  blocking: (name: string) => RedisClient;
   keys: Keys;
   log: Logger;
   owner: string;

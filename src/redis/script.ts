@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./client.ts";
 
 /** A Lua script run by EVALSHA, loaded on first NOSCRIPT. */
 export class Script {
@@ -8,7 +8,7 @@ export class Script {
     this.sha = createHash("sha1").update(source).digest("hex");
   }
 
-  async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
+  async run(redis: RedisClient, keys: string[], args: (string | number)[]): Promise<unknown> {
     try {
       return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
     } catch (error) {
@@ -65,7 +65,7 @@ export class NamedScript<K extends Names, A extends Names> {
   }
 
   /** Runs the script (EVALSHA, EVAL on NOSCRIPT) with its keys and args in declared order. */
-  async run(redis: Redis, call: ScriptCall<K, A>, extra: ScriptExtra = {}): Promise<unknown> {
+  async run(redis: RedisClient, call: ScriptCall<K, A>, extra: ScriptExtra = {}): Promise<unknown> {
     const { name, keys, args, extra: declared = {} } = this.definition;
     const positional = <T>(kind: string, names: Names, values: Record<string, T | undefined>) =>
       names.map((n): T => {

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { readRegistry } from "../consumer_registry.ts";
 import { compareIds, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
@@ -21,7 +21,11 @@ export interface AbandonRule {
 }
 
 /** The first entry a group still needs: its oldest pending one, or the first it has not read. */
-async function heldBack(redis: Redis, stream: string, group: GroupInfo): Promise<string | null> {
+async function heldBack(
+  redis: RedisClient,
+  stream: string,
+  group: GroupInfo,
+): Promise<string | null> {
   let oldest: string | null = null;
   const keep = (id: string) => {
     if (oldest === null || compareIds(id, oldest) < 0) oldest = id;
@@ -45,7 +49,7 @@ async function heldBack(redis: Redis, stream: string, group: GroupInfo): Promise
  * `abandon`, groups it calls abandoned are not waited for; their names go into `abandoned`.
  */
 export async function oldestNeeded(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   options: { abandon?: AbandonRule; abandoned?: string[] } = {},
 ): Promise<string | null> {
@@ -72,7 +76,7 @@ export async function oldestNeeded(
  * the number of entries removed.
  */
 export async function trimStream(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   retentionMs: number,
   nowMs: number,
@@ -97,7 +101,7 @@ export interface OptionalGroup {
  * that old (AbandonRule); `abandoned` names those groups.
  */
 export async function applyRetention(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   retentionMs: number,
   nowMs: number,
@@ -123,7 +127,7 @@ export async function applyRetention(
 }
 
 /** The replay horizon: the oldest event still in the log, and the configured retention. */
-export async function replayHorizon(redis: Redis, keys: Keys, retentionMs: number) {
+export async function replayHorizon(redis: RedisClient, keys: Keys, retentionMs: number) {
   const [first] = await redis.xrange(keys.eventStream, "-", "+", "COUNT", 1);
   return {
     stream_retention_s: Math.round(retentionMs / 1000),
@@ -140,7 +144,7 @@ export async function replayHorizon(redis: Redis, keys: Keys, retentionMs: numbe
  * function.
  */
 export function startRetention(options: {
-  redis: Redis;
+  redis: RedisClient;
   keys: Keys;
   retentionMs: number;
   intervalMs: number;

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { StepName, type StoredEvent } from "../../events.ts";
 import type { Keys } from "../../keys.ts";
@@ -59,7 +59,7 @@ function lastMinute(nowMs: number): string[] {
 
 /** The stats view plus live figures from the streams. `now` bounds the throughput window. */
 export async function readStats(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   now: number,
   retentionMs: number,

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../../errors.ts";
 import type { Keys } from "../../keys.ts";
@@ -15,7 +15,7 @@ import {
 
 /** The task's view as projected, or null when not projected yet (or expired). */
 export async function readTaskView(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   taskId: string,
 ): Promise<TaskView | null> {

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../../errors.ts";
 import type { Keys } from "../../keys.ts";
@@ -8,7 +8,7 @@ import { evolveVideoView, VideoScenesSchema, type VideoView, videoViewKey } from
 
 /** A video's latest scenes as projected, or null before any task of it completed. */
 export async function readVideoView(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   videoId: string,
 ): Promise<VideoView | null> {
