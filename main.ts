@@ -4,6 +4,7 @@ import { MissingBinary } from "./src/dev/local_services.ts";
 import { authMode } from "./src/http/auth.ts";
 import { createLogger, logFormat } from "./src/log.ts";
 import { aofEnabled, describeTarget, redisTarget, waitReady } from "./src/redis/client.ts";
+import { PartitionCountMismatch } from "./src/partitions.ts";
 import { createServices } from "./src/runtime.ts";
 import { startWorkerHttp } from "./src/worker_http.ts";
 import { startConsumers } from "./consumers/kinds.ts";
@@ -108,6 +109,14 @@ async function main(command: string | undefined): Promise<number> {
     await privateRedis?.stop();
     return 1;
   }
+  try {
+    await services.partitions.checkCount();
+  } catch (error) {
+    log.error(error instanceof PartitionCountMismatch ? error.message : String(error));
+    await services.close();
+    await privateRedis?.stop();
+    return 1;
+  }
   if (await aofEnabled(services.redis).catch(() => null) === false) {
     log.warn("Redis runs without AOF: an acknowledged webhook is lost if Redis restarts", {
       detail: "set appendonly yes (appendfsync everysec or always) on the Redis server",
@@ -165,7 +174,7 @@ async function main(command: string | undefined): Promise<number> {
       hostname: config.HOST,
       redis: services.redis,
       metrics: services.metrics,
-      sources: { redis: services.redis, keys: services.keys },
+      sources: { redis: services.redis, keys: services.partitions.list.map((p) => p.keys) },
       token: config.METRICS_TOKEN,
       consumersRunning: () => !stopping,
       log,

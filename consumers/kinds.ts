@@ -6,6 +6,7 @@ import type { Logger } from "../src/log.ts";
 import { Samples } from "../src/metrics/samples.ts";
 import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
+import type { Partition } from "../src/partitions.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
 import { ensureGroup } from "../src/redis/streams.ts";
 import { startRetention } from "../src/replay/retention.ts";
@@ -13,11 +14,11 @@ import type { RetryPolicy } from "../src/retry.ts";
 import { consumerName, createPipeline, type Services } from "../src/runtime.ts";
 import { callbackSender } from "./callback_sender.ts";
 import { Delivery, type Handler } from "./delivery.ts";
-import { GroupConsumer } from "./group_consumer.ts";
+import { GroupConsumer, Slots } from "./group_consumer.ts";
 import { sceneSink, type SceneStore } from "./scene_sink.ts";
 import { taskWorker } from "./task_worker.ts";
 
-/** What a consumer kind is started with. */
+/** What a consumer kind is started with (a handler also gets the partition it serves). */
 export interface KindContext {
   config: Config;
   services: Services;
@@ -75,18 +76,18 @@ const policy = (config: Config, maxAttempts: number): RetryPolicy => ({
 export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
   tasks: groupKind(
     { name: "workers", stream: (keys) => keys.webhookStream, startAt: "0" },
-    ({ config, services, options }) =>
+    ({ config, services, options }, { store }) =>
       taskWorker({
-        store: services.store,
+        store,
         pipeline: options.pipeline ?? createPipeline(config, services),
         policy: policy(config, config.MAX_ATTEMPTS),
       }),
   ),
   scenes: groupKind(
     { name: "scene-sink", stream: (keys) => keys.eventStream, startAt: "$" },
-    ({ config, services, options, clock }) =>
+    ({ config, services, options, clock }, { store }) =>
       sceneSink({
-        store: services.store,
+        store,
         scenes: options.sceneStore ?? sceneStore(services),
         policy: policy(config, config.MAX_ATTEMPTS),
         clock,
@@ -94,9 +95,9 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
   ),
   callbacks: groupKind(
     { name: "callbacks", stream: (keys) => keys.eventStream, startAt: "$", optional: true },
-    ({ config, services, options, clock }) =>
+    ({ config, options, clock }, { store }) =>
       callbackSender({
-        store: services.store,
+        store,
         policy: policy(config, config.CALLBACK_MAX_ATTEMPTS),
         secret: config.CALLBACK_SECRET,
         timeoutMs: config.CALLBACK_TIMEOUT_MS,
@@ -107,26 +108,33 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
       }),
   ),
   projections: {
+    // A runner per partition: each projector holds the lease of its (projection, partition), so
+    // processes running projections share the partitions' work between them.
     async start({ config, services, log, consumer, blocking, projectionLag }) {
-      const runner = new ProjectionRunner({
-        redis: services.redis,
-        blocking,
-        keys: services.keys,
-        log,
-        owner: consumer,
-        viewTtlS: config.VIEW_RETENTION_S,
-        lag: projectionLag,
-      });
-      await runner.start();
-      // While the runner switches generations it runs none: report the last ones until then.
+      const { partitions } = services;
+      const runners = partitions.list.map((partition) =>
+        new ProjectionRunner({
+          redis: services.redis,
+          blocking: (name) =>
+            blocking(partitions.count === 1 ? name : `${name}:${partition.index}`),
+          keys: partition.keys,
+          log: partitions.count === 1 ? log : log.child({ partition: partition.index }),
+          owner: consumer,
+          viewTtlS: config.VIEW_RETENTION_S,
+          lag: projectionLag,
+        })
+      );
+      for (const runner of runners) await runner.start();
+      // While a runner switches generations it runs none: report the last ones until then.
       let last: string[] = [];
       return {
         stop: async () => {
-          await runner.stop();
+          await Promise.all(runners.map((runner) => runner.stop()));
           return { finished: 0, abandoned: 0 };
         },
         groups: () => {
-          if (runner.groups.length) last = runner.groups;
+          const now = [...new Set(runners.flatMap((runner) => runner.groups))];
+          if (runners.every((runner) => runner.groups.length)) last = now;
           return last.map((group) => ({ stream: "events" as const, group }));
         },
       };
@@ -134,43 +142,69 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
   },
 };
 
-/** A kind whose consumer runs `handler` on its group's entries, WORKER_CONCURRENCY at a time. */
-function groupKind(group: GroupSpec, handler: (context: KindContext) => Handler): ConsumerKind {
+/**
+ * A kind whose consumers run `handler` on its group's entries: one consumer (and blocking
+ * connection) per partition, WORKER_CONCURRENCY handlers at a time over all of them.
+ */
+function groupKind(
+  group: GroupSpec,
+  handler: (context: KindContext, partition: Partition) => Handler,
+): ConsumerKind {
   return {
     group,
     async start(context) {
       const { config, services, consumer, clock } = context;
-      const log = context.log.child({ consumer });
-      const stream = group.stream(services.keys);
-      const handles = handler(context);
-      const { metrics } = services;
-      const options = {
-        store: services.store,
-        stream,
-        group: group.name,
-        consumer,
-        clock,
-        metrics,
-      };
-      const streamName = stream === services.keys.webhookStream ? "webhooks" : "events";
-      const loop = new GroupConsumer({
-        redis: services.redis,
-        blocking: context.blocking(group.name),
-        stream,
-        group: group.name,
-        startAt: group.startAt,
-        consumer,
-        concurrency: config.WORKER_CONCURRENCY,
-        claimIdleMs: config.CLAIM_IDLE_MS,
-        log,
-        ignores: handles.ignores,
-        handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
-        onReclaim: (count) =>
-          metrics.reclaims.inc({ stream: streamName, group: group.name }, count),
+      const { metrics, partitions } = services;
+      const slots = new Slots(config.WORKER_CONCURRENCY, partitions.count > 1);
+      const loops = partitions.list.map((partition) => {
+        const log = context.log.child(
+          partitions.count === 1 ? { consumer } : { consumer, partition: partition.index },
+        );
+        const stream = group.stream(partition.keys);
+        const handles = handler(context, partition);
+        const options = {
+          store: partition.store,
+          stream,
+          group: group.name,
+          consumer,
+          clock,
+          metrics,
+        };
+        const streamName = stream === partition.keys.webhookStream ? "webhooks" : "events";
+        return new GroupConsumer({
+          redis: services.redis,
+          blocking: context.blocking(
+            partitions.count === 1 ? group.name : `${group.name}:${partition.index}`,
+          ),
+          stream,
+          group: group.name,
+          startAt: group.startAt,
+          consumer,
+          concurrency: config.WORKER_CONCURRENCY,
+          slots,
+          claimIdleMs: config.CLAIM_IDLE_MS,
+          log,
+          ignores: handles.ignores,
+          handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
+          onReclaim: (count) =>
+            metrics.reclaims.inc({ stream: streamName, group: group.name }, count),
+        });
       });
-      await loop.start();
-      const ref: GroupRef = { stream: streamName, group: group.name };
-      return { stop: (timeoutMs) => loop.stop(timeoutMs), groups: () => [ref] };
+      for (const loop of loops) await loop.start();
+      const ref: GroupRef = {
+        stream: group.stream(services.keys) === services.keys.webhookStream ? "webhooks" : "events",
+        group: group.name,
+      };
+      return {
+        async stop(timeoutMs) {
+          const outcomes = await Promise.all(loops.map((loop) => loop.stop(timeoutMs)));
+          return {
+            finished: outcomes.reduce((n, o) => n + o.finished, 0),
+            abandoned: outcomes.reduce((n, o) => n + o.abandoned, 0),
+          };
+        },
+        groups: () => [ref],
+      };
     },
   };
 }
@@ -230,11 +264,13 @@ export async function startConsumers(
       return connection;
     },
   };
-  const { redis, keys } = services;
+  const { redis, keys, partitions } = services;
   const kinds = Object.entries(CONSUMER_KINDS) as [ConsumerName, ConsumerKind][];
-  for (const [, kind] of kinds) {
-    if (kind.group) {
-      await ensureGroup(redis, kind.group.stream(keys), kind.group.name, kind.group.startAt);
+  for (const { keys } of partitions.list) {
+    for (const [, kind] of kinds) {
+      if (kind.group) {
+        await ensureGroup(redis, kind.group.stream(keys), kind.group.name, kind.group.startAt);
+      }
     }
   }
   const selected = kinds.filter(([name]) => (options.run ?? config.CONSUMERS).includes(name));
@@ -253,7 +289,7 @@ export async function startConsumers(
   const reporter = setInterval(report, REPORT_MS);
   const stopRetention = startRetention({
     redis,
-    keys,
+    keys: partitions.list.map((p) => p.keys),
     retentionMs: config.STREAM_RETENTION_S * 1000,
     intervalMs: 60_000,
     owner: consumer,
@@ -282,7 +318,7 @@ export async function startConsumers(
         total.finished += outcome.finished;
         total.abandoned += outcome.abandoned;
       }
-      await removeIdleConsumer(redis, keys, consumer);
+      for (const p of partitions.list) await removeIdleConsumer(redis, p.keys, consumer);
       await Promise.all(connections.map(closeRedis));
       return total;
     },

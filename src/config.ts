@@ -51,6 +51,13 @@ export const ConfigSchema = z.object({
   KEY_PREFIX: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "letters, digits, _ . - only").default(
     "vp",
   ),
+  // Partitions of the streams and keys, one Redis Cluster hash tag each (fixed per KEY_PREFIX: a
+  // process started with another count than the one stored refuses to start).
+  PARTITIONS: int(1, 1).pipe(z.number().max(1_024)),
+  // POST /webhook answers 202 only once WAIT says this many replicas hold the write (0: no wait);
+  // past ACK_TIMEOUT_MS it answers 503 and the sender retries with its idempotency key.
+  ACK_REPLICAS: int(0, 0),
+  ACK_TIMEOUT_MS: int(1, 1_000),
   WORKER_CONCURRENCY: int(1, 50),
   // Which consumers a `worker` (or `dev`) process runs; split them over processes to keep the
   // projections' lag independent of a task backlog.

@@ -11,11 +11,26 @@ export const GroupStatsSchema = z.object({
   pending: z.number().int(),
   lag: z.number().int().nullable(),
   consumers: z.number().int(),
+  partition: z.number().int().optional().describe("With PARTITIONS > 1: the stream's partition"),
 });
 export type GroupStats = z.infer<typeof GroupStatsSchema>;
 
-/** Every consumer group on the webhook and event streams, with its backlog. */
-export async function consumerGroups(redis: RedisClient, keys: Keys): Promise<GroupStats[]> {
+/**
+ * Every consumer group on the webhook and event streams of each partition, with its backlog
+ * (labelled with its partition when there are several).
+ */
+export async function consumerGroups(
+  redis: RedisClient,
+  keys: Keys | readonly Keys[],
+): Promise<GroupStats[]> {
+  const all = Array.isArray(keys) ? keys as readonly Keys[] : [keys as Keys];
+  const lists = await Promise.all(all.map((k) => partitionGroups(redis, k)));
+  return all.length === 1
+    ? lists[0]
+    : lists.flatMap((groups, i) => groups.map((g) => ({ ...g, partition: all[i].partition })));
+}
+
+async function partitionGroups(redis: RedisClient, keys: Keys): Promise<GroupStats[]> {
   const streams = [
     { name: "webhooks", key: keys.webhookStream },
     { name: "events", key: keys.eventStream },

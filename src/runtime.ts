@@ -1,17 +1,16 @@
 import { hostname } from "node:os";
 import { type Config, providerMode } from "./config.ts";
-import { EventStore } from "./event_store.ts";
 import { EventFeed } from "./feed/event_feed.ts";
 import { createApp } from "./http/app.ts";
 import { UploadGuard } from "./http/guard.ts";
-import { createKeys } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { createMetrics } from "./metrics/registry.ts";
+import { Partitions } from "./partitions.ts";
 import type { Ports, VideoHistory } from "./pipeline/step.ts";
 import { bindPipeline, type Pipeline } from "./pipeline/steps.ts";
 import { createSupabaseScenes, scenesOf } from "./providers/supabase_scenes.ts";
 import { readVideoView } from "./projections/video_scenes/projection.ts";
-import { rebuildProjections } from "./projections/rebuild.ts";
+import { rebuildPartitions } from "./projections/rebuild.ts";
 import { closeRedis, connectRedis, redisTarget } from "./redis/client.ts";
 import { claimRevisionScript } from "./redis/scripts.ts";
 
@@ -22,16 +21,18 @@ export function consumerName(): string {
 
 /** The store, views and HTTP app for one process; built once from the config. */
 export function createServices(config: Config, log: Logger) {
-  const keys = createKeys(config.KEY_PREFIX);
   // This process's Prometheus registry: /metrics on the app, METRICS_PORT on workers.
   const metrics = createMetrics();
   // Requests must never hang on a down Redis: while it is known to be down commands fail at once
   // (see connectRedis), and one that gets no answer gives up after 1 s; both answer 503.
   const redis = connectRedis(redisTarget(config), { commandTimeoutMs: 1_000, name: "commands" });
-  const store = new EventStore(redis, keys, {
+  // Every partition's keys and event log; partition 0 (`keys`, `store`) also holds the
+  // deployment-wide keys.
+  const partitions = new Partitions(redis, config.KEY_PREFIX, config.PARTITIONS, {
     idempotencyTtlS: config.IDEMPOTENCY_TTL_S,
     timelineTtlS: config.VIEW_RETENTION_S,
   });
+  const { keys, store } = partitions.first;
   const mode = providerMode(config);
   const supabase = config.SUPABASE_URL
     ? createSupabaseScenes({
@@ -62,6 +63,7 @@ export function createServices(config: Config, log: Logger) {
     redis,
     store,
     keys,
+    partitions,
     log,
     webhook: {
       auth: {
@@ -78,6 +80,7 @@ export function createServices(config: Config, log: Logger) {
       },
       uploads,
       allowPrivateUrls: config.ALLOW_PRIVATE_CALLBACKS,
+      ack: { replicas: config.ACK_REPLICAS, timeoutMs: config.ACK_TIMEOUT_MS },
       trustProxy: config.TRUST_PROXY,
       metrics,
     },
@@ -86,16 +89,15 @@ export function createServices(config: Config, log: Logger) {
     streamRetentionMs: config.STREAM_RETENTION_S * 1000,
     admin: {
       token: config.ADMIN_TOKEN,
-      rebuild: ({ force }) =>
-        rebuildProjections({
+      rebuild: ({ force, partition }) =>
+        rebuildPartitions({
           force,
           redis,
           redisTarget: redisTarget(config),
-          keys,
           log,
           viewTtlS: config.VIEW_RETENTION_S,
           owner: `admin-${consumerName()}`,
-        }),
+        }, partitions.select(partition).map((p) => p.keys)),
     },
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
@@ -108,7 +110,7 @@ export function createServices(config: Config, log: Logger) {
     await feed.close();
     await closeRedis(redis);
   };
-  return { keys, redis, store, app, uploads, mode, supabase, feed, metrics, close };
+  return { keys, redis, store, partitions, app, uploads, mode, supabase, feed, metrics, close };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -124,17 +126,19 @@ function cached<T>(check: () => Promise<T>, ms: number): () => Promise<T> {
 
 /** Latest stored scenes of a video: from Supabase when it is the sink, else the Redis view. */
 export function videoHistory(services: Services, revisionTtlS: number): VideoHistory {
-  const { supabase, redis, keys } = services;
+  const { supabase, redis, partitions } = services;
   return {
     async latest(videoId) {
       if (supabase) {
         const found = await supabase.latest(videoId);
         return found ? { revision: found.revision, scenes: scenesOf(found.rows) } : null;
       }
-      const view = await readVideoView(redis, keys, videoId);
+      const view = await readVideoView(redis, partitions.ofVideo(videoId).keys, videoId);
       return view ? { revision: view.revision, scenes: view.scenes } : null;
     },
     async claimRevision(videoId, latest, taskId) {
+      // The task is in its video's partition: the counter and the claim share a slot.
+      const { keys } = partitions.ofVideo(videoId);
       return Number(
         await claimRevisionScript.run(redis, {
           keys: { revision: keys.videoRevision(videoId), claim: keys.revisionClaim(taskId) },

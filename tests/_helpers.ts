@@ -60,7 +60,9 @@ export async function testEnv(name: string, env: Record<string, string> = {}): P
         body: typeof body === "string" ? body : JSON.stringify(body),
       })),
     async [Symbol.asyncDispose]() {
-      await deleteMatching(services.redis, services.keys.pattern);
+      for (const { keys } of services.partitions.list) {
+        await deleteMatching(services.redis, keys.pattern);
+      }
       await services.close();
     },
   };

@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
-import { connect, output, runMain, UsageError } from "./_common.ts";
+import { connect, output, parsePartition, runMain, scopeOf, UsageError } from "./_common.ts";
 import { parseCount, redriveProblem } from "./rules.ts";
 
 export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
@@ -12,6 +12,8 @@ export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
       --reason TEXT         why, recorded in the task's timeline (default "dead-letter redrive")
       --by NAME             who asks (default $USER)
       --dry-run             list what would be done and change nothing
+  --partition N             list or redrive only partition N (PARTITIONS > 1; all by default);
+                            with several partitions a dead letter's id is p<N>-<ms-seq>
   -h, --help`;
 
 export async function dlqMain(
@@ -30,6 +32,7 @@ export async function dlqMain(
         reason: { type: "string" },
         by: { type: "string" },
         "dry-run": { type: "boolean" },
+        partition: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       allowPositionals: true,
@@ -53,11 +56,13 @@ export async function dlqMain(
     ? redriveProblem({ ids, all: Boolean(flags.all) }, (f) => f === "all" ? "--all" : f)
     : null;
   if (problem) throw new UsageError(problem);
+  const partition = parsePartition(flags.partition);
   const out = output(write, terminal);
   const { services } = await connect(env);
   try {
+    const scope = scopeOf(services, partition);
     if (command === "list") {
-      const letters = await listDeadLetters(services.store, count);
+      const letters = await listDeadLetters(scope, count);
       for (const l of letters) {
         out.line(
           `${l.id}  ${l.task_id || "(no task)"}  ${l.group}  attempts=${l.attempts}  ${l.error}`,
@@ -67,7 +72,7 @@ export async function dlqMain(
       return 0;
     }
     if (command === "show") {
-      const letter = await getDeadLetter(services.store, ids[0]);
+      const letter = await getDeadLetter(scope, ids[0]);
       if (!letter) {
         out.line(`No dead letter "${ids[0]}"`);
         return 1;
@@ -79,7 +84,7 @@ export async function dlqMain(
       out.line(JSON.stringify({ ...letter, payload: request }, null, 2));
       return 0;
     }
-    const outcomes = await redrive(services.store, flags.all ? "all" : ids, {
+    const outcomes = await redrive(scope, flags.all ? "all" : ids, {
       requestedBy: flags.by ?? env.USER ?? "operator",
       reason: flags.reason ?? "dead-letter redrive",
       dryRun: Boolean(flags["dry-run"]),

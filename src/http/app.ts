@@ -9,6 +9,7 @@ import type { EventFeed } from "../feed/event_feed.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics/registry.ts";
+import type { Partitions } from "../partitions.ts";
 import { groupProblems, type KindReport, readRegistry } from "../consumer_registry.ts";
 import { PROJECTIONS } from "../projections/registry.ts";
 import { aofEnabled } from "../redis/client.ts";
@@ -26,11 +27,13 @@ import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
   redis: RedisClient;
+  /** Partition 0's store (deployment-wide keys); tasks are found through `partitions`. */
   store: EventStore;
+  partitions: Partitions;
   keys: Keys;
   log: Logger;
-  webhook: Omit<WebhookRouteDeps, "store" | "redis" | "keys" | "log" | "now">;
-  admin: Omit<AdminDeps, "store" | "now">;
+  webhook: Omit<WebhookRouteDeps, "store" | "partitions" | "redis" | "keys" | "log" | "now">;
+  admin: Omit<AdminDeps, "store" | "partitions" | "now">;
   /** READ_TOKEN for GET /task/*, /videos/* and /stats; without a token they are open. */
   read: ReadAuthOptions;
   streamRetentionMs: number;
@@ -53,7 +56,7 @@ export interface AppDeps {
 
 /** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
 export function createApp(deps: AppDeps) {
-  const { redis, store, keys, log } = deps;
+  const { redis, store, keys, partitions, log } = deps;
   const now = deps.clock ?? (() => new Date());
   const read = readAuth(deps.read);
   const app = new OpenAPIHono();
@@ -75,21 +78,23 @@ export function createApp(deps: AppDeps) {
     )
   );
 
-  webhookRoute(app, { ...deps.webhook, store, redis, keys, log, now });
-  adminRoutes(app, { ...deps.admin, store, now });
+  webhookRoute(app, { ...deps.webhook, store, partitions, redis, keys, log, now });
+  adminRoutes(app, { ...deps.admin, store, partitions, now });
 
   const routes = PROJECTIONS.flatMap((p) => p.route ? [p.route] : []);
   projectionRoutes(app, routes, {
     redis,
     keys,
     store,
+    partitions,
     now,
     streamRetentionMs: deps.streamRetentionMs,
   }, read.guard);
 
   app.get("/task/:task_id/events", read.guard, async (c) => {
     const taskId = c.req.param("task_id");
-    const events = await fromRedis(() => store.timeline(taskId));
+    const partition = partitions.ofTask(taskId);
+    const events = partition ? await fromRedis(() => partition.store.timeline(taskId)) : [];
     if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     return c.json({ task_id: taskId, events: events.map(publicEvent) });
   });
@@ -127,11 +132,15 @@ export function createApp(deps: AppDeps) {
       const aof = await aofEnabled(redis).catch(() => null);
       const registry = await readRegistry(redis, keys);
       for (const [kind, report] of registry) expected.set(kind, report);
-      const problems = await groupProblems(redis, keys, expected, registry, {
-        ...bounds,
-        // Real time, as the registry's reports are stamped.
-        nowMs: Date.now(),
-      });
+      // Every partition has the same groups; each is checked, and named when there are several.
+      const problems = (await Promise.all(partitions.list.map(async (p) => {
+        const found = await groupProblems(redis, p.keys, expected, registry, {
+          ...bounds,
+          // Real time, as the registry's reports are stamped.
+          nowMs: Date.now(),
+        });
+        return partitions.count === 1 ? found : found.map((m) => `Partition ${p.index}: ${m}`);
+      }))).flat();
       return c.json({
         status: problems.length ? "degraded" as const : "ok" as const,
         // Which groups and how far behind: for whoever may read backlogs, not for strangers.
@@ -140,7 +149,9 @@ export function createApp(deps: AppDeps) {
         provider_mode: deps.providerMode,
         webhook_auth: authMode(deps.webhook.auth),
         scene_sink: sceneSink,
-        ...(detailed ? { consumer_groups: await consumerGroups(redis, keys) } : {}),
+        ...(detailed
+          ? { consumer_groups: await consumerGroups(redis, partitions.list.map((p) => p.keys)) }
+          : {}),
       }, problems.length ? 503 : 200);
     } catch {
       c.header("retry-after", "1");
@@ -160,7 +171,12 @@ export function createApp(deps: AppDeps) {
     metricsRoute(app, {
       metrics: deps.metrics.registry,
       token: deps.metrics.token,
-      sources: { redis, keys, feed: deps.feed, uploads: deps.webhook.uploads.counters },
+      sources: {
+        redis,
+        keys: partitions.list.map((p) => p.keys),
+        feed: deps.feed,
+        uploads: deps.webhook.uploads.counters,
+      },
     });
   }
 

@@ -3,6 +3,7 @@ import type { z } from "zod";
 import type { EventStore } from "../event_store.ts";
 import { type StoredEvent, TaskEventSchema, type TaskEventType } from "../events.ts";
 import type { Keys } from "../keys.ts";
+import type { Partitions } from "../partitions.ts";
 
 /** A Redis write command, applied by the projection script together with the checkpoint. */
 export type Op = (string | number)[];
@@ -18,8 +19,10 @@ export interface PlanContext {
 /** What a projection's HTTP handler may read. */
 export interface RouteContext {
   redis: RedisClient;
+  /** Partition 0's keys and store; a route finds its own partition in `partitions`. */
   keys: Keys;
   store: EventStore;
+  partitions: Partitions;
   now: () => Date;
   streamRetentionMs: number;
 }

@@ -224,3 +224,43 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     await lock.release();
   }
 }
+
+/** A rebuild over several partitions: the totals, and each partition's own result. */
+export type PartitionedRebuildResult = RebuildResult & {
+  partitions?: (RebuildResult & { partition: number })[];
+};
+
+/**
+ * Rebuilds the views of each of `partitions` (one after the other, each as rebuildProjections
+ * does, under its own lock). With one partition the result is that partition's; with more, the
+ * events and seconds add up, the generations are the highest, and `partitions` lists each.
+ */
+export async function rebuildPartitions(
+  options: Omit<RebuildOptions, "keys">,
+  partitions: readonly Keys[],
+): Promise<PartitionedRebuildResult> {
+  const results: (RebuildResult & { partition: number })[] = [];
+  for (const keys of partitions) {
+    const log = partitions.length === 1
+      ? options.log
+      : options.log.child({ partition: keys.partition });
+    results.push({
+      partition: keys.partition,
+      ...await rebuildProjections({ ...options, keys, log }),
+    });
+  }
+  if (results.length === 1) {
+    const { partition: _partition, ...only } = results[0];
+    return only;
+  }
+  const events = results.reduce((n, r) => n + r.events, 0);
+  const seconds = Math.round(results.reduce((n, r) => n + r.seconds, 0) * 1000) / 1000;
+  return {
+    from_generation: Math.max(...results.map((r) => r.from_generation)),
+    generation: Math.max(...results.map((r) => r.generation)),
+    events,
+    seconds,
+    events_per_second: Math.round(events / Math.max(seconds, 0.001)),
+    partitions: results,
+  };
+}

@@ -145,7 +145,8 @@ export async function replayHorizon(redis: RedisClient, keys: Keys, retentionMs:
  */
 export function startRetention(options: {
   redis: RedisClient;
-  keys: Keys;
+  /** The partitions' keys: each partition is trimmed under its own lease. */
+  keys: Keys | readonly Keys[];
   retentionMs: number;
   intervalMs: number;
   owner: string;
@@ -159,37 +160,50 @@ export function startRetention(options: {
   /** Called after each round this process ran (tests). */
   onRound?: (result: Awaited<ReturnType<typeof applyRetention>>) => void;
 }): () => void {
-  const { redis, keys, intervalMs } = options;
+  const { redis, intervalMs } = options;
+  const all = Array.isArray(options.keys)
+    ? options.keys as readonly Keys[]
+    : [options.keys as Keys];
   const tickMs = Math.max(1, Math.min(5_000, Math.floor(intervalMs / 10)));
   // Held for the round and never released: it runs out half a look before the round is due, so
   // the look that finds the round due also finds the lease free.
-  const lease = new Lease(redis, keys.retentionLease, options.owner, intervalMs - tickMs / 2);
+  const partitions = all.map((keys) => ({
+    keys,
+    lease: new Lease(redis, keys.retentionLease, options.owner, intervalMs - tickMs / 2),
+    abandoned: new Set<string>(),
+  }));
+  const named = (keys: Keys) => all.length === 1 ? {} : { partition: keys.partition };
   let running = false;
-  let abandoned = new Set<string>();
   const timer = setInterval(async () => {
     if (running) return;
     running = true;
     try {
-      if (await lease.acquire()) {
+      for (const partition of partitions) {
+        const { keys, lease } = partition;
+        if (!await lease.acquire()) continue;
         const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
           abandonAfterMs: options.abandonAfterMs,
           optional: options.optional,
         });
         const now = new Set(result.abandoned);
         for (const group of now) {
-          if (abandoned.has(group)) continue;
+          if (partition.abandoned.has(group)) continue;
           options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
             group,
+            ...named(keys),
             detail: "no process of this deployment runs it (CONSUMERS); entries older than the " +
               "retention go, read or not",
           });
         }
-        for (const group of abandoned) {
+        for (const group of partition.abandoned) {
           if (!now.has(group)) {
-            options.log?.info("Retention waits for a consumer group again", { group });
+            options.log?.info("Retention waits for a consumer group again", {
+              group,
+              ...named(keys),
+            });
           }
         }
-        abandoned = now;
+        partition.abandoned = now;
         options.onRound?.(result);
       }
     } catch (error) {

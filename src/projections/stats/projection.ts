@@ -57,24 +57,49 @@ function lastMinute(nowMs: number): string[] {
   return Array.from({ length: 60 }, (_, i) => String(nowS - i));
 }
 
-/** The stats view plus live figures from the streams. `now` bounds the throughput window. */
+/**
+ * The stats view plus live figures from the streams, summed over the partitions: counters and
+ * throughput add up, percentiles come from the merged histogram buckets. `now` bounds the
+ * throughput window.
+ */
 export async function readStats(
   redis: RedisClient,
-  keys: Keys,
+  keys: Keys | readonly Keys[],
   now: number,
   retentionMs: number,
 ): Promise<Stats> {
-  const stats = statsKeys((await currentViews(redis, keys)).prefix);
-  const [hash, histogram, perSecond, groups, horizon] = await Promise.all([
-    redis.hgetall(stats.counters),
-    redis.hgetall(stats.durations),
-    redis.hmget(stats.finished, ...lastMinute(now)),
-    consumerGroups(redis, keys),
-    replayHorizon(redis, keys, retentionMs),
-  ]);
+  const all = Array.isArray(keys) ? keys as readonly Keys[] : [keys as Keys];
+  const parts = await Promise.all(all.map(async (k) => {
+    const stats = statsKeys((await currentViews(redis, k)).prefix);
+    return await Promise.all([
+      redis.hgetall(stats.counters),
+      redis.hgetall(stats.durations),
+      redis.hmget(stats.finished, ...lastMinute(now)),
+      replayHorizon(redis, k, retentionMs),
+    ]);
+  }));
+  const groups = await consumerGroups(redis, all);
+  const hash: Record<string, number> = {};
+  const buckets: Record<string, number> = {};
+  const add = (into: Record<string, number>, from: Record<string, string>) => {
+    for (const [field, value] of Object.entries(from)) {
+      into[field] = (into[field] ?? 0) + Number(value);
+    }
+  };
+  let finished = 0;
+  const oldest: string[] = [];
+  for (const [counters, histogram, perSecond, partHorizon] of parts) {
+    add(hash, counters);
+    add(buckets, histogram);
+    finished += perSecond.reduce((sum, count) => sum + Number(count ?? 0), 0);
+    if (partHorizon.oldest_event_at) oldest.push(partHorizon.oldest_event_at);
+  }
+  const horizon = {
+    stream_retention_s: Math.round(retentionMs / 1000),
+    // ISO times of one format sort as text.
+    oldest_event_at: oldest.sort()[0] ?? null,
+  };
   const n = (field: string) => Number(hash[field] ?? 0);
-  const buckets = Object.fromEntries(Object.entries(histogram).map(([b, c]) => [b, Number(c)]));
-  const finished = perSecond.reduce((sum, count) => sum + Number(count ?? 0), 0);
   const average = n("processing_count") ? n("processing_ms") / n("processing_count") : 0;
   const stepAverage: Record<string, number> = {};
   for (const step of StepName.options) {
@@ -186,7 +211,7 @@ export const stats = defineProjection({
     summary: "Task counts, processing times, throughput and consumer-group backlog",
     response: { schema: StatsSchema, description: "Statistics" },
     problems: { 503: "Redis is unreachable" },
-    handle: ({ redis, keys, now, streamRetentionMs }) =>
-      readStats(redis, keys, now().getTime(), streamRetentionMs),
+    handle: ({ redis, partitions, now, streamRetentionMs }) =>
+      readStats(redis, partitions.list.map((p) => p.keys), now().getTime(), streamRetentionMs),
   },
 });

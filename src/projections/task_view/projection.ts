@@ -42,7 +42,11 @@ export const taskView = defineProjection({
     params: z.object({ task_id: z.string() }),
     response: { schema: TaskViewSchema, description: "The task" },
     problems: { 404: "Unknown task" },
-    async handle({ redis, keys, store }, { task_id }) {
+    async handle({ redis, partitions }, { task_id }) {
+      // The id names its partition; an id no partition can hold is an unknown task.
+      const partition = partitions.ofTask(task_id);
+      if (!partition) throw new ProblemError(404, "Task not found", `No task "${task_id}"`);
+      const { keys, store } = partition;
       const projected = await readTaskView(redis, keys, task_id);
       if (projected) return projected;
       // Not projected yet (or expired): fold its timeline from the log, same evolve function.

@@ -36,8 +36,8 @@ export const videoScenes = defineProjection({
     params: z.object({ video_id: z.string() }),
     response: { schema: VideoScenesSchema, description: "The latest revision's scenes" },
     problems: { 404: "No completed task for this video" },
-    async handle({ redis, keys }, { video_id }) {
-      const view = await readVideoView(redis, keys, video_id);
+    async handle({ redis, partitions }, { video_id }) {
+      const view = await readVideoView(redis, partitions.ofVideo(video_id).keys, video_id);
       if (view) return view;
       throw new ProblemError(404, "Video not found", `No scenes for video "${video_id}"`);
     },

@@ -3,7 +3,10 @@
   checking the sender's rate-limit buckets: one round trip for the whole hot path.
   The key, the work entry, the task.queued event and the timeline index are written together,
   so no crash can leave a key without its task or a task without its key. A duplicate neither
-  appends nor spends tokens; a limited request spends none and appends nothing.
+  appends nor spends tokens; a limited request spends none and appends nothing. The key keeps the
+  request's fingerprint: the same key with another request is a conflict (409), as at Stripe.
+  With PARTITIONS > 1 the task id comes from the key's claim (claim_idempotency.lua), so a retry
+  after a crash between the claim and this script appends the same task, once.
 
   Input:
     KEYS.idempotency          the idempotency key (ignored unless ARGV.has_idempotency_key is "1")
@@ -26,15 +29,22 @@
     ARGV.bucket_rate          refill (units per ms)
     ARGV.now_ms               now (ms)
     ARGV.bucket_ttl_ms        ttl of a bucket (ms)
+    ARGV.fingerprint          the request's fingerprint, kept with the idempotency key
 
   Output:
-    {task id, 0} when appended, {task id, 1} for a duplicate,
-    {"", -1, ms until allowed} when rate-limited
+    {task id, 0} when appended, {task id, 1} for a duplicate, {task id, 2} when the key made
+    that task from another request (a conflict), {"", -1, ms until allowed} when rate-limited
 ]]
 --- @include "token_bucket"
 if ARG.has_idempotency_key == '1' then
   local existing = redis.call('GET', KEY.idempotency)
-  if existing then return {existing, 1} end
+  if existing then
+    -- "task fingerprint"; a key stored before fingerprints existed matches any request.
+    local task, fingerprint = string.match(existing, '^(%S+) (%S+)$')
+    if not task then return {existing, 1} end
+    if fingerprint ~= ARG.fingerprint then return {task, 2} end
+    return {task, 1}
+  end
 end
 if #KEYS >= EXTRA_KEYS_FROM then
   local rate, now = tonumber(ARG.bucket_rate), tonumber(ARG.now_ms)
@@ -58,6 +68,7 @@ local ev = redis.call('XADD', KEY.events, '*', 'type', 'task.queued', 'task_id',
 redis.call('RPUSH', KEY.timeline, ev)
 redis.call('EXPIRE', KEY.timeline, ARG.timeline_ttl_s)
 if ARG.has_idempotency_key == '1' then
-  redis.call('SET', KEY.idempotency, ARG.task_id, 'EX', ARG.idempotency_ttl_s)
+  redis.call('SET', KEY.idempotency, ARG.task_id .. ' ' .. ARG.fingerprint, 'EX',
+    ARG.idempotency_ttl_s)
 end
 return {ARG.task_id, 0}

@@ -1,0 +1,162 @@
+import assert from "node:assert/strict";
+import { freePort, spawnRedis } from "../src/dev/local_services.ts";
+import { loadConfig } from "../src/config.ts";
+import { createServices } from "../src/runtime.ts";
+import { closeRedis, connectRedis, waitReady } from "../src/redis/client.ts";
+import { childEnv, fixture, testEnv, testLogger, waitFor } from "./_helpers.ts";
+import { partitionBehaviour, partitionedEnv } from "./support/partition_behaviour.ts";
+
+Deno.test("partitions on one Redis node, PARTITIONS=6", async (t) => {
+  await partitionBehaviour(t, { partitions: 6 });
+});
+
+Deno.test("partitions on one Redis node, PARTITIONS=1 (the layout before partitions)", async (t) => {
+  await partitionBehaviour(t, { partitions: 1, skip: ["retention trims every partition"] });
+});
+
+Deno.test("PARTITIONS=1 keeps the key layout and task ids of before", async () => {
+  await using env = await testEnv("layout");
+  const res = await env.post({
+    ...JSON.parse(await fixture("minimal.json")),
+    idempotency_key: "layout-1",
+  });
+  const { task_id } = await res.json();
+  assert.match(task_id, /^[0-9a-f-]{36}$/);
+  const { redis } = env.services;
+  const p = `{${env.prefix}}`;
+  assert.equal(await redis.xlen(`${p}:stream:webhooks`), 1);
+  assert.equal(await redis.llen(`${p}:timeline:${task_id}`), 1);
+  const user = JSON.parse(await fixture("minimal.json")).user_id as string;
+  const stored = await redis.get(`${p}:idem:${user.length}:${user}:layout-1`);
+  assert.ok(stored?.startsWith(`${task_id} `), String(stored));
+});
+
+Deno.test("an idempotency key stored before fingerprints existed still finds its task", async () => {
+  await using env = await testEnv("legacy-idem");
+  const body = { ...JSON.parse(await fixture("minimal.json")), idempotency_key: "old-key" };
+  const key = env.services.keys.idempotency(body.user_id, "old-key");
+  await env.services.redis.set(key, "legacy-task-id", "EX", 60);
+  const res = await env.post(body);
+  assert.equal(res.status, 202);
+  const json = await res.json();
+  assert.equal(json.task_id, "legacy-task-id");
+  assert.equal(json.duplicate, true);
+});
+
+Deno.test("a process started with another PARTITIONS than the prefix holds refuses to start", async () => {
+  await using env = await partitionedEnv("refuse", { partitions: 6 });
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", new URL("../main.ts", import.meta.url).pathname, "worker"],
+    clearEnv: true,
+    env: { ...childEnv(), KEY_PREFIX: env.prefix, PARTITIONS: "3", LOG_FORMAT: "json" },
+    stdout: "null",
+    stderr: "piped",
+  }).output();
+  const log = new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 1, log);
+  assert.match(log, /holds 6 partition\(s\) but PARTITIONS=3/);
+  assert.match(log, /start with PARTITIONS=6/);
+  assert.equal(await env.services.redis.get(env.services.keys.partitionCount), "6");
+});
+
+Deno.test("a prefix holding data from before partitions counts as one partition", async () => {
+  await using env = await testEnv("legacy-count");
+  await env.post(JSON.parse(await fixture("minimal.json")));
+  const config = loadConfig({ KEY_PREFIX: env.prefix, PARTITIONS: "4" });
+  const services = createServices(config, testLogger());
+  try {
+    await waitReady(services.redis);
+    await assert.rejects(() => services.partitions.checkCount(), /holds 1 partition\(s\)/);
+    await env.services.partitions.checkCount();
+  } finally {
+    await services.close();
+  }
+});
+
+/** A private redis-server (and, on demand, a replica of it); both stopped by dispose. */
+async function privateRedis() {
+  const port = freePort();
+  // A replica's full sync writes an RDB file: into a temporary folder, not the working directory.
+  const dir = await Deno.makeTempDir({ prefix: "ack-redis-" });
+  const children: Deno.ChildProcess[] = [await spawnRedis({ port, args: ["--dir", dir] })];
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    async addReplica() {
+      const replica = freePort();
+      children.push(
+        await spawnRedis({
+          port: replica,
+          args: ["--dir", dir, "--replicaof", "127.0.0.1", String(port)],
+        }),
+      );
+      const primary = connectRedis(`redis://127.0.0.1:${port}`);
+      try {
+        await waitFor(async () => /slave0:.*state=online/.test(await primary.info("replication")), {
+          what: "the replica online",
+        });
+      } finally {
+        await closeRedis(primary);
+      }
+    },
+    async [Symbol.asyncDispose]() {
+      for (const child of children.reverse()) {
+        child.kill("SIGKILL");
+        await child.status;
+      }
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("ACK_REPLICAS: 503 within the timeout without a replica, 202 once one holds the write", async () => {
+  await using redis = await privateRedis();
+  const config = loadConfig({
+    REDIS_URL: redis.url,
+    KEY_PREFIX: "ack",
+    ACK_REPLICAS: "1",
+    ACK_TIMEOUT_MS: "300",
+  });
+  const services = createServices(config, testLogger());
+  try {
+    await waitReady(services.redis);
+    const body = JSON.stringify({
+      ...JSON.parse(await fixture("minimal.json")),
+      idempotency_key: "ack-1",
+    });
+    const post = () =>
+      services.app.request("/webhook", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body,
+      });
+    const t0 = performance.now();
+    const refused = await post();
+    const ms = performance.now() - t0;
+    assert.equal(refused.status, 503);
+    assert.equal(refused.headers.get("retry-after"), "1");
+    const problem = await refused.json();
+    assert.match(problem.detail, /0 of 1 replica/);
+    assert.ok(ms >= 250 && ms < 2_000, `answered after the timeout (${Math.round(ms)} ms)`);
+    // Nothing lost: the write is on the primary, and the retry finds the same task.
+    assert.equal(await services.redis.xlen(services.keys.webhookStream), 1);
+    await redis.addReplica();
+    // The client retries (after Retry-After); once the replica acknowledged the write, 202.
+    const accepted = await waitFor(async () => {
+      const res = await post();
+      return res.status === 202 ? res : (await res.body?.cancel(), null);
+    }, { what: "the retry acknowledged", intervalMs: 200 });
+    const json = await accepted.json();
+    assert.equal(json.task_id, problem.task_id);
+    assert.equal(json.duplicate, true);
+    // A new request on a replicated primary is acknowledged at once.
+    const fresh = await services.app.request("/webhook", {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ ...JSON.parse(body), idempotency_key: "ack-2" }),
+    });
+    assert.equal(fresh.status, 202);
+    assert.equal(await services.redis.xlen(services.keys.webhookStream), 2);
+  } finally {
+    await services.close();
+  }
+});
