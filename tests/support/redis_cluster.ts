@@ -10,6 +10,8 @@ import { freePort } from "../_helpers.ts";
 /** A server process of ours: its port and how to kill it. */
 export interface ServerProcess {
   port: number;
+  /** redis-server's arguments, to start it again as it was. */
+  args: string[];
   child: Deno.ChildProcess;
   /** Whether it was killed (kill -9) on purpose by the test. */
   killed: boolean;
@@ -71,7 +73,7 @@ function spawn(args: string[], port: number): ServerProcess {
     stdout: "null",
     stderr: "null",
   }).spawn();
-  return { port, child, killed: false };
+  return { port, args, child, killed: false };
 }
 
 function killNow(server: ServerProcess) {
@@ -234,12 +236,43 @@ export class LocalCluster {
     return master;
   }
 
+  /** The replica of the master on `port`. */
+  async replicaOf(port: number): Promise<ClusterNodeInfo> {
+    const nodes = await this.topology();
+    const master = nodes.find((n) => n.port === port && n.role === "master");
+    const replica = nodes.find((n) => n.masterId === master?.id && !n.flags.includes("fail"));
+    if (!replica) throw new Error(`The master on ${port} has no replica`);
+    return replica;
+  }
+
+  /**
+   * Cuts a replica off its master (`cut`: its link is dropped and cannot be made again, as with a
+   * network partition) or lets it reconnect (`heal`). What the master takes meanwhile is not
+   * replicated. (A wrong masterauth makes its reconnects fail at AUTH.)
+   */
+  async replication(port: number, action: "cut" | "heal"): Promise<void> {
+    const password = action === "cut" ? `cut-${crypto.randomUUID()}` : "";
+    await cli(port, "CONFIG", "SET", "masterauth", password);
+    if (action === "cut") await cli(port, "CLIENT", "KILL", "TYPE", "master");
+  }
+
   /** kill -9 of the server on `port`. */
   async kill(port: number): Promise<void> {
     const server = this.servers.find((s) => s.port === port);
     if (!server) throw new Error(`No server of ours on port ${port}`);
     server.killed = true;
     await kill(server);
+  }
+
+  /**
+   * Starts a killed server again with its folder (AOF and nodes.conf): the cluster takes it back,
+   * as a replica of the master that replaced it.
+   */
+  async restart(port: number): Promise<void> {
+    const index = this.servers.findIndex((s) => s.port === port && s.killed);
+    if (index < 0) throw new Error(`No killed server of ours on port ${port}`);
+    this.servers[index] = spawn(this.servers[index].args, port);
+    await until(() => pinged(port), `redis-server on ${port} again`, 10_000);
   }
 
   /** Waits until `key`'s slot is served by a master other than `port` (its replica took over). */
