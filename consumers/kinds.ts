@@ -8,7 +8,7 @@ import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
 import type { Partition } from "../src/partitions.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
-import { ensureGroup } from "../src/redis/streams.ts";
+import { ensureGroup, xgroup } from "../src/redis/streams.ts";
 import { startRetention } from "../src/replay/retention.ts";
 import type { RetryPolicy } from "../src/retry.ts";
 import { consumerName, createPipeline, type Services } from "../src/runtime.ts";
@@ -333,7 +333,7 @@ async function removeIdleConsumer(redis: RedisClient, keys: Keys, consumer: stri
     try {
       const pending = await redis.xpending(stream, kind.group.name, "-", "+", 1, consumer);
       if ((pending as unknown[]).length === 0) {
-        await redis.xgroup("DELCONSUMER", stream, kind.group.name, consumer);
+        await xgroup(redis, "DELCONSUMER", stream, kind.group.name, consumer);
       }
     } catch {
       // Best effort: a leftover consumer name only shows in /stats.

@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { type Config, providerMode } from "./config.ts";
-import { EventFeed } from "./feed/event_feed.ts";
+import { EventFeeds } from "./feed/event_feeds.ts";
 import { createApp } from "./http/app.ts";
 import { UploadGuard } from "./http/guard.ts";
 import type { Logger } from "./log.ts";
@@ -49,10 +49,9 @@ export function createServices(config: Config, log: Logger) {
   }, log);
   // The SSE routes' one reader of the event stream; its blocking connection opens with the first
   // stream client (so worker processes never open it).
-  const feed = new EventFeed({
-    keys,
+  const feed = new EventFeeds(partitions, {
     redis,
-    connect: () => connectRedis(redisTarget(config), { name: "event-feed" }),
+    connect: (name) => connectRedis(redisTarget(config), { name }),
     log,
     maxClients: config.SSE_MAX_CLIENTS,
     bufferEvents: config.SSE_BUFFER_EVENTS,

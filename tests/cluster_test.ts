@@ -17,6 +17,7 @@ import {
 } from "../src/redis/client.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
 import { fixture, freePort, runConsumers, spawnMain, testEnv, waitFor } from "./_helpers.ts";
+import { partitionBehaviour } from "./support/partition_behaviour.ts";
 import { LocalCluster, shared, topologyTest } from "./support/redis_cluster.ts";
 
 const topology = shared(() => LocalCluster.start());
@@ -178,5 +179,15 @@ topologyTest(
     }
   },
 );
+
+Deno.test({
+  name: "cluster: the core behaviour with PARTITIONS=6",
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn(t) {
+    const local = await cluster();
+    await partitionBehaviour(t, { partitions: 6, env: local.env });
+  },
+});
 
 topologyTest("cluster: stop the shared cluster", () => topology.stop());

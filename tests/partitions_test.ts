@@ -114,7 +114,7 @@ Deno.test("ACK_REPLICAS: 503 within the timeout without a replica, 202 once one 
     REDIS_URL: redis.url,
     KEY_PREFIX: "ack",
     ACK_REPLICAS: "1",
-    ACK_TIMEOUT_MS: "300",
+    ACK_TIMEOUT_MS: "1000",
   });
   const services = createServices(config, testLogger());
   try {
@@ -136,7 +136,7 @@ Deno.test("ACK_REPLICAS: 503 within the timeout without a replica, 202 once one 
     assert.equal(refused.headers.get("retry-after"), "1");
     const problem = await refused.json();
     assert.match(problem.detail, /0 of 1 replica/);
-    assert.ok(ms >= 250 && ms < 2_000, `answered after the timeout (${Math.round(ms)} ms)`);
+    assert.ok(ms >= 950 && ms < 3_000, `answered after the timeout (${Math.round(ms)} ms)`);
     // Nothing lost: the write is on the primary, and the retry finds the same task.
     assert.equal(await services.redis.xlen(services.keys.webhookStream), 1);
     await redis.addReplica();
@@ -148,7 +148,7 @@ Deno.test("ACK_REPLICAS: 503 within the timeout without a replica, 202 once one 
     const json = await accepted.json();
     assert.equal(json.task_id, problem.task_id);
     assert.equal(json.duplicate, true);
-    // A new request on a replicated primary is acknowledged at once.
+    // A new request on a replicated primary is acknowledged within the timeout.
     const fresh = await services.app.request("/webhook", {
       method: "POST",
       headers: { "content-type": "application/json" },

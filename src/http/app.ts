@@ -5,7 +5,7 @@ import { secureHeaders } from "hono/secure-headers";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { StoredEvent } from "../events.ts";
-import type { EventFeed } from "../feed/event_feed.ts";
+import type { EventFeeds } from "../feed/event_feeds.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics/registry.ts";
@@ -38,7 +38,7 @@ export interface AppDeps {
   read: ReadAuthOptions;
   streamRetentionMs: number;
   /** The process's one reader of the event stream, for the SSE routes (src/http/streams.ts). */
-  feed: EventFeed;
+  feed: EventFeeds;
   /** Origins allowed by CORS; none means no CORS headers at all. */
   corsOrigins: string[];
   providerMode: "live" | "offline";

@@ -7,7 +7,7 @@ import type { Samples } from "../metrics/samples.ts";
 import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
 import { projectScript } from "../redis/scripts.ts";
-import { ensureGroup, groupInfo, readGroup, type StreamEntry } from "../redis/streams.ts";
+import { ensureGroup, groupInfo, readGroup, type StreamEntry, xgroup } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import type { Projection } from "./registry.ts";
 
@@ -35,7 +35,7 @@ export interface ProjectorOptions {
 export async function dropProjectionGroup(redis: RedisClient, keys: Keys, group: string) {
   await redis.del(keys.checkpoint(group), keys.lease(group));
   try {
-    await redis.xgroup("DESTROY", keys.eventStream, group);
+    await xgroup(redis, "DESTROY", keys.eventStream, group);
   } catch {
     // No stream yet: nothing to destroy.
   }
@@ -218,7 +218,7 @@ export class Projector {
       });
       for (const pattern of this.projection.ownedKeys) await deleteMatching(redis, pattern);
       await redis.del(keys.checkpoint(group));
-      await redis.xgroup("DESTROY", stream, group).catch(() => {});
+      await xgroup(redis, "DESTROY", stream, group).catch(() => {});
     } else {
       log.warn("Projection group was missing (Redis lost its data?); recreated it", {
         projection: group,

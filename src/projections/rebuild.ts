@@ -10,7 +10,7 @@ import type { Logger } from "../log.ts";
 import { decodeValid } from "../events.ts";
 import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
-import { ensureGroup, groupInfo } from "../redis/streams.ts";
+import { ensureGroup, groupInfo, xgroup } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import { deleteMatching, resetProjections } from "./projector.ts";
 import { createProjections, type Projection } from "./registry.ts";
@@ -168,7 +168,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     for (const group of groups) await ensureGroup(redis, keys.eventStream, group);
     const bulk = await foldLog(redis, keys, next, log, options);
     for (const group of groups) {
-      await redis.xgroup("SETID", keys.eventStream, group, bulk.last);
+      await xgroup(redis, "SETID", keys.eventStream, group, bulk.last);
       await redis.set(keys.checkpoint(group), bulk.last);
     }
     // The consumer groups take over from there: what arrived during the bulk fold, and what

@@ -7,10 +7,23 @@ export interface StreamEntry {
   reclaimed?: boolean;
 }
 
+/**
+ * XGROUP on a stream. Its key follows the subcommand, where ioredis does not look: on a cluster,
+ * `redis.xgroup` would go to a node chosen by the subcommand's name and fail with MOVED.
+ */
+export function xgroup(
+  redis: RedisClient,
+  subcommand: "CREATE" | "DESTROY" | "SETID" | "DELCONSUMER",
+  stream: string,
+  ...args: string[]
+): Promise<unknown> {
+  return callWithKey(redis, stream, "XGROUP", subcommand, stream, ...args);
+}
+
 /** Creates a consumer group (and the stream) unless it exists; new groups start at `start`. */
 export async function ensureGroup(redis: RedisClient, stream: string, group: string, start = "0") {
   try {
-    await redis.xgroup("CREATE", stream, group, start, "MKSTREAM");
+    await xgroup(redis, "CREATE", stream, group, start, "MKSTREAM");
   } catch (error) {
     if (!String((error as Error).message).includes("BUSYGROUP")) throw error;
   }

@@ -278,6 +278,27 @@ export async function partitionBehaviour(
     }
   });
 
+  await step("the all-tasks event stream reads every partition and resumes exactly", async () => {
+    await using env = await partitionedEnv("sse", options, { ADMIN_TOKEN: ADMIN });
+    const first = await Promise.all(
+      Array.from({ length: 6 }, (_, i) => submit(env, { video_id: `sse-${i}` })),
+    );
+    // A plain id resumes every partition after it: here, from the start.
+    const all = await readEvents(env, "/events/stream?last_event_id=0-0", first.length);
+    assert.deepEqual(all.map((e) => e.task_id).sort(), [...first].sort());
+    const position = all.at(-1)!.id;
+    assert.equal(position.split(",").length, n, `a position per partition: ${position}`);
+    const more = await Promise.all(
+      Array.from({ length: 3 }, (_, i) => submit(env, { video_id: `sse-more-${i}` })),
+    );
+    const resumed = await readEvents(env, "/events/stream", more.length, position);
+    assert.deepEqual(resumed.map((e) => e.task_id).sort(), [...more].sort());
+    // A task's own stream is its partition's.
+    const [snapshot] = await readEvents(env, `/task/${more[0]}/stream`, 1);
+    assert.equal(snapshot.event, "snapshot");
+    assert.equal(snapshot.task_id, more[0]);
+  });
+
   await step("retention trims every partition", async () => {
     await using env = await partitionedEnv("retention", options);
     const running = await runConsumers(env);
@@ -312,4 +333,58 @@ async function redriveVia(env: TestEnv, partition: number): Promise<string[]> {
   return outcomes.filter((o: { skipped?: string }) => !o.skipped).map((o: { task_id: string }) =>
     o.task_id
   );
+}
+
+/** The first `count` events (with data) of an SSE route, read in-process; then it is cancelled. */
+async function readEvents(
+  env: TestEnv,
+  path: string,
+  count: number,
+  lastEventId?: string,
+): Promise<{ id: string; event: string; task_id: string }[]> {
+  const res = await env.services.app.request(path, {
+    headers: {
+      authorization: `Bearer ${ADMIN}`,
+      ...(lastEventId ? { "last-event-id": lastEventId } : {}),
+    },
+  });
+  if (res.status !== 200) assert.fail(`${path}: ${res.status} ${await res.text()}`);
+  const reader = res.body!.pipeThrough(new TextDecoderStream()).getReader();
+  const events: { id: string; event: string; task_id: string }[] = [];
+  let buffer = "";
+  const deadline = Date.now() + 10_000;
+  try {
+    while (events.length < count) {
+      if (Date.now() > deadline) throw new Error(`${events.length} of ${count} events in time`);
+      const { done, value } = await Promise.race([
+        reader.read(),
+        new Promise<never>((_, reject) =>
+          setTimeout(
+            () => reject(new Error(`${path}: ${events.length} of ${count} events in time`)),
+            Math.max(0, deadline - Date.now()),
+          )
+        ),
+      ]);
+      if (done) break;
+      buffer += value;
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, end);
+        buffer = buffer.slice(end + 2);
+        const field = (name: string) =>
+          block.split("\n").find((l) => l.startsWith(`${name}: `))?.slice(name.length + 2);
+        const data = field("data");
+        if (!data) continue;
+        const json = JSON.parse(data);
+        events.push({
+          id: field("id") ?? "",
+          event: field("event") ?? "message",
+          task_id: json.task_id,
+        });
+      }
+    }
+  } finally {
+    await reader.cancel();
+  }
+  return events.slice(0, count);
 }
