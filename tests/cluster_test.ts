@@ -16,8 +16,16 @@ import {
   waitReady,
 } from "../src/redis/client.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
-import { fixture, freePort, runConsumers, spawnMain, testEnv, waitFor } from "./_helpers.ts";
-import { partitionBehaviour } from "./support/partition_behaviour.ts";
+import {
+  fixture,
+  freePort,
+  readStream,
+  runConsumers,
+  spawnMain,
+  testEnv,
+  waitFor,
+} from "./_helpers.ts";
+import { partitionBehaviour, partitionedEnv } from "./support/partition_behaviour.ts";
 import { LocalCluster, shared, topologyTest } from "./support/redis_cluster.ts";
 
 const topology = shared(() => LocalCluster.start());
@@ -189,5 +197,79 @@ Deno.test({
     await partitionBehaviour(t, { partitions: 6, env: local.env });
   },
 });
+
+topologyTest(
+  "cluster: a worker process killed mid-task on PARTITIONS=6: its tasks complete once elsewhere",
+  async () => {
+    const local = await cluster();
+    const settings = {
+      ...local.env,
+      PARTITIONS: "6",
+      PROVIDER_MODE: "offline",
+      CLAIM_IDLE_MS: "500",
+    };
+    await using env = await partitionedEnv("cluster-crash", { partitions: 6, env: settings });
+    const { partitions, redis } = env.services;
+    const worker = {
+      ...settings,
+      KEY_PREFIX: env.prefix,
+      OFFLINE_LATENCY_MS: "1500",
+      LOG_LEVEL: "error",
+    };
+    const victim = spawnMain("worker", { ...worker, CONSUMERS: "tasks,scenes" });
+    let survivor: ReturnType<typeof spawnMain> | null = null;
+    try {
+      const base = JSON.parse(await fixture("minimal.json"));
+      const ids: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const res = await env.post({ ...base, video_id: `crash-${i}` });
+        assert.equal(res.status, 202);
+        ids.push((await res.json()).task_id);
+      }
+      const held = () =>
+        Promise.all(partitions.list.map((p) => redis.xpending(p.keys.webhookStream, "workers")))
+          .then((all) => all.reduce((n, [count]) => n + Number(count), 0), () => 0);
+      await waitFor(async () => (await held()) >= 6, {
+        timeoutMs: 30_000,
+        what: "the victim to hold tasks in several partitions",
+      });
+      victim.process.kill("SIGKILL");
+      assert.equal((await victim.process.status).signal, "SIGKILL");
+      survivor = spawnMain("worker", worker);
+      const events = async () =>
+        (await Promise.all(partitions.list.map((p) => readStream(redis, p.keys.eventStream))))
+          .flat();
+      await waitFor(async () => {
+        const done = new Set(
+          (await events()).filter((e) => e.type === "task.completed").map((e) => e.task_id),
+        );
+        return ids.every((id) => done.has(id));
+      }, { timeoutMs: 30_000, intervalMs: 100, what: "every task completed by the survivor" });
+      const all = await events();
+      for (const id of ids) {
+        assert.equal(
+          all.filter((e) => e.type === "task.completed" && e.task_id === id).length,
+          1,
+          id,
+        );
+      }
+      const restarted = ids.filter((id) =>
+        all.filter((e) => e.type === "task.started" && e.task_id === id).length > 1
+      );
+      assert.ok(restarted.length > 0, "the killed worker's tasks were taken over");
+    } finally {
+      for (const child of [victim, survivor]) {
+        if (!child) continue;
+        try {
+          child.process.kill("SIGKILL");
+        } catch {
+          // Gone.
+        }
+        await child.process.status;
+        await child.log;
+      }
+    }
+  },
+);
 
 topologyTest("cluster: stop the shared cluster", () => topology.stop());
