@@ -98,7 +98,10 @@ async function main(command: string | undefined): Promise<number> {
   }
   // Fail fast with a clear message rather than after a long timeout: production connects to the
   // Redis it is given, and a wrong address should not look like a slow start.
-  const ready = await waitReady(services.redis, 3_000).then(() => true, () => false);
+  // The commands connection, and with ACK_REPLICAS the acknowledged ingests' connections.
+  const ready = await Promise.all(
+    [services.redis, ...services.partitions.ackConnections].map((c) => waitReady(c, 3_000)),
+  ).then(() => true, () => false);
   if (!ready) {
     log.error(`Redis is not reachable at ${describeTarget(redisTarget(config))}`, {
       detail: command === "dev"

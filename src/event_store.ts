@@ -41,8 +41,11 @@ export interface IngestOptions {
   fingerprint: string;
   /** Rate-limit buckets taken in the same script (only when they share its slot). */
   limits?: IngestLimits;
-  /** Wait until this many replicas hold the write (WAIT on the same connection), up to timeoutMs. */
-  ack?: { replicas: number; timeoutMs: number };
+  /**
+   * Wait until this many replicas hold the write (WAIT on the same connection), up to timeoutMs,
+   * on `redis` (a connection of its own: WAIT holds up the commands queued behind it).
+   */
+  ack?: { replicas: number; timeoutMs: number; redis?: RedisClient };
 }
 
 export type SettleMode = "append" | "ack" | "dead";
@@ -110,7 +113,12 @@ export class EventStore {
     let reply: [string, number, number?];
     let replicas: number | undefined;
     if (ack && ack.replicas > 0) {
-      const [value, acked] = await ingestScript.runThenWait(this.redis, call, extra, ack);
+      const [value, acked] = await ingestScript.runThenWait(
+        ack.redis ?? this.redis,
+        call,
+        extra,
+        ack,
+      );
       reply = value as [string, number, number?];
       replicas = acked;
     } else {

@@ -77,6 +77,12 @@ export class PartitionCountMismatch extends Error {}
  */
 export class Partitions {
   readonly list: readonly Partition[];
+  /**
+   * With ACK_REPLICAS: the connections acknowledged ingests use, in turn. WAIT blocks its
+   * connection until the replicas answer, so it never runs on the shared commands connection.
+   */
+  ackConnections: RedisClient[] = [];
+  #nextAck = 0;
 
   constructor(
     readonly redis: RedisClient,
@@ -165,7 +171,12 @@ export class Partitions {
     const fingerprint = requestFingerprint(request);
     let taskId = this.newTaskId(target);
     if (this.count === 1) {
-      return await target.store.ingest(request, at, { taskId, fingerprint, ...options });
+      return await target.store.ingest(request, at, {
+        taskId,
+        fingerprint,
+        limits: options.limits,
+        ack: this.#ack(options),
+      });
     }
     const { limits } = options;
     if (limits && limits.buckets.length) {
@@ -195,7 +206,15 @@ export class Partitions {
     }
     // The claimed task's partition is the video's: the same request has the same video.
     const owner = this.ofTask(taskId) ?? target;
-    return await owner.store.ingest(request, at, { taskId, fingerprint, ack: options.ack });
+    return await owner.store.ingest(request, at, { taskId, fingerprint, ack: this.#ack(options) });
+  }
+
+  #ack(options: { ack?: { replicas: number; timeoutMs: number } }) {
+    if (!options.ack || options.ack.replicas <= 0) return undefined;
+    const redis = this.ackConnections.length
+      ? this.ackConnections[this.#nextAck++ % this.ackConnections.length]
+      : undefined;
+    return { ...options.ack, redis };
   }
 
   /**

@@ -14,6 +14,9 @@ import { rebuildPartitions } from "./projections/rebuild.ts";
 import { closeRedis, connectRedis, redisTarget } from "./redis/client.ts";
 import { claimRevisionScript } from "./redis/scripts.ts";
 
+/** Connections for acknowledged ingests (ACK_REPLICAS > 0): WAITs in flight at once. */
+const ACK_CONNECTIONS = 8;
+
 /** A consumer name unique to this process. */
 export function consumerName(): string {
   return `${hostname()}-${Deno.pid}-${crypto.randomUUID().slice(0, 8)}`;
@@ -33,6 +36,14 @@ export function createServices(config: Config, log: Logger) {
     timelineTtlS: config.VIEW_RETENTION_S,
   });
   const { keys, store } = partitions.first;
+  // ACK_REPLICAS: acknowledged ingests WAIT on connections of their own, with room for the wait.
+  partitions.ackConnections = config.ACK_REPLICAS > 0
+    ? Array.from({ length: ACK_CONNECTIONS }, () =>
+      connectRedis(redisTarget(config), {
+        commandTimeoutMs: config.ACK_TIMEOUT_MS + 1_000,
+        name: "acked-ingest",
+      }))
+    : [];
   const mode = providerMode(config);
   const supabase = config.SUPABASE_URL
     ? createSupabaseScenes({
@@ -107,6 +118,7 @@ export function createServices(config: Config, log: Logger) {
   });
   const close = async () => {
     await feed.close();
+    await Promise.all(partitions.ackConnections.map(closeRedis));
     await closeRedis(redis);
   };
   return { keys, redis, store, partitions, app, uploads, mode, supabase, feed, metrics, close };

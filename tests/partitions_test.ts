@@ -119,6 +119,7 @@ Deno.test("ACK_REPLICAS: 503 within the timeout without a replica, 202 once one 
   const services = createServices(config, testLogger());
   try {
     await waitReady(services.redis);
+    for (const connection of services.partitions.ackConnections) await waitReady(connection);
     const body = JSON.stringify({
       ...JSON.parse(await fixture("minimal.json")),
       idempotency_key: "ack-1",
