@@ -234,8 +234,8 @@ export class Partitions {
     if (Number(stored) !== this.count) {
       throw new PartitionCountMismatch(
         `KEY_PREFIX "${this.prefix}" holds ${stored} partition(s) but PARTITIONS=${this.count}: ` +
-          `start with PARTITIONS=${stored}, or move the data to a new prefix with ` +
-          `"deno task replay --into-prefix <new> --partitions ${this.count}" (see README, Partitions)`,
+          `start with PARTITIONS=${stored}, or run PARTITIONS=${this.count} on a new KEY_PREFIX ` +
+          `and drain this one (README, "Moving to more partitions")`,
       );
     }
   }

@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { freePort, spawnRedis } from "../src/dev/local_services.ts";
 import { loadConfig } from "../src/config.ts";
+import { runCli } from "../src/cli/_common.ts";
+import { DLQ_USAGE, dlqMain } from "../src/cli/dlq.ts";
+import { REPLAY_USAGE, replayMain } from "../src/cli/replay.ts";
 import { createServices } from "../src/runtime.ts";
 import { closeRedis, connectRedis, waitReady } from "../src/redis/client.ts";
 import { childEnv, fixture, testEnv, testLogger, waitFor } from "./_helpers.ts";
@@ -160,4 +163,47 @@ Deno.test("ACK_REPLICAS: 503 within the timeout without a replica, 202 once one 
   } finally {
     await services.close();
   }
+});
+
+Deno.test("the CLIs work on one partition with --partition, and refuse one that does not exist", async () => {
+  await using env = await partitionedEnv("cli", { partitions: 6 });
+  await env.post({ ...JSON.parse(await fixture("minimal.json")), video_id: "cli-video" });
+  const partition = env.services.partitions.ofVideo("cli-video").index;
+  const run = async (main: typeof dlqMain, usage: string, args: string[], partitions = "6") => {
+    let out = "";
+    const original = console.error;
+    let err = "";
+    console.error = (text: string) => (err += text);
+    try {
+      const code = await runCli(
+        usage,
+        () =>
+          main(args, { KEY_PREFIX: env.prefix, PARTITIONS: partitions }, (t) => (out += t), false),
+      );
+      return { code, out, err };
+    } finally {
+      console.error = original;
+    }
+  };
+  const one = await run(replayMain, REPLAY_USAGE, [
+    "--projections",
+    "--dry-run",
+    "--partition",
+    String(partition),
+  ]);
+  assert.equal(one.code, 0, one.err);
+  assert.match(one.out, /Would rebuild every view from 1 events/);
+  const other = await run(replayMain, REPLAY_USAGE, [
+    "--projections",
+    "--dry-run",
+    "--partition",
+    String((partition + 1) % 6),
+  ]);
+  assert.match(other.out, /from 0 events/);
+  const missing = await run(dlqMain, DLQ_USAGE, ["list", "--partition", "6"]);
+  assert.equal(missing.code, 2);
+  assert.match(missing.err, /No partition 6: partitions are 0 to 5/);
+  const mismatch = await run(dlqMain, DLQ_USAGE, ["list"], "2");
+  assert.equal(mismatch.code, 1);
+  assert.match(mismatch.err, /holds 6 partition\(s\) but PARTITIONS=2/);
 });

@@ -185,6 +185,10 @@ export async function partitionBehaviour(
         const parts = new Set(s.consumer_groups.map((g: { partition: number }) => g.partition));
         assert.equal(parts.size, n);
       }
+      const health = await env.services.app.request("/health");
+      const report = await health.json();
+      assert.equal(health.status, 200, JSON.stringify(report.problems));
+      assert.equal(report.consumer_groups.length, s.consumer_groups.length);
       const scenes = await env.services.app.request("/videos/one-video/scenes");
       assert.equal(scenes.status, 200);
       assert.equal((await scenes.json()).revision, 6);
