@@ -207,3 +207,20 @@ Deno.test("the CLIs work on one partition with --partition, and refuse one that 
   assert.equal(mismatch.code, 1);
   assert.match(mismatch.err, /holds 6 partition\(s\) but PARTITIONS=2/);
 });
+
+Deno.test("with several partitions a sender's rate limit still covers every partition", async () => {
+  await using env = await partitionedEnv("rate", { partitions: 6 }, { RATE_LIMIT_PER_MINUTE: "3" });
+  const base = JSON.parse(await fixture("minimal.json"));
+  const statuses = [];
+  for (let i = 0; i < 5; i++) {
+    const res = await env.post({ ...base, video_id: `rate-${i}` });
+    statuses.push(res.status);
+    await res.body?.cancel();
+  }
+  assert.deepEqual(statuses, [202, 202, 202, 429, 429]);
+  let stored = 0;
+  for (const p of env.services.partitions.list) {
+    stored += await env.services.redis.xlen(p.keys.webhookStream);
+  }
+  assert.equal(stored, 3, "a limited request appends nothing");
+});
