@@ -7,6 +7,8 @@ import { Samples } from "../src/metrics/samples.ts";
 import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
 import type { Partition } from "../src/partitions.ts";
+import { LeaseShare } from "../src/projections/lease_share.ts";
+import { PROJECTIONS } from "../src/projections/registry.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
 import { ensureGroup, xgroup } from "../src/redis/streams.ts";
 import { startRetention } from "../src/replay/retention.ts";
@@ -112,6 +114,15 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
     // processes running projections share the partitions' work between them.
     async start({ config, services, log, consumer, blocking, projectionLag }) {
       const { partitions } = services;
+      const share = partitions.count > 1
+        ? new LeaseShare(
+          services.redis,
+          services.keys,
+          consumer,
+          PROJECTIONS.length * partitions.count,
+        )
+        : undefined;
+      await share?.start();
       const runners = partitions.list.map((partition) =>
         new ProjectionRunner({
           redis: services.redis,
@@ -122,6 +133,7 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
           owner: consumer,
           viewTtlS: config.VIEW_RETENTION_S,
           lag: projectionLag,
+          share,
         })
       );
       for (const runner of runners) await runner.start();
@@ -130,6 +142,7 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
       return {
         stop: async () => {
           await Promise.all(runners.map((runner) => runner.stop()));
+          await share?.stop();
           return { finished: 0, abandoned: 0 };
         },
         groups: () => {

@@ -52,6 +52,8 @@ export function createKeys(prefix: string, partition = 0) {
     retentionLease: `${p}:retention-lease`,
     /** Which consumer kinds some process runs (kind → groups and when it last said so). */
     consumerKinds: `${d}:consumer-kinds`,
+    /** With several partitions: the processes running projections (owner → last beat, ms). */
+    projectionProcesses: `${d}:projection-processes`,
     /** Held while a projection rebuild runs, so two cannot race. */
     rebuildLock: `${p}:view-rebuild-lock`,
     /** A verified Standard Webhooks id, kept for replay detection. */

@@ -5,8 +5,10 @@ import { runCli } from "../src/cli/_common.ts";
 import { DLQ_USAGE, dlqMain } from "../src/cli/dlq.ts";
 import { REPLAY_USAGE, replayMain } from "../src/cli/replay.ts";
 import { createServices } from "../src/runtime.ts";
+import { PROJECTION_NAMES } from "../src/projections/registry.ts";
+import { readTaskView } from "../src/projections/task_view/projection.ts";
 import { closeRedis, connectRedis, waitReady } from "../src/redis/client.ts";
-import { childEnv, fixture, testEnv, testLogger, waitFor } from "./_helpers.ts";
+import { childEnv, fixture, runConsumers, testEnv, testLogger, waitFor } from "./_helpers.ts";
 import { partitionBehaviour, partitionedEnv } from "./support/partition_behaviour.ts";
 
 Deno.test("partitions on one Redis node, PARTITIONS=6", async (t) => {
@@ -223,4 +225,61 @@ Deno.test("with several partitions a sender's rate limit still covers every part
     stored += await env.services.redis.xlen(p.keys.webhookStream);
   }
   assert.equal(stored, 3, "a limited request appends nothing");
+});
+
+Deno.test("processes running projections share the (projection, partition) leases", async () => {
+  await using env = await partitionedEnv("share", { partitions: 6 });
+  const { redis, partitions } = env.services;
+  const holders = async () => {
+    const owners: string[] = [];
+    for (const p of partitions.list) {
+      for (const name of PROJECTION_NAMES) {
+        const owner = await redis.get(p.keys.lease(name));
+        if (owner) owners.push(owner);
+      }
+    }
+    return owners;
+  };
+  const count = (owners: string[], owner: string) => owners.filter((o) => o === owner).length;
+  const total = PROJECTION_NAMES.length * partitions.count;
+  const first = await runConsumers(env, { run: ["projections"] });
+  let second: Awaited<ReturnType<typeof runConsumers>> | null = null;
+  try {
+    await waitFor(async () => count(await holders(), first.consumer) === total, {
+      what: "the first process to take every lease",
+    });
+    second = await runConsumers(env, { run: ["projections"] });
+    const split = await waitFor(async () => {
+      const owners = await holders();
+      const [a, b] = [count(owners, first.consumer), count(owners, second!.consumer)];
+      return a === total / 2 && b === total / 2 ? owners : null;
+    }, { what: "the leases split evenly", timeoutMs: 30_000 });
+    assert.equal(split.length, total);
+    // Work is projected by both: every task's view arrives.
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const res = await env.post({
+        ...JSON.parse(await fixture("minimal.json")),
+        video_id: `s${i}`,
+      });
+      ids.push((await res.json()).task_id);
+    }
+    await waitFor(async () => {
+      for (const id of ids) {
+        const view = await readTaskView(redis, partitions.ofTask(id)!.keys, id);
+        if (!view) return false;
+      }
+      return true;
+    }, { what: "every task projected" });
+    // One process stops: the other takes its leases over.
+    await second.stop(1_000);
+    second = null;
+    await waitFor(async () => count(await holders(), first.consumer) === total, {
+      what: "the remaining process to take every lease",
+      timeoutMs: 30_000,
+    });
+  } finally {
+    await second?.stop(1_000);
+    await first.stop(1_000);
+  }
 });

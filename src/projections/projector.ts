@@ -9,6 +9,7 @@ import { Lease } from "../redis/lease.ts";
 import { projectScript } from "../redis/scripts.ts";
 import { ensureGroup, groupInfo, readGroup, type StreamEntry, xgroup } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
+import type { LeaseShare } from "./lease_share.ts";
 import type { Projection } from "./registry.ts";
 
 /** The one consumer name every process uses for a projection group: only the lease holder reads. */
@@ -26,6 +27,8 @@ export interface ProjectorOptions {
   blockMs?: number;
   /** Receives, per applied event, ms from its append (its stream id) to its view write. */
   lag?: Samples;
+  /** With several partitions: the process's fair share of the leases (src/projections/lease_share.ts). */
+  share?: LeaseShare;
 }
 
 /**
@@ -73,6 +76,8 @@ async function lastGeneratedId(redis: RedisClient, stream: string): Promise<stri
 }
 
 class LeaseLost extends Error {}
+/** The process holds more than its share of the leases: this one is given to another process. */
+class GivenUp extends Error {}
 /** The views this projector writes were replaced by a rebuild: it stops for good. */
 class Superseded extends Error {}
 
@@ -114,15 +119,32 @@ export class Projector {
     const signal = this.#stop.signal;
     while (!signal.aborted) {
       try {
+        const { share } = this.options;
         // Still ours after a failed round (renew): no need to wait for it to run out.
-        if (!await lease.acquire() && !await lease.renew()) {
+        const held = await lease.renew() ||
+          (share?.mayTake() !== false && await lease.acquire());
+        if (!held) {
           await sleep(Math.min(1_000, this.leaseMs / 3), signal).catch(() => {});
           continue;
         }
         log.debug("Projection lease taken", { projection: this.projection.name });
-        await this.#lead(lease, signal);
+        share?.took();
+        try {
+          await this.#lead(lease, signal);
+        } catch (error) {
+          // A given-up lease was counted off when it was given up.
+          if (!(error instanceof GivenUp)) share?.left();
+          throw error;
+        }
+        share?.left();
       } catch (error) {
         if (signal.aborted) break;
+        if (error instanceof GivenUp) {
+          // Left to a process below its share; not taken back before the others had a chance.
+          await lease.release();
+          await sleep(this.leaseMs / 2, signal).catch(() => {});
+          continue;
+        }
         if (error instanceof Superseded) {
           log.info("Projection superseded by a rebuild", { projection: this.projection.group });
           // Its group may have been recreated after the rebuild dropped it (a process that
@@ -156,6 +178,7 @@ export class Projector {
       // directly would move the checkpoint past them, and they would be acked unapplied.
       let id = "0";
       while (leading && !signal.aborted) {
+        if (this.options.share?.giveUp()) throw new GivenUp();
         try {
           const entries = await readGroup(blocking, {
             stream: keys.eventStream,

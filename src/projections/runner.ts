@@ -6,6 +6,7 @@ import { viewGeneration } from "../queries.ts";
 import { closeRedis } from "../redis/client.ts";
 import { sleep } from "../sleep.ts";
 import { Projector, resetProjections } from "./projector.ts";
+import type { LeaseShare } from "./lease_share.ts";
 import { createProjections } from "./registry.ts";
 
 export interface ProjectionRunnerOptions {
@@ -23,6 +24,8 @@ export interface ProjectionRunnerOptions {
   pollMs?: number;
   /** Events per read; a rebuild reads larger batches than live projection. */
   batchSize?: number;
+  /** With several partitions: the process's fair share of the projection leases. */
+  share?: LeaseShare;
 }
 
 /**
@@ -105,6 +108,7 @@ export class ProjectionRunner {
           owner: this.options.owner,
           lag: this.options.lag,
           batchSize: this.options.batchSize,
+          share: this.options.share,
         });
         this.#projectors.push(projector);
         await projector.start();
