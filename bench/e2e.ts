@@ -7,6 +7,7 @@ import { createKeys } from "../src/keys.ts";
 import { statsKeys } from "../src/projections/stats/view.ts";
 import { parseGroupInfo } from "../src/redis/streams.ts";
 import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
+import { startFreshnessProbe } from "./freshness.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
 import { type Child, freePort, round, sampleProcesses, until, waitHttp, waitLog } from "./procs.ts";
 import { deletePrefix } from "./redis_tools.ts";
@@ -26,6 +27,8 @@ export interface E2eOptions {
   /** A run with tasks offered at this rate (one worker, no provider latency); 0 skips it. */
   pacedRate: number;
   pacedSeconds: number;
+  /** Probe GET /task/{id} after every Nth task.completed in the first run; 0 skips it. */
+  freshnessEvery: number;
 }
 
 export interface LagSummary {
@@ -85,6 +88,7 @@ async function oneRun(
   keep: boolean,
   ratePerS?: number,
   split = false,
+  freshnessEvery = 0,
 ) {
   const name = `e2e-l${latencyMs}-w${workerCount}${ratePerS ? `-r${ratePerS}` : ""}${
     split ? "-split" : ""
@@ -166,6 +170,13 @@ async function oneRun(
     workers.forEach((w, i) => (pids[`worker${i}`] = w.pid));
     if (ctx.redisPid) pids.redis = ctx.redisPid;
     const memory = sampleProcesses(pids, 500);
+    const freshness = freshnessEvery > 0
+      ? startFreshnessProbe({
+        eventStream: keys.eventStream,
+        base: `http://127.0.0.1:${port}`,
+        every: freshnessEvery,
+      })
+      : null;
 
     const t0 = performance.now();
     const enqueue = await postTasks({
@@ -193,6 +204,7 @@ async function oneRun(
     sampling = false;
     await sampleLoop;
     const usage = memory.stop();
+    const status = await freshness?.stop() ?? null;
     const stats = await ctx.redis.hgetall(statsKeys(keys.views(0).prefix).counters);
     for (const w of workers) await ctx.procs.stop(w, 20_000);
     await ctx.procs.stop(server);
@@ -220,6 +232,8 @@ async function oneRun(
       failed: Number(stats.failed_tasks ?? 0),
       peak_in_flight: peakInFlight,
       projection_lag_ms: lag,
+      /** From task.completed appended to GET /task/{id} answering completed (sampled tasks). */
+      status_freshness: status,
       server_peak_rss_mb: usage.server.peak_rss_mb,
       worker_peak_rss_mb: Math.max(
         ...workers.map((_, i) => usage[`worker${i}`].peak_rss_mb),
@@ -237,7 +251,11 @@ async function oneRun(
     ctx.say(
       `  latency ${latencyMs} ms, ${workerCount} worker(s)${split ? " + a projector process" : ""}${
         ratePerS ? `, offered ${ratePerS}/s` : ""
-      }: ${result.tasks} tasks in ${result.drain_s} s = ${result.tasks_per_s} tasks/s (pipeline alone ${result.pipeline_drain_s} s), peak in flight ${peakInFlight}, lag p50 ${lag.p50} / p99 ${lag.p99} ms`,
+      }: ${result.tasks} tasks in ${result.drain_s} s = ${result.tasks_per_s} tasks/s (pipeline alone ${result.pipeline_drain_s} s), peak in flight ${peakInFlight}, lag p50 ${lag.p50} / p99 ${lag.p99} ms${
+        status
+          ? `; GET /task fresh p50 ${status.p50_ms} / p99 ${status.p99_ms} ms (${status.samples} sampled)`
+          : ""
+      }`,
     );
     return { result, prefix: keep ? prefix : null };
   } finally {
@@ -257,7 +275,19 @@ export async function e2ePhase(ctx: BenchContext, options: E2eOptions) {
   for (const latency of options.latenciesMs) {
     for (const workers of options.workers) {
       ctx.signal.throwIfAborted();
-      const { result, prefix } = await oneRun(ctx, options, latency, workers, template, !kept);
+      // The first run (the 0 ms burst by default) also probes status freshness.
+      const probe = runs.length === 0 ? options.freshnessEvery : 0;
+      const { result, prefix } = await oneRun(
+        ctx,
+        options,
+        latency,
+        workers,
+        template,
+        !kept,
+        undefined,
+        false,
+        probe,
+      );
       kept ??= prefix;
       runs.push(result);
     }

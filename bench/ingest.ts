@@ -197,6 +197,8 @@ export async function ingestPhase(ctx: BenchContext, options: IngestOptions) {
     const variants: [string, Record<string, string>, string[]][] = [
       ["real-no-ratelimit", { RATE_LIMIT_PER_MINUTE: "0" }, []],
       ["real-old-space-128", {}, ["--v8-flags=--max-old-space-size=128"]],
+      // Both cores for the HTTP server: two `serve` processes sharing the port (SO_REUSEPORT).
+      ["real-2-processes", { HTTP_PROCESSES: "2" }, []],
     ];
     for (const [name, env, denoArgs] of variants) {
       const server = await startServer(ctx, name, "real", env, denoArgs);

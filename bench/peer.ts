@@ -274,6 +274,7 @@ async function oursE2e(ctx: BenchContext, options: PeerOptions): Promise<SideRun
     splitProjections: false,
     pacedRate: 0,
     pacedSeconds: 0,
+    freshnessEvery: 0,
   });
   if (e2e.eventsPrefix) await deletePrefix(ctx.redis, e2e.eventsPrefix);
   const r = e2e.runs[0];

@@ -9,6 +9,7 @@
 import { parseArgs } from "node:util";
 import type { Redis } from "ioredis";
 import type { BenchContext } from "./context.ts";
+import { dashboardPhase } from "./dashboard.ts";
 import { e2ePhase } from "./e2e.ts";
 import { ingestPhase } from "./ingest.ts";
 import { deletePeerKeys, peerPhase } from "./peer.ts";
@@ -23,7 +24,7 @@ import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tool
 
 export interface BenchOptions {
   /** `soak` and `sse` only run when named: they take minutes of their own. */
-  phases: ("ingest" | "e2e" | "replay" | "profile" | "peer" | "soak" | "sse")[];
+  phases: ("ingest" | "e2e" | "replay" | "profile" | "peer" | "soak" | "sse" | "dashboard")[];
   connections: number[];
   durationS: number;
   warmupS: number;
@@ -40,6 +41,7 @@ export interface BenchOptions {
   splitProjections: boolean;
   pacedRate: number;
   pacedSeconds: number;
+  freshnessEvery: number;
   replayEvents: number;
   profileRequests: number;
   cpuProfile: boolean;
@@ -54,6 +56,9 @@ export interface BenchOptions {
   sseIngestClients: number;
   /** Peer: ingest connection counts for ours vs BullMQ vs minimal ([]: the top of `connections`). */
   peerConnections: number[];
+  /** Dashboard: tasks in the index, pages asked for per kind of query. */
+  dashboardTasks: number;
+  dashboardRepeats: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** Use wrk when installed (false: the fetch loop in this process). */
   wrk: boolean;
@@ -64,7 +69,7 @@ export interface BenchOptions {
 }
 
 export const DEFAULTS: BenchOptions = {
-  phases: ["ingest", "e2e", "replay", "profile", "peer"],
+  phases: ["ingest", "e2e", "replay", "profile", "peer", "dashboard"],
   connections: [1, 100, 1000],
   durationS: 10,
   warmupS: 2,
@@ -81,6 +86,7 @@ export const DEFAULTS: BenchOptions = {
   splitProjections: true,
   pacedRate: 1_000,
   pacedSeconds: 10,
+  freshnessEvery: 100,
   replayEvents: 100_000,
   profileRequests: 200,
   cpuProfile: true,
@@ -93,6 +99,8 @@ export const DEFAULTS: BenchOptions = {
   sseAllClients: 20,
   sseIngestClients: 1_000,
   peerConnections: [],
+  dashboardTasks: 100_000,
+  dashboardRepeats: 30,
   logLevel: "info",
   wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
@@ -131,6 +139,7 @@ export interface BenchResult {
   sse?: Awaited2<ReturnType<typeof ssePhase>> | null;
   /** Side by side with the Hono + BullMQ peer; `skipped` says why when node/npm are missing. */
   peer?: Awaited2<ReturnType<typeof peerPhase>> | null;
+  dashboard?: Awaited2<ReturnType<typeof dashboardPhase>> | null;
   targets: Target[];
   notes: string[];
   /** Phases that failed (the bench exits 1 when there is any). */
@@ -234,6 +243,12 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         const e2e = await e2ePhase(ctx, options);
         result.e2e = { runs: e2e.runs };
         eventsPrefix = e2e.eventsPrefix;
+        // Kept for the replay phase only: a later run of the same name (the peer phase's) must
+        // not find its stats view already counting these tasks.
+        if (eventsPrefix && !options.phases.includes("replay")) {
+          await deletePrefix(ctx.redis, eventsPrefix);
+          eventsPrefix = null;
+        }
       });
     }
     if (options.phases.includes("replay")) {
@@ -295,6 +310,14 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         }
       });
     }
+    if (options.phases.includes("dashboard")) {
+      await phase("Dashboard: the task index", async () => {
+        result.dashboard = await dashboardPhase(ctx, {
+          tasks: options.dashboardTasks,
+          repeats: options.dashboardRepeats,
+        });
+      });
+    }
     if (options.phases.includes("soak")) {
       await phase("Soak", async () => {
         result.soak = await soakPhase(ctx, options);
@@ -318,8 +341,8 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
 const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
 
-  --phases LIST            ingest,e2e,replay,profile,peer,soak,sse (default: all but soak
-                           and sse)
+  --phases LIST            ingest,e2e,replay,profile,peer,dashboard,soak,sse (default: all
+                           but soak and sse)
   --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
@@ -333,6 +356,8 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --no-split               skip the backlog run with the projections in a process of their own
   --paced-rate N           an extra run offering N tasks/s for --paced-seconds (default 1000, 10;
                            0 skips it): projection lag without a backlog
+  --freshness-every N      first end-to-end run: poll GET /task/{id} after every Nth
+                           task.completed until it answers completed (default 100; 0 skips)
   --replay-events N        events to rebuild from (default 100000)        env BENCH_REPLAY_EVENTS
   --profile-requests N     requests/tasks under MONITOR (default 200)
   --no-cpu-profile         skip the V8 CPU profile of the server
@@ -357,6 +382,9 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
                            and npm (skipped, with a note, without them); the peer comes from
                            ../shared/peers/bullmq (env BENCH_PEER_DIR), installed once with
                            npm ci into bench/.peer-cache/
+  --dashboard-tasks N       dashboard: tasks folded into the task index (default 100000)
+                           env BENCH_DASHBOARD_TASKS
+  --dashboard-repeats N     dashboard: pages asked for per kind of query (default 30)
   --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
@@ -386,6 +414,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "replay-events": { type: "string" },
       "paced-rate": { type: "string" },
       "paced-seconds": { type: "string" },
+      "freshness-every": { type: "string" },
       "profile-requests": { type: "string" },
       "no-cpu-profile": { type: "boolean" },
       "soak-seconds": { type: "string" },
@@ -397,6 +426,8 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "sse-all-clients": { type: "string" },
       "sse-ingest-clients": { type: "string" },
       "peer-connections": { type: "string" },
+      "dashboard-tasks": { type: "string" },
+      "dashboard-repeats": { type: "string" },
       "log-level": { type: "string" },
       "no-wrk": { type: "boolean" },
       out: { type: "string" },
@@ -414,6 +445,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       warmupS: 1,
       tasks: 2_000,
       replayEvents: 20_000,
+      dashboardTasks: 20_000,
       drainTimeoutS: 120,
       pacedSeconds: 5,
     }
@@ -442,6 +474,7 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("concurrency", num(values.concurrency, "BENCH_CONCURRENCY"));
   set("pacedRate", num(values["paced-rate"], "BENCH_PACED_RATE"));
   set("pacedSeconds", num(values["paced-seconds"], "BENCH_PACED_SECONDS"));
+  set("freshnessEvery", num(values["freshness-every"], "BENCH_FRESHNESS_EVERY"));
   set("replayEvents", num(values["replay-events"], "BENCH_REPLAY_EVENTS"));
   set("profileRequests", num(values["profile-requests"], "BENCH_PROFILE_REQUESTS"));
   if (values["no-cpu-profile"]) o.cpuProfile = false;
@@ -455,6 +488,8 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("sseIngestClients", num(values["sse-ingest-clients"], "BENCH_SSE_INGEST_CLIENTS"));
   const peerConns = values["peer-connections"] ?? env.BENCH_PEER_CONNECTIONS;
   set("peerConnections", peerConns ? list(peerConns) : undefined);
+  set("dashboardTasks", num(values["dashboard-tasks"], "BENCH_DASHBOARD_TASKS"));
+  set("dashboardRepeats", num(values["dashboard-repeats"], "BENCH_DASHBOARD_REPEATS"));
   if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;

@@ -9,7 +9,7 @@ import {
 import { parseRetryAfter, type RetryPolicy } from "../src/retry.ts";
 import { outboundReason, RefusedUrlError, safeFetch } from "../src/security/outbound.ts";
 import { signWebhook } from "../src/security/signature.ts";
-import { type VideoRequest, VideoRequestSchema } from "../src/webhook.ts";
+import { parseVideoRequest, type VideoRequest } from "../src/webhook.ts";
 import { type Delivery, type Failure, type Handler } from "./delivery.ts";
 import { decodeOrSkip } from "./group_consumer.ts";
 
@@ -82,7 +82,7 @@ async function requestOf(store: EventStore, history: StoredEvent[]): Promise<Vid
   const entry = requestEntryId(history);
   const raw = entry ? await store.payload(entry) : "";
   if (!raw) return null;
-  const parsed = VideoRequestSchema.safeParse(JSON.parse(raw));
+  const parsed = parseVideoRequest(JSON.parse(raw));
   return parsed.success ? parsed.data : null;
 }
 

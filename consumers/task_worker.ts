@@ -3,7 +3,7 @@ import { event, fieldsToRecord, type NewEvent, type StepName } from "../src/even
 import { decideTask } from "../src/decisions/task.ts";
 import { buildResult, type Pipeline } from "../src/pipeline/steps.ts";
 import type { RetryPolicy } from "../src/retry.ts";
-import { type VideoRequest, VideoRequestSchema } from "../src/webhook.ts";
+import { parseVideoRequest, type VideoRequest } from "../src/webhook.ts";
 import type { Delivery, Handler } from "./delivery.ts";
 
 export interface TaskWorkerOptions {
@@ -45,7 +45,9 @@ export function taskWorker({ store, pipeline, policy }: TaskWorkerOptions): Hand
       const taskId = record.task_id ?? "";
       let request: VideoRequest;
       try {
-        request = VideoRequestSchema.parse(JSON.parse(record.payload ?? ""));
+        const parsed = parseVideoRequest(JSON.parse(record.payload ?? ""));
+        if (!parsed.success) throw parsed.error;
+        request = parsed.data;
       } catch (error) {
         const reason = error instanceof SyntaxError ? "payload is not JSON" : "payload is invalid";
         delivery.log.error("Dead-lettering a malformed entry", {

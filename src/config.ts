@@ -77,6 +77,8 @@ export const ConfigSchema = z.object({
   VIEW_RETENTION_S: int(60, 30 * 86_400),
   STREAM_RETENTION_S: int(60, 7 * 86_400),
   ADMIN_TOKEN: z.string().min(16, "must be at least 16 characters").optional(),
+  // How long a dashboard session lasts from its sign-in (the dashboard is on with ADMIN_TOKEN).
+  DASHBOARD_SESSION_TTL_S: int(60, 8 * 3_600).pipe(z.number().max(30 * 86_400)),
   LOG_LEVEL: z.enum(["debug", "info", "warn", "error"]).default("info"),
   // auto: readable lines on a terminal, JSON otherwise (production).
   LOG_FORMAT: z.enum(["auto", "json", "pretty"]).default("auto"),

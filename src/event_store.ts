@@ -101,6 +101,7 @@ export class EventStore {
         user_id: request.user_id,
         is_revision: request.is_revision ? "1" : "0",
         idempotency_key: key ?? "",
+        prompt: request.prompt,
         timeline_ttl_s: this.options.timelineTtlS,
         bucket_capacity: bucket?.capacity ?? 0,
         bucket_rate: bucket?.rate ?? 0,
@@ -173,7 +174,11 @@ export class EventStore {
 
   /** A task's events in order, read from the log through its timeline index. */
   async timeline(taskId: string): Promise<StoredEvent[]> {
-    const ids = await this.redis.lrange(this.keys.taskTimeline(taskId), 0, -1);
+    return await this.events(await this.redis.lrange(this.keys.taskTimeline(taskId), 0, -1));
+  }
+
+  /** Events of the log by id, in the order given, in one round trip (trimmed ones are left out). */
+  async events(ids: string[]): Promise<StoredEvent[]> {
     if (ids.length === 0) return [];
     const pipeline = this.redis.pipeline();
     for (const id of ids) pipeline.xrange(this.keys.eventStream, id, id);

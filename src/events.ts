@@ -20,6 +20,8 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
       is_revision: z.boolean(),
       webhook_entry: z.string(),
       idempotency_key: z.string().optional(),
+      /** The request's prompt (at most PROMPT_MAX_CHARS), for the task index's search. */
+      prompt: z.string().optional(),
     }),
   ),
   base(
@@ -81,6 +83,15 @@ export const TaskEventSchema = z.discriminatedUnion("type", [
   base(
     "task.dead_lettered",
     z.object({ error: z.string(), attempts: z.number().int(), dead_letter_entry: z.string() }),
+  ),
+  base(
+    "task.dead_letter_deleted",
+    z.object({
+      /** The dead letter an operator deleted for good (it will not be redriven). */
+      dead_letter_entry: z.string(),
+      requested_by: z.string(),
+      reason: z.string(),
+    }),
   ),
   base(
     "callback.attempted",

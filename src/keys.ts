@@ -66,6 +66,10 @@ export function createKeys(prefix: string, partition = 0) {
      */
     senderRateLimit: (address: string, userId: string) =>
       `${d}:rate:user:${address.length}:${address}:${userId}`,
+    /** A dashboard session, under the SHA-256 of its cookie's id (src/dashboard/session.ts). */
+    dashboardSession: (idHash: string) => `${d}:dashboard-session:${idHash}`,
+    /** Dashboard sign-in attempts from one client address: a token bucket. */
+    dashboardSignIn: (address: string) => `${d}:rate:dashboard-sign-in:${address}`,
     /** A projection group's last applied event id (the group name carries the generation). */
     checkpoint: (projection: string) => `${p}:checkpoint:${projection}`,
     /** Held by the one process applying a projection group's events. */

@@ -1,6 +1,7 @@
 import type { RedisClient } from "./redis/client.ts";
 import { z } from "zod";
 import type { Keys, ViewSpace } from "./keys.ts";
+import { idTime } from "./events.ts";
 import { groupInfo } from "./redis/streams.ts";
 
 /** One consumer group with its backlog, as /stats and /health report it. */
@@ -63,4 +64,19 @@ export async function viewGeneration(redis: RedisClient, keys: Keys): Promise<nu
 /** The view prefix of the generation readers use; each projection's query builds its keys on it. */
 export async function currentViews(redis: RedisClient, keys: Keys): Promise<ViewSpace> {
   return keys.views(await viewGeneration(redis, keys));
+}
+
+/**
+ * How long (seconds) a group's oldest pending entry has waited, from its id's time to `nowMs`; 0
+ * when nothing is pending. /metrics (`stream_group_oldest_pending_age_seconds`) and the dashboard
+ * read it from here.
+ */
+export async function oldestPendingAgeS(
+  redis: RedisClient,
+  stream: string,
+  group: string,
+  nowMs: number,
+): Promise<number> {
+  const [, first] = await redis.xpending(stream, group) as [number, string | null];
+  return first ? Math.max(0, nowMs - idTime(first)) / 1000 : 0;
 }

@@ -99,9 +99,10 @@ export function createServices(config: Config, log: Logger) {
     streamRetentionMs: config.STREAM_RETENTION_S * 1000,
     admin: {
       token: config.ADMIN_TOKEN,
-      rebuild: ({ force, partition }) =>
+      rebuild: ({ force, partition, onProgress }) =>
         rebuildPartitions({
           force,
+          onProgress,
           redis,
           redisTarget: redisTarget(config),
           log,
@@ -109,6 +110,7 @@ export function createServices(config: Config, log: Logger) {
           owner: `admin-${consumerName()}`,
         }, partitions.select(partition).map((p) => p.keys)),
     },
+    dashboard: { sessionTtlS: config.DASHBOARD_SESSION_TTL_S },
     providerMode: mode,
     sceneSink: supabase ? { name: "supabase", check: cached(supabase.check, 10_000) } : null,
     health: {

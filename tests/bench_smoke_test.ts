@@ -35,6 +35,7 @@ Deno.test("bench: a small run measures every phase, writes its JSON and leaves n
       enqueueConcurrency: 16,
       drainTimeoutS: 30,
       pacedRate: 0,
+      freshnessEvery: 10,
       replayEvents: 1_000,
       outDir,
       quiet: true,
@@ -80,6 +81,9 @@ Deno.test("bench: a small run measures every phase, writes its JSON and leaves n
     positive(run.peak_in_flight, "peak in flight");
     positive(run.projection_lag_ms.count, "projection lag samples");
     assert.ok(run.projection_lag_ms.p99 >= run.projection_lag_ms.p50);
+    positive(run.status_freshness?.samples, "status freshness samples");
+    assert.equal(run.status_freshness?.timed_out, 0);
+    assert.equal(saved.e2e!.runs.filter((x) => x.status_freshness).length, 1, "first run only");
 
     assert.equal(saved.replay!.events, 1_000);
     positive(saved.replay!.events_per_s, "replay events/s");

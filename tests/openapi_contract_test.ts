@@ -18,6 +18,8 @@ const SECRET = `whsec_${btoa("sixteen-bytes-ok")}`;
 /** Routes that serve the document itself and its viewer: not API routes, not described. */
 const META = new Set(["GET /openapi.json", "GET /docs", "GET /docs/assets/:name"]);
 const META_PREFIX = "GET /docs/";
+/** The operator dashboard's pages and forms (src/dashboard/): a UI, not API routes. */
+const UI_PATH = "/dashboard";
 
 /** Documented statuses no in-process case triggers, each with why. */
 const NOT_TRIGGERED: Record<string, string> = {
@@ -142,7 +144,7 @@ function appRoutes(env: TestEnv): Set<string> {
   for (const r of env.services.app.routes) {
     if (r.method === "ALL") continue;
     const key = `${r.method} ${r.path}`;
-    if (META.has(key) || key.startsWith(META_PREFIX)) continue;
+    if (META.has(key) || key.startsWith(META_PREFIX) || r.path.startsWith(UI_PATH)) continue;
     routes.add(`${r.method} ${r.path.replace(/:(\w+)/g, "{$1}")}`);
   }
   return routes;
@@ -295,6 +297,14 @@ Deno.test("every route answers only documented statuses, with documented bodies"
         headers: reader,
       },
       { route: "GET /stats", url: "/stats", status: 200, headers: reader },
+      {
+        route: "GET /tasks",
+        url: `/tasks?q=${videoId}&status=completed&limit=10`,
+        status: 200,
+        headers: reader,
+      },
+      { route: "GET /tasks", url: "/tasks", status: 401 },
+      { route: "GET /tasks", url: "/tasks?limit=0&status=weird", status: 400, headers: reader },
       { route: "GET /stats", url: "/stats", status: 401, headers: { "x-read-token": "wrong" } },
       {
         route: "GET /task/{task_id}/events",
@@ -471,6 +481,15 @@ Deno.test("every route answers only documented statuses, with documented bodies"
     });
     seen.add(await check(limited, doc, { ...once("first"), status: 202 }));
     seen.add(await check(limited, doc, { ...once("second"), status: 429 }));
+    // 409: the first key again with another request (checked before the rate limit).
+    seen.add(
+      await check(limited, doc, {
+        route: "POST /webhook",
+        url: "/webhook",
+        status: 409,
+        ...json({ ...request, prompt: "another prompt", idempotency_key: "first" }),
+      }),
+    );
     // 409: a rebuild over a trimmed log, without force.
     await limited.services.redis.xtrim(limited.services.keys.eventStream, "MAXLEN", 0);
     seen.add(

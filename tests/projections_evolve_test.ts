@@ -123,6 +123,30 @@ Deno.test("task view: a reprocess starts a new run with no steps, error or dead 
   });
 });
 
+Deno.test("task view: a deleted dead letter leaves the task failed with nothing to redrive", () => {
+  const deadLettered = on("t1", "task.dead_lettered", {
+    error: "Provider down",
+    attempts: 3,
+    dead_letter_entry: "9-0",
+  });
+  const deleted = (entry: string) =>
+    on("t1", "task.dead_letter_deleted", {
+      dead_letter_entry: entry,
+      requested_by: "maya",
+      reason: "bad input",
+    });
+  const history = [queued("t1"), started("t1"), failed("t1", true), deadLettered];
+  given(taskView, history).when(deleted("9-0")).then((view) => {
+    assert.equal(view?.status, "failed");
+    assert.equal(view?.dead_letter_entry, null);
+    assert.equal(view?.error?.message, "Provider down");
+  });
+  // Another (older) dead letter's deletion leaves the current one.
+  given(taskView, history).when(deleted("8-0")).then((view) => {
+    assert.equal(view?.dead_letter_entry, "9-0");
+  });
+});
+
 Deno.test("task view: completion records the result and step durations", () => {
   given(taskView, [queued("t1"), started("t1"), stepCompleted("t1", "reframe")])
     .when(stepCompleted("t1", "scenes"), completed("t1"))
@@ -307,6 +331,11 @@ Deno.test("every projection leaves its state alone for the events it does not ha
       attempts: 3,
       dead_letter_entry: "9-0",
     }),
+    "task.dead_letter_deleted": on("t1", "task.dead_letter_deleted", {
+      dead_letter_entry: "9-0",
+      requested_by: "maya",
+      reason: "x",
+    }),
     "callback.attempted": on("t1", "callback.attempted", {
       webhook_id: "m",
       attempt: 1,
@@ -335,19 +364,23 @@ Deno.test("every projection leaves its state alone for the events it does not ha
 });
 
 Deno.test("projection names, and so consumer groups, are unchanged", () => {
-  assert.deepEqual(PROJECTION_NAMES, ["task-view", "video-scenes", "stats"]);
+  assert.deepEqual(PROJECTION_NAMES, ["task-view", "video-scenes", "stats", "task-index"]);
 });
 
 Deno.test("view keys per generation are the same strings as before", () => {
   const keys = createKeys("vp");
   assert.equal(taskViewKey(keys.views(0).prefix, "t"), "{vp}:view:task:t");
   assert.equal(videoViewKey(keys.views(3).prefix, "v"), "{vp}:view@3:video:v");
-  assert.deepEqual(statsKeys(keys.views(0).prefix), {
+  const { minute, ...named } = statsKeys(keys.views(0).prefix);
+  assert.deepEqual(named, {
     counters: "{vp}:view:stats",
     statusPrefix: "{vp}:view:stats:task:",
     durations: "{vp}:view:stats:duration-buckets",
     finished: "{vp}:view:stats:finished-by-second",
+    minutes: "{vp}:view:stats:finished-by-minute",
+    minutePattern: "{vp}:view:stats:minute:*",
   });
+  assert.equal(minute(29_000_000), "{vp}:view:stats:minute:29000000");
   assert.equal(statsStatusKey(keys.views(0).prefix, "t"), "{vp}:view:stats:task:t");
   // The keys of the earlier unbounded layout stay owned, so a reset or rebuild drops them.
   assert.deepEqual(stats.ownedKeys(keys.views(2).prefix), [
@@ -355,6 +388,8 @@ Deno.test("view keys per generation are the same strings as before", () => {
     "{vp}:view@2:stats:task:*",
     "{vp}:view@2:stats:duration-buckets",
     "{vp}:view@2:stats:finished-by-second",
+    "{vp}:view@2:stats:finished-by-minute",
+    "{vp}:view@2:stats:minute:*",
     "{vp}:view@2:stats:status",
     "{vp}:view@2:stats:durations",
     "{vp}:view@2:stats:finished",

@@ -8,12 +8,36 @@ import { resetProjections } from "../src/projections/rebuild.ts";
 import { createProjections, PROJECTION_NAMES } from "../src/projections/registry.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
 import { readStats, stats as statsProjection } from "../src/projections/stats/projection.ts";
-import { FINISHED_WINDOW_S, statsKeys, statsStatusKey } from "../src/projections/stats/view.ts";
+import {
+  bucketValue,
+  FINISHED_WINDOW_S,
+  MINUTE_WINDOW,
+  statsKeys,
+  statsStatusKey,
+} from "../src/projections/stats/view.ts";
+import {
+  evolveTaskIndex,
+  indexContents,
+  initialTaskIndex,
+} from "../src/projections/task_index/view.ts";
 import { taskViewKey } from "../src/projections/task_view/view.ts";
 import { closeRedis, connectRedis } from "../src/redis/client.ts";
 import { groupInfo } from "../src/redis/streams.ts";
 import { createPipeline } from "../src/runtime.ts";
 import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from "./_helpers.ts";
+import { expectedIndex, storedIndex } from "./_task_index.ts";
+
+/** The per-minute series as stored: minute -> that minute's hash, in numbers. */
+async function storedMinutes(redis: RedisClient, view: ReturnType<typeof statsKeys>) {
+  const out: Record<string, Record<string, number>> = {};
+  const index = await redis.hgetall(view.minutes);
+  for (const [minute, finished] of Object.entries(index)) {
+    const fields = await redis.hgetall(view.minute(minute));
+    out[minute] = Object.fromEntries(Object.entries(fields).map(([k, v]) => [k, Number(v)]));
+    assert.equal(Number(finished), (out[minute].completed ?? 0) + (out[minute].failed ?? 0));
+  }
+  return out;
+}
 
 /** Every view key of the prefix with its value, for exact comparison. */
 async function snapshot(redis: RedisClient, prefix: string) {
@@ -101,6 +125,17 @@ Deno.test("stats equal a recount of the log; rebuilt views equal the live ones",
   assert.deepEqual(numbers(await redis.hgetall(statsView.counters)), recount.counters);
   assert.deepEqual(numbers(await redis.hgetall(statsView.durations)), recount.durations);
   assert.deepEqual(numbers(await redis.hgetall(statsView.finished)), recount.finished);
+  assert.deepEqual(await storedMinutes(redis, statsView), recount.minutes);
+  assert.ok(Object.keys(recount.minutes).length > 0, "the run finished tasks");
+  // The task index equals the pure fold of the log (with the configured retention).
+  const indexed = log.map(([id, fields]) => decodeEvent(id, fields))
+    .reduce(evolveTaskIndex, initialTaskIndex(env.config.VIEW_RETENTION_S));
+  assert.equal(Object.keys(indexed.tasks).length, 8);
+  for (const [id, task] of Object.entries(indexed.tasks)) {
+    const projected = JSON.parse((await redis.get(taskViewKey(view, id)))!);
+    assert.equal(task.status, projected.status, `${id}: the index has the task view's status`);
+  }
+  assert.deepEqual(await storedIndex(redis, view), expectedIndex(indexContents(indexed, view)));
   // Bounded: one status key per task, each expiring with VIEW_RETENTION_S.
   for (const [task, status] of Object.entries(recount.status)) {
     assert.equal(await redis.get(statsStatusKey(view, task)), status, task);
@@ -216,15 +251,16 @@ Deno.test("following a rebuilt generation closes the old projectors' connections
   });
   await runner.start();
   try {
-    assert.equal(opened.length, 3);
+    const n = PROJECTION_NAMES.length;
+    assert.equal(opened.length, n);
     await env.services.redis.set(env.services.keys.viewGeneration, 1);
-    await waitFor(() => runner.generation === 1 && opened.length === 6, {
+    await waitFor(() => runner.generation === 1 && opened.length === 2 * n, {
       what: "the runner to follow generation 1",
     });
-    await waitFor(() => opened.slice(0, 3).every((c) => c.status === "end"), {
+    await waitFor(() => opened.slice(0, n).every((c) => c.status === "end"), {
       what: "generation 0's connections to close",
     });
-    assert.ok(opened.slice(3).every((c) => c.status !== "end"));
+    assert.ok(opened.slice(n).every((c) => c.status !== "end"));
   } finally {
     await runner.stop();
   }
@@ -319,10 +355,13 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
     await waitFor(() => !failOnce && runner.generation === 1, {
       what: "the runner to follow generation 1 after a failed try",
     });
-    // Three projectors of generation 1 run, nothing of the failed try is left open.
+    // One projector per projection of generation 1 runs, nothing of the failed try is left open.
+    const n = PROJECTION_NAMES.length;
     const open = () => opened.filter((c) => c.connection.status !== "end");
-    await waitFor(() => open().length === 3, { what: "exactly three open projector connections" });
-    assert.equal(open().filter((c) => c.name.endsWith("@1")).length, 3);
+    await waitFor(() => open().length === n, {
+      what: "exactly one open connection per projection",
+    });
+    assert.equal(open().filter((c) => c.name.endsWith("@1")).length, n);
   } finally {
     await runner.stop();
   }
@@ -385,7 +424,9 @@ Deno.test("stats keys stay bounded and do not depend on batch boundaries", async
     assert.deepEqual(numbers(await redis.hgetall(view.counters)), recount.counters, `${size}`);
     assert.deepEqual(numbers(await redis.hgetall(view.durations)), recount.durations, `${size}`);
     assert.deepEqual(numbers(await redis.hgetall(view.finished)), recount.finished, `${size}`);
+    assert.deepEqual(await storedMinutes(redis, view), recount.minutes, `${size}`);
     assert.ok(await redis.hlen(view.finished) <= FINISHED_WINDOW_S + 1);
+    assert.ok(await redis.hlen(view.minutes) <= MINUTE_WINDOW + 1);
     assert.ok(await redis.hlen(view.durations) <= 100 + 90 * 3, "fixed buckets up to 100 s");
     assert.equal(await redis.ttl(statsStatusKey(prefix, "t399")) <= 60, true);
   }
@@ -399,4 +440,81 @@ Deno.test("stats keys stay bounded and do not depend on batch boundaries", async
     .map((i) => 37 + i * 113);
   const p95 = exact[Math.ceil(0.95 * exact.length) - 1];
   assert.ok(Math.abs(stats.processing_time_ms.p95 - p95) / p95 <= 0.05);
+});
+
+Deno.test("the last hour per minute is bounded, batch-independent and read as 60 minutes", async () => {
+  await using env = await testEnv("stats-minutes");
+  const { redis, keys } = env.services;
+  // A task finishing every 30 s for two hours (event times); every fifth fails; one arrives late.
+  const t0 = Date.UTC(2025, 0, 1);
+  const events: StoredEvent[] = [];
+  let seq = 0;
+  const on = (task: string, type: string, ms: number, data: unknown) => {
+    seq += 1;
+    events.push(
+      { id: `${seq}-0`, type, task_id: task, at: new Date(ms).toISOString(), data } as StoredEvent,
+    );
+  };
+  for (let i = 0; i < 240; i++) {
+    const ms = i === 200 ? t0 + 5 * 30_000 : t0 + i * 30_000;
+    on(`t${i}`, "task.queued", ms, {
+      video_id: "v",
+      user_id: "u",
+      is_revision: false,
+      webhook_entry: "1-0",
+    });
+    on(`t${i}`, "task.started", ms, { attempt: 1, worker: "w" });
+    if (i % 5 === 0) {
+      on(`t${i}`, "task.failed", ms, { error: "x", retryable: false, attempt: 1, final: true });
+    } else {
+      on(`t${i}`, "task.completed", ms, {
+        video_id: "v",
+        result: {
+          scenes: [],
+          image_url: "https://example.com/i.png",
+          reframed: true,
+          provider: { reframe: "offline", scenes: "offline" },
+          revision: false,
+          video_revision: 1,
+        },
+        duration_ms: 1_000 + (i % 4) * 1_000,
+      });
+    }
+  }
+  const recount = fold(statsProjection, events);
+  assert.equal(Object.keys(recount.minutes).length, MINUTE_WINDOW + 1);
+  for (const [generation, size] of [[1, 1], [2, 9], [3, 1_000]]) {
+    const prefix = keys.views(generation).prefix;
+    for (let i = 0; i < events.length; i += size) {
+      const ops = await statsProjection.plan(
+        { redis, prefix, viewTtlS: 60 },
+        events.slice(i, i + size),
+      );
+      const pipeline = redis.pipeline();
+      for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
+      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+    }
+    const view = statsKeys(prefix);
+    assert.deepEqual(await storedMinutes(redis, view), recount.minutes, `batches of ${size}`);
+    // No minute hash outlives its field in the index.
+    const [, hashes] = await redis.scan("0", "MATCH", view.minutePattern, "COUNT", 10_000);
+    assert.equal(hashes.length, MINUTE_WINDOW + 1);
+  }
+  await redis.set(keys.viewGeneration, 3);
+  const stats = await readStats(redis, keys, t0 + 239 * 30_000 + 10_000, 60_000);
+  const { minutes } = stats.last_hour;
+  assert.equal(minutes.length, 60);
+  assert.equal(minutes[59].minute, new Date(t0 + 119 * 60_000).toISOString());
+  // Two finishes a minute, but t200's came late (minute 2, trimmed) instead of in minute 100.
+  const late = new Date(t0 + 100 * 60_000).toISOString();
+  for (const m of minutes) assert.equal(m.finished, m.minute === late ? 1 : 2, m.minute);
+  assert.equal(stats.last_hour.finished, 119);
+  // Percentiles over the hour's completions (nearest rank; whole seconds are exact buckets).
+  const hour = Array.from({ length: 240 }, (_, i) => i)
+    .filter((i) => i >= 120 && i !== 200 && i % 5 !== 0)
+    .map((i) => 1_000 + (i % 4) * 1_000).sort((a, b) => a - b);
+  const rank = (q: number) => bucketValue(hour[Math.ceil(q * hour.length) - 1]);
+  assert.deepEqual(stats.last_hour.processing_time_ms, { p50: rank(0.5), p95: rank(0.95) });
+  const m60 = minutes.find((m) => m.minute === new Date(t0 + 60 * 60_000).toISOString())!;
+  assert.deepEqual([m60.completed, m60.failed], [1, 1]); // tasks 120 (fails) and 121
 });

@@ -74,6 +74,7 @@ Deno.test("READ_TOKEN is required on every read route, in its header or as a bea
       "/task/{task_id}",
       "/task/{task_id}/events",
       "/task/{task_id}/stream",
+      "/tasks",
       "/videos/{video_id}/scenes",
     ]);
     const paths = routes.map((p) =>

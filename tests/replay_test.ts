@@ -139,6 +139,45 @@ Deno.test("reprocessing a failed task after its fault is fixed completes it as r
   }
 });
 
+Deno.test("a dead letter deleted by two operators at once is deleted and recorded once", async () => {
+  await using env = await testEnv("dlq-delete");
+  const { pipeline } = breakable(env);
+  const running = await runConsumers(env, { pipeline });
+  try {
+    const taskId = await submit(env, { video_id: "broken-3" });
+    await settled(env, taskId);
+    const [letter] = await readStream(env.services.redis, env.services.keys.deadLetterStream);
+    const dry = await cli(dlqMain, "", env, ["delete", letter.id, "--dry-run"]);
+    assert.equal(dry.code, 0, dry.err);
+    assert.match(dry.out, new RegExp(`would delete ${letter.id}  ${taskId}`));
+    assert.equal(await env.services.redis.xlen(env.services.keys.deadLetterStream), 1);
+    const [a, b] = await Promise.all(
+      ["maya", "omar"].map((by) =>
+        cli(dlqMain, "", env, ["delete", letter.id, "--by", by, "--reason", "bad input"])
+      ),
+    );
+    assert.equal(a.code + b.code, 0, a.err + b.err);
+    assert.match(a.out + b.out, /Deleted 1 dead letter\(s\), 0 skipped/);
+    assert.match(a.out + b.out, /already redriven or deleted/);
+    assert.equal(await env.services.redis.xlen(env.services.keys.deadLetterStream), 0);
+    const events = await env.services.store.timeline(taskId);
+    const deleted = events.filter((e) => e.type === "task.dead_letter_deleted");
+    assert.equal(deleted.length, 1);
+    assert.equal(deleted[0].data.dead_letter_entry, letter.id);
+    assert.equal(deleted[0].data.reason, "bad input");
+    const view = await waitFor(async () => {
+      const v = await (await env.services.app.request(`/task/${taskId}`)).json();
+      return v.event_count === events.length ? v : null;
+    });
+    assert.equal(view.status, "failed");
+    assert.equal(view.dead_letter_entry, null, "nothing left to redrive");
+    const usage = await cli(dlqMain, "", env, ["delete"]);
+    assert.equal(usage.code, 2);
+  } finally {
+    await running.stop(1_000);
+  }
+});
+
 Deno.test("a dead letter redriven by five operators at once runs once", async () => {
   await using env = await testEnv("redrive");
   const { broken, pipeline } = breakable(env);

@@ -1,5 +1,5 @@
 import { parseArgs } from "node:util";
-import { getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
+import { deleteDeadLetters, getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
 import { connect, output, parsePartition, runMain, scopeOf, UsageError } from "./_common.ts";
 import { parseCount, redriveProblem } from "./rules.ts";
 
@@ -12,6 +12,8 @@ export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
       --reason TEXT         why, recorded in the task's timeline (default "dead-letter redrive")
       --by NAME             who asks (default $USER)
       --dry-run             list what would be done and change nothing
+  delete ID...              delete dead letters for good (recorded in each task's timeline);
+                            takes --reason, --by and --dry-run too
   --partition N             list or redrive only partition N (PARTITIONS > 1; all by default);
                             with several partitions a dead letter's id is p<N>-<ms-seq>
   -h, --help`;
@@ -46,7 +48,7 @@ export async function dlqMain(
     write(`${DLQ_USAGE}\n`);
     return 0;
   }
-  if (!["list", "show", "redrive"].includes(command ?? "")) {
+  if (!["list", "show", "redrive", "delete"].includes(command ?? "")) {
     throw new UsageError(command ? `Unknown command "${command}"` : "Give a command");
   }
   const count = parseCount(flags.count, 50);
@@ -56,6 +58,9 @@ export async function dlqMain(
     ? redriveProblem({ ids, all: Boolean(flags.all) }, (f) => f === "all" ? "--all" : f)
     : null;
   if (problem) throw new UsageError(problem);
+  if (command === "delete" && ids.length === 0) {
+    throw new UsageError("delete takes dead-letter ids");
+  }
   const partition = parsePartition(flags.partition);
   const out = output(write, terminal);
   const { services } = await connect(env);
@@ -82,6 +87,28 @@ export async function dlqMain(
         request = JSON.parse(letter.payload);
       } catch { /* shown as text */ }
       out.line(JSON.stringify({ ...letter, payload: request }, null, 2));
+      return 0;
+    }
+    if (command === "delete") {
+      const deletions = await deleteDeadLetters(scope, ids, {
+        requestedBy: flags.by ?? env.USER ?? "operator",
+        reason: flags.reason ?? "dead-letter deleted",
+        dryRun: Boolean(flags["dry-run"]),
+        now: new Date(),
+      });
+      for (const d of deletions) {
+        out.line(
+          d.skipped
+            ? `skip      ${d.dead_letter}  ${d.task_id}  (${d.skipped})`
+            : `${flags["dry-run"] ? "would delete" : "deleted"} ${d.dead_letter}  ${d.task_id}`,
+        );
+      }
+      const done = deletions.filter((d) => !d.skipped).length;
+      out.line(
+        flags["dry-run"]
+          ? `Dry run: ${done} dead letter(s) would be deleted; nothing changed`
+          : `Deleted ${done} dead letter(s), ${deletions.length - done} skipped`,
+      );
       return 0;
     }
     const outcomes = await redrive(scope, flags.all ? "all" : ids, {

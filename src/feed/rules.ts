@@ -89,6 +89,7 @@ export function changesStatus(event: StoredEvent): boolean {
     case "task.failed":
       return event.data.final;
     case "task.dead_lettered":
+    case "task.dead_letter_deleted":
     case "step.started":
     case "step.completed":
     case "scenes.generated":

@@ -55,7 +55,11 @@ export interface AdminDeps {
   store: EventStore;
   partitions: Partitions;
   /** Rebuilds one partition's views, or every partition's when none is named. */
-  rebuild: (options: { force: boolean; partition?: number }) => Promise<PartitionedRebuildResult>;
+  rebuild: (options: {
+    force: boolean;
+    partition?: number;
+    onProgress?: (applied: number, total: number) => void;
+  }) => Promise<PartitionedRebuildResult>;
   now: () => Date;
 }
 

@@ -10,19 +10,20 @@ import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics/registry.ts";
 import type { Partitions } from "../partitions.ts";
-import { groupProblems, type KindReport, readRegistry } from "../consumer_registry.ts";
 import { PROJECTIONS } from "../projections/registry.ts";
-import { aofEnabled } from "../redis/client.ts";
-import { consumerGroups } from "../queries.ts";
+import { queryTaskIndex } from "../projections/task_index/query.ts";
+import { currentViews } from "../queries.ts";
 import { type AdminDeps, adminRoutes } from "./admin.ts";
 import { authMode } from "./auth.ts";
+import { dashboardRoutes } from "../dashboard/routes.tsx";
 import { docsRoutes } from "./docs.ts";
+import { healthCheck } from "./health.ts";
 import { describeRoutes } from "./openapi.ts";
 import { httpMetrics, metricsRoute } from "./metrics_route.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
 import { projectionRoutes } from "./projection_routes.ts";
 import { readAuth, type ReadAuthOptions } from "./read_auth.ts";
-import { streamRoutes } from "./streams.ts";
+import { allStream, streamRoutes, taskStream } from "./streams.ts";
 import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
@@ -52,6 +53,8 @@ export interface AppDeps {
   clock?: () => Date;
   /** The process's metrics: served at /metrics (METRICS_TOKEN as a bearer token when set). */
   metrics?: { registry: Metrics; token?: string };
+  /** The /dashboard's settings (it is on when ADMIN_TOKEN is set). */
+  dashboard?: { sessionTtlS: number };
 }
 
 /** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
@@ -98,73 +101,57 @@ export function createApp(deps: AppDeps) {
     if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     return c.json({ task_id: taskId, events: events.map(publicEvent) });
   });
-  streamRoutes(app, { ...deps, read, adminToken: deps.admin.token });
+  const streams = { ...deps, read, adminToken: deps.admin.token };
+  streamRoutes(app, streams);
 
   // Liveness: the process answers. Nothing a restart would fix is checked (Redis, consumers), so
   // an orchestrator restarting on failure does not restart every process when Redis is down.
   app.get("/health/live", (c) => c.json({ status: "ok" as const }));
 
-  // The kinds the deployment runs, as the consumer registry said when last read here: kept, so a
-  // Redis that lost its data (and the registry with it) cannot make /health forget them.
-  const expected = new Map<string, KindReport>();
-  const bounds = deps.health ?? { maxConsumerlessMs: 300_000, maxPendingAgeMs: 900_000 };
+  const health = healthCheck({
+    redis,
+    keys,
+    partitions,
+    providerMode: deps.providerMode,
+    webhookAuth: authMode(deps.webhook.auth),
+    sceneSink: deps.sceneSink,
+    bounds: deps.health ?? { maxConsumerlessMs: 300_000, maxPendingAgeMs: 900_000 },
+  });
 
   // Readiness, open to anyone (load balancers, uptime checks): what a stranger may know, and why
   // it is not ready (503): Redis unreachable, or a consumer group of the deployment missing,
   // without a consumer or stuck. Backlogs and the scene sink's error text come only with read
   // access (the read token, or no READ_TOKEN set), as /stats gives them.
   app.get("/health", async (c) => {
-    const detailed = read.allows(c.req.raw.headers);
-    const sink = deps.sceneSink;
-    const checked = sink ? await sink.check() : null;
-    const sceneSink = sink
-      ? {
-        enabled: true,
-        sink: sink.name,
-        ok: checked!.ok,
-        ...(detailed && checked && !checked.ok ? { error: checked.error } : {}),
-      }
-      : { enabled: false, sink: "redis-view", ok: true };
-    const t0 = performance.now();
-    try {
-      await redis.ping();
-      const latency = Math.round((performance.now() - t0) * 100) / 100;
-      const aof = await aofEnabled(redis).catch(() => null);
-      const registry = await readRegistry(redis, keys);
-      for (const [kind, report] of registry) expected.set(kind, report);
-      // Every partition has the same groups; each is checked, and named when there are several.
-      const problems = (await Promise.all(partitions.list.map(async (p) => {
-        const found = await groupProblems(redis, p.keys, expected, registry, {
-          ...bounds,
-          // Real time, as the registry's reports are stamped.
-          nowMs: Date.now(),
-        });
-        return partitions.count === 1 ? found : found.map((m) => `Partition ${p.index}: ${m}`);
-      }))).flat();
-      return c.json({
-        status: problems.length ? "degraded" as const : "ok" as const,
-        // Which groups and how far behind: for whoever may read backlogs, not for strangers.
-        problems: detailed ? problems : problems.map(() => "A consumer group is not healthy"),
-        redis: { ok: true, latency_ms: latency, aof },
-        provider_mode: deps.providerMode,
-        webhook_auth: authMode(deps.webhook.auth),
-        scene_sink: sceneSink,
-        ...(detailed
-          ? { consumer_groups: await consumerGroups(redis, partitions.list.map((p) => p.keys)) }
-          : {}),
-      }, problems.length ? 503 : 200);
-    } catch {
-      c.header("retry-after", "1");
-      return c.json({
-        status: "unavailable" as const,
-        problems: ["Redis is unreachable"],
-        redis: { ok: false, latency_ms: null, aof: null },
-        provider_mode: deps.providerMode,
-        webhook_auth: authMode(deps.webhook.auth),
-        scene_sink: sceneSink,
-        ...(detailed ? { consumer_groups: [] } : {}),
-      }, 503);
-    }
+    const report = await health(read.allows(c.req.raw.headers));
+    if (report.status === "unavailable") c.header("retry-after", "1");
+    return c.json(report, report.status === "ok" ? 200 : 503);
+  });
+
+  dashboardRoutes(app, {
+    adminToken: deps.admin.token,
+    readToken: deps.read.token,
+    redis,
+    store,
+    keys,
+    partitions,
+    log,
+    now,
+    trustProxy: deps.webhook.trustProxy,
+    sessionTtlS: deps.dashboard?.sessionTtlS ?? 8 * 3_600,
+    streamRetentionMs: deps.streamRetentionMs,
+    health,
+    live: { task: (c) => taskStream(c, streams), all: (c) => allStream(c, streams) },
+    rebuild: deps.admin.rebuild,
+    tasks: async (query) =>
+      // Every partition's index, merged newest first.
+      queryTaskIndex(
+        redis,
+        await Promise.all(
+          partitions.list.map(async (p) => (await currentViews(redis, p.keys)).prefix),
+        ),
+        query,
+      ),
   });
 
   if (deps.metrics) {

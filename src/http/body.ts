@@ -85,7 +85,10 @@ function depth(root: unknown, limit: number): number {
     if (value === null || typeof value !== "object") continue;
     if (level + 1 > deepest) deepest = level + 1;
     if (deepest > limit) return deepest;
-    for (const child of Object.values(value)) stack.push([child, level + 1]);
+    // Only objects and arrays nest: a flat request pushes nothing.
+    for (const child of Object.values(value)) {
+      if (child !== null && typeof child === "object") stack.push([child, level + 1]);
+    }
   }
   return deepest;
 }

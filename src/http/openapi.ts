@@ -33,7 +33,14 @@ function describeProjectionRoute(r: Registry, route: ProjectionRoute): void {
     path: route.path,
     summary: route.summary,
     ...READ_SECURITY,
-    ...(route.params ? { request: { params: route.params } } : {}),
+    ...(route.params || route.query
+      ? {
+        request: {
+          ...(route.params ? { params: route.params } : {}),
+          ...(route.query ? { query: route.query } : {}),
+        },
+      }
+      : {}),
     responses: {
       200: json(route.response.schema, route.response.description),
       ...READ_401,

@@ -1,6 +1,8 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { MiddlewareHandler } from "hono";
+import type { z } from "zod";
 import type { ProjectionRoute, RouteContext } from "../projections/definition.ts";
+import { ProblemError } from "../errors.ts";
 import { fromRedis } from "./problems.ts";
 
 /** `/task/{task_id}` (OpenAPI) as Hono writes it: `/task/:task_id`. */
@@ -20,7 +22,24 @@ export function projectionRoutes(
   for (const route of routes) {
     app.get(honoPath(route.path), guard, async (c) => {
       const params = c.req.param() as Record<string, string>;
-      return c.json(await fromRedis(() => route.handle(context, params)));
+      const query = route.query ? parseQuery(route.query, c.req.query()) : undefined;
+      return c.json(await fromRedis(() => route.handle(context, params, query)));
     });
   }
+}
+
+/** A route's query string through its schema: 400 naming every bad parameter. */
+function parseQuery(schema: z.ZodType, raw: Record<string, string>): unknown {
+  const parsed = schema.safeParse(raw);
+  if (parsed.success) return parsed.data;
+  const errors = parsed.error.issues.map((issue) => ({
+    field: issue.path.join(".") || "(query)",
+    message: issue.message,
+  }));
+  throw new ProblemError(
+    400,
+    "Invalid query",
+    errors.map((e) => `${e.field}: ${e.message}`).join("; "),
+    { errors },
+  );
 }

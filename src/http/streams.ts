@@ -30,7 +30,7 @@ import { type FeedItem, HEARTBEAT, type Subscription } from "../feed/subscriptio
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { readTaskView } from "../projections/task_view/projection.ts";
-import { foldTaskView } from "../projections/task_view/view.ts";
+import { catchUpTaskView } from "../projections/task_view/view.ts";
 import { fromRedis, problemResponse } from "./problems.ts";
 import { requireAdmin } from "./admin.ts";
 import { ACCESS_TOKEN_PARAM, type ReadAuth } from "./read_auth.ts";
@@ -72,8 +72,11 @@ export function streamRoutes(app: OpenAPIHono, deps: StreamDeps): void {
   describeStreamRoutes(app);
 }
 
-/** GET /task/{task_id}/stream: a snapshot, then the task's events until it is over. */
-async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
+/**
+ * GET /task/{task_id}/stream: a snapshot, then the task's events until it is over. The dashboard
+ * serves it too, behind its session instead of a token (src/dashboard/).
+ */
+export async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
   const { redis } = deps;
   const taskId = c.req.param("task_id")!;
   const follow = flag(c.req.query("follow"));
@@ -95,7 +98,8 @@ async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
       throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     }
     if (!resume) {
-      const view = projected ?? foldTaskView(taskId, history);
+      // The projector may be behind: the snapshot folds what it has not reached yet.
+      const view = catchUpTaskView(taskId, projected, history);
       snapshot = view;
       after = view.last_event_id;
     }
@@ -128,8 +132,8 @@ async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
   });
 }
 
-/** GET /events/stream: every task's events as they are appended, optionally filtered. */
-async function allStream(c: Context, deps: StreamDeps): Promise<Response> {
+/** GET /events/stream (and the dashboard's live feed): every task's events, optionally filtered. */
+export async function allStream(c: Context, deps: StreamDeps): Promise<Response> {
   if (deps.partitions.count > 1) return await allPartitionsStream(c, deps);
   const { redis, partitions } = deps;
   const { keys } = partitions.first;

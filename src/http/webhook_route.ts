@@ -12,9 +12,9 @@ import { rememberWebhookId, tokenMatcher } from "../security/signature.ts";
 import {
   boundUnknownFields,
   fieldErrors,
+  parseVideoRequest,
   unwrapEnvelope,
   type VideoRequest,
-  VideoRequestSchema,
 } from "../webhook.ts";
 import { authenticateHeaders, unauthorized, verifySignature, type WebhookAuth } from "./auth.ts";
 import {
@@ -79,7 +79,8 @@ const REJECTED: Record<number, string> = {
 /** How long a webhook-id is remembered: past the ±5 minute timestamp tolerance on both sides. */
 const REPLAY_WINDOW_S = 2 * 300 + 60;
 
-function clientAddress(c: Context, trustProxy: boolean): string {
+/** The client's address: the connection's, or X-Forwarded-For's last hop with TRUST_PROXY. */
+export function clientAddress(c: Context, trustProxy: boolean): string {
   if (trustProxy) {
     // The proxy appends the address it saw; what is left of it came from the client.
     const forwarded = c.req.header("x-forwarded-for")?.split(",").at(-1)?.trim();
@@ -177,7 +178,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       });
     }
     const fields = unwrapEnvelope(raw as Record<string, unknown>);
-    const parsed = VideoRequestSchema.safeParse(fields);
+    const parsed = parseVideoRequest(fields);
     const bounded = parsed.success
       ? boundUnknownFields(parsed.data, limits.unknownFieldsMaxBytes)
       : null;

@@ -1,7 +1,7 @@
 import type { RedisClient } from "../redis/client.ts";
 import { readRegistry } from "../consumer_registry.ts";
-import { idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
+import { oldestPendingAgeS } from "../queries.ts";
 import { groupInfo } from "../redis/streams.ts";
 import { CONTENT_TYPE, type Metrics, refreshProcess } from "./registry.ts";
 
@@ -106,9 +106,7 @@ async function readStreams(metrics: Metrics, { redis, keys, nowMs }: ScrapeSourc
         groups.set(id, sum);
         if (g.pending === 0) continue;
         oldest.push((async () => {
-          const [, first] = await redis.xpending(key, g.name) as [number, string | null];
-          const age = first ? Math.max(0, now - idTime(first)) / 1000 : 0;
-          sum.oldest = Math.max(sum.oldest, age);
+          sum.oldest = Math.max(sum.oldest, await oldestPendingAgeS(redis, key, g.name, now));
         })());
       }
     });

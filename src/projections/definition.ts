@@ -8,6 +8,27 @@ import type { Partitions } from "../partitions.ts";
 /** A Redis write command, applied by the projection script together with the checkpoint. */
 export type Op = (string | number)[];
 
+/** Arguments per pipeline round when writes are sent without the projection script. */
+const PIPELINE_ARGS = 20_000;
+
+/**
+ * Sends writes in order, outside the projection script (a rebuild's bulk fold, which nobody
+ * reads yet): pipelined in rounds of about PIPELINE_ARGS arguments, so that no command of a big
+ * batch waits behind the rest of it past the connection's command timeout.
+ */
+export async function applyWrites(redis: RedisClient, ops: Op[]): Promise<void> {
+  for (let i = 0; i < ops.length;) {
+    const pipeline = redis.pipeline();
+    let args = 0;
+    for (; i < ops.length && (args === 0 || args + ops[i].length <= PIPELINE_ARGS); i++) {
+      const [command, ...rest] = ops[i];
+      pipeline.call(String(command), ...rest);
+      args += ops[i].length;
+    }
+    for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+  }
+}
+
 /** Where a plan reads the views' current state and writes: one generation of views. */
 export interface PlanContext {
   redis: RedisClient;
@@ -34,14 +55,19 @@ export interface ProjectionRoute {
   summary: string;
   /** Path parameters, as documented. */
   params?: z.ZodObject;
+  /**
+   * Query parameters, as documented: the HTTP layer parses the query string with it (400 naming
+   * each bad field) and passes the result to `handle`.
+   */
+  query?: z.ZodObject;
   response: { schema: z.ZodType; description: string };
   /** Documented problem+json responses besides 200. */
-  problems: Partial<Record<404 | 503, string>>;
+  problems: Partial<Record<400 | 404 | 503, string>>;
   /**
    * Reads the view. A ProblemError (a 404, say) is answered as problem+json; any other failure
    * is a Redis failure, answered 503 by the HTTP layer.
    */
-  handle(context: RouteContext, params: Record<string, string>): Promise<unknown>;
+  handle(context: RouteContext, params: Record<string, string>, query?: unknown): Promise<unknown>;
 }
 
 /**

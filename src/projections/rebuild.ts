@@ -8,6 +8,7 @@ import {
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { decodeValid } from "../events.ts";
+import { applyWrites } from "./definition.ts";
 import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
 import { ensureGroup, groupInfo, xgroup } from "../redis/streams.ts";
@@ -83,9 +84,7 @@ async function foldLog(
     const events = decodeValid(entries.map(([id, fields]) => ({ id, fields })), log);
     if (events.length) {
       const plans = await Promise.all(projections.map((p) => p.plan(events)));
-      const pipeline = redis.pipeline();
-      for (const [command, ...args] of plans.flat()) pipeline.call(String(command), ...args);
-      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+      await applyWrites(redis, plans.flat());
     }
     last = entries[entries.length - 1][0];
     read += entries.length;
@@ -240,14 +239,24 @@ export async function rebuildPartitions(
   partitions: readonly Keys[],
 ): Promise<PartitionedRebuildResult> {
   const results: (RebuildResult & { partition: number })[] = [];
-  for (const keys of partitions) {
+  // Progress over all of them: what the partitions done so far folded, plus the current one's,
+  // of the events the ones still to come hold.
+  const lengths = partitions.length === 1
+    ? [0]
+    : await Promise.all(partitions.map((k) => options.redis.xlen(k.eventStream)));
+  let done = 0;
+  for (const [i, keys] of partitions.entries()) {
     const log = partitions.length === 1
       ? options.log
       : options.log.child({ partition: keys.partition });
-    results.push({
-      partition: keys.partition,
-      ...await rebuildProjections({ ...options, keys, log }),
-    });
+    const later = lengths.slice(i + 1).reduce((a, b) => a + b, 0);
+    const onProgress = options.onProgress && partitions.length > 1
+      ? (applied: number, total: number) =>
+        options.onProgress!(done + applied, done + total + later)
+      : options.onProgress;
+    const result = await rebuildProjections({ ...options, keys, log, onProgress });
+    done += result.events;
+    results.push({ partition: keys.partition, ...result });
   }
   if (results.length === 1) {
     const { partition: _partition, ...only } = results[0];

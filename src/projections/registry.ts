@@ -3,6 +3,7 @@ import type { StoredEvent } from "../events.ts";
 import { type Keys, projectionGroup } from "../keys.ts";
 import { canHandle, type Op } from "./definition.ts";
 import { stats } from "./stats/projection.ts";
+import { taskIndex } from "./task_index/projection.ts";
 import { taskView } from "./task_view/projection.ts";
 import { videoScenes } from "./video_scenes/projection.ts";
 
@@ -10,7 +11,7 @@ import { videoScenes } from "./video_scenes/projection.ts";
  * Every projection, one consumer group each. The projector runner, the rebuild and the HTTP
  * layer (routes and OpenAPI) all take them from here: a new projection is its folder plus a line.
  */
-export const PROJECTIONS = [taskView, videoScenes, stats] as const;
+export const PROJECTIONS = [taskView, videoScenes, stats, taskIndex] as const;
 
 export type ProjectionName = (typeof PROJECTIONS)[number]["name"];
 /** The projections' names: their consumer groups (and checkpoint and lease names) in generation 0. */

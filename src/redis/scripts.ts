@@ -19,6 +19,7 @@ export const ingestScript = defineScript({
     "user_id",
     "is_revision",
     "idempotency_key",
+    "prompt",
     "timeline_ttl_s",
     "bucket_capacity",
     "bucket_rate",
@@ -114,4 +115,36 @@ export const reprocessScript = defineScript({
     "dead_letter_entry",
     "timeline_ttl_s",
   ],
+});
+
+/** Deletes a dead letter for good, recording task.dead_letter_deleted in its task's timeline. */
+export const deleteDeadLetterScript = defineScript({
+  name: "delete_dead_letter",
+  keys: ["dead_letters", "events", "timeline"],
+  args: ["entry", "task_id", "at", "data", "timeline_ttl_s"],
+});
+
+/** One page of a task index set, newest first, filtered by status and prompt substring. */
+export const taskIndexPageScript = defineScript({
+  name: "task_index_page",
+  keys: ["source", "status", "prompts"],
+  args: ["max", "min", "limit", "budget", "needle", "check_status"],
+});
+
+/** A prompt search of the task index through its trigram bitmaps, exact, newest first. */
+export const taskIndexGramsScript = defineScript({
+  name: "task_index_grams",
+  keys: ["positions", "prompts", "status"],
+  args: [
+    "slots",
+    "blocks",
+    "block_bits",
+    "max",
+    "min",
+    "limit",
+    "needle",
+    "check_status",
+    "cap",
+  ],
+  extra: { keys: true }, // the bitmap blocks
 });

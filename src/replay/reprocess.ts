@@ -8,7 +8,7 @@ import {
 } from "../partitions.ts";
 import { requestEntryId, runNumber, type StoredEvent } from "../events.ts";
 import { foldTaskView, type TaskStatus } from "../projections/task_view/view.ts";
-import { reprocessScript } from "../redis/scripts.ts";
+import { deleteDeadLetterScript, reprocessScript } from "../redis/scripts.ts";
 import { fieldsToRecord } from "../events.ts";
 
 export type StatusFilter = "failed" | "dead_lettered" | "completed";
@@ -273,4 +273,57 @@ export async function redrive(
     requester.onProgress?.(i + 1, letters.length);
   }
   return outcomes;
+}
+
+/** What deleting a dead letter did (or, in a dry run, would do). */
+export interface Deletion {
+  dead_letter: string;
+  task_id: string;
+  skipped?: string;
+}
+
+/**
+ * Deletes dead letters for good (they will not be redriven). Each deletion is recorded as
+ * `task.dead_letter_deleted` (who, why) in its task's timeline by the same script that deletes it,
+ * so it happens, and is recorded, once. A malformed entry without a task is deleted unrecorded.
+ */
+export async function deleteDeadLetters(
+  stores: Stores,
+  ids: string[],
+  requester: Requester & { dryRun: boolean; now: Date },
+): Promise<Deletion[]> {
+  const out: Deletion[] = [];
+  for (const id of ids) {
+    const found = await locate(stores, id);
+    if (!found) {
+      out.push({ dead_letter: id, task_id: "", skipped: "no such dead letter" });
+      continue;
+    }
+    const { letter, partition, streamId } = found;
+    if (requester.dryRun) {
+      out.push({ dead_letter: id, task_id: letter.task_id });
+      continue;
+    }
+    const { store } = partition;
+    const deleted = await deleteDeadLetterScript.run(store.redis, {
+      keys: {
+        dead_letters: store.keys.deadLetterStream,
+        events: store.keys.eventStream,
+        timeline: store.keys.taskTimeline(letter.task_id),
+      },
+      args: {
+        entry: streamId,
+        task_id: letter.task_id,
+        at: requester.now.toISOString(),
+        data: JSON.stringify({ requested_by: requester.requestedBy, reason: requester.reason }),
+        timeline_ttl_s: store.options.timelineTtlS,
+      },
+    });
+    out.push({
+      dead_letter: id,
+      task_id: letter.task_id,
+      ...(deleted === 1 ? {} : { skipped: "already redriven or deleted" }),
+    });
+  }
+  return out;
 }

@@ -10,15 +10,98 @@ import {
   durationBucket,
   evolveStats,
   FINISHED_WINDOW_S,
+  finishMinute,
   finishSecond,
   histogramPercentile,
   initialStats,
   legacyStatsKeys,
+  MINUTE_WINDOW,
+  minuteFields,
   STATS_EVENTS,
   statsChange,
   statsKeys,
   statsStatusKey,
 } from "./view.ts";
+
+/** One minute of the last hour's series. */
+export const MinuteSchema = z.object({
+  minute: z.string().describe("Start of the minute (ISO-8601)"),
+  finished: z.number().int().describe("Tasks completed or failed for good in it"),
+  completed: z.number().int(),
+  failed: z.number().int(),
+  p50_ms: z.number().nullable().describe("Processing time of its completions; null without any"),
+  p95_ms: z.number().nullable(),
+});
+export type MinuteStats = z.infer<typeof MinuteSchema>;
+
+/** The last hour, per minute (event times), for the dashboard's charts. */
+export const LastHourSchema = z.object({
+  minutes: z.array(MinuteSchema).describe(
+    "The 60 whole minutes up to and including the current one, oldest first",
+  ),
+  finished: z.number().int(),
+  processing_time_ms: z.object({ p50: z.number().nullable(), p95: z.number().nullable() })
+    .describe("Over the hour's completions, from the same histogram buckets as processing_time_ms"),
+});
+export type LastHour = z.infer<typeof LastHourSchema>;
+
+/**
+ * The last hour per minute: throughput and processing time p50/p95 of the 60 minutes up to and
+ * including `now`'s (minutes without finishes are zeros), from the stats view's per-minute
+ * hashes; `viewPrefix` is the current generation's (currentViews).
+ */
+export async function readLastHour(
+  redis: RedisClient,
+  viewPrefix: string | readonly string[],
+  now: number,
+): Promise<LastHour> {
+  const prefixes = typeof viewPrefix === "string" ? [viewPrefix] : viewPrefix;
+  const last = finishMinute(now);
+  const minutes = Array.from({ length: 60 }, (_, i) => last - 59 + i);
+  // Each partition's minutes (one pipeline per partition: one slot each), summed field by field.
+  const perPartition = await Promise.all(prefixes.map(async (prefix) => {
+    const keys = statsKeys(prefix);
+    const pipeline = redis.pipeline();
+    for (const minute of minutes) pipeline.hgetall(keys.minute(minute));
+    return (await pipeline.exec()) ?? [];
+  }));
+  const hour: Record<string, number> = {};
+  const series = minutes.map((minute, i): MinuteStats => {
+    const fields: Record<string, number> = {};
+    for (const replies of perPartition) {
+      const [error, raw] = replies[i];
+      if (error) throw error;
+      for (const [field, n] of Object.entries(raw as Record<string, string>)) {
+        fields[field] = (fields[field] ?? 0) + Number(n);
+      }
+    }
+    const histogram: Record<string, number> = {};
+    for (const [field, n] of Object.entries(fields)) {
+      if (!field.startsWith("ms:")) continue;
+      histogram[field.slice(3)] = Number(n);
+      hour[field.slice(3)] = (hour[field.slice(3)] ?? 0) + Number(n);
+    }
+    const completed = Number(fields.completed ?? 0);
+    const failed = Number(fields.failed ?? 0);
+    return {
+      minute: new Date(minute * 60_000).toISOString(),
+      finished: completed + failed,
+      completed,
+      failed,
+      p50_ms: completed ? histogramPercentile(histogram, 0.5) : null,
+      p95_ms: completed ? histogramPercentile(histogram, 0.95) : null,
+    };
+  });
+  const any = Object.keys(hour).length > 0;
+  return {
+    minutes: series,
+    finished: series.reduce((sum, m) => sum + m.finished, 0),
+    processing_time_ms: {
+      p50: any ? histogramPercentile(hour, 0.5) : null,
+      p95: any ? histogramPercentile(hour, 0.95) : null,
+    },
+  };
+}
 
 /** GET /stats: the stats view plus live figures from the streams. */
 export const StatsSchema = z.object({
@@ -43,6 +126,7 @@ export const StatsSchema = z.object({
     finished: z.number().int(),
     per_second: z.number(),
   }).describe("Tasks completed or failed for good in the last 60 whole seconds (event times)"),
+  last_hour: LastHourSchema,
   consumer_groups: z.array(GroupStatsSchema),
   replay_horizon: z.object({
     stream_retention_s: z.number().int(),
@@ -69,8 +153,9 @@ export async function readStats(
   retentionMs: number,
 ): Promise<Stats> {
   const all = Array.isArray(keys) ? keys as readonly Keys[] : [keys as Keys];
-  const parts = await Promise.all(all.map(async (k) => {
-    const stats = statsKeys((await currentViews(redis, k)).prefix);
+  const prefixes = await Promise.all(all.map(async (k) => (await currentViews(redis, k)).prefix));
+  const parts = await Promise.all(all.map(async (k, i) => {
+    const stats = statsKeys(prefixes[i]);
     return await Promise.all([
       redis.hgetall(stats.counters),
       redis.hgetall(stats.durations),
@@ -78,7 +163,10 @@ export async function readStats(
       replayHorizon(redis, k, retentionMs),
     ]);
   }));
-  const groups = await consumerGroups(redis, all);
+  const [groups, lastHour] = await Promise.all([
+    consumerGroups(redis, all),
+    readLastHour(redis, prefixes, now),
+  ]);
   const hash: Record<string, number> = {};
   const buckets: Record<string, number> = {};
   const add = (into: Record<string, number>, from: Record<string, string>) => {
@@ -122,6 +210,7 @@ export async function readStats(
     step_average_ms: stepAverage,
     callbacks: { delivered: n("callbacks_delivered"), failed: n("callbacks_failed") },
     throughput_last_minute: { finished, per_second: Math.round((finished / 60) * 100) / 100 },
+    last_hour: lastHour,
     consumer_groups: groups,
     replay_horizon: horizon,
   };
@@ -143,15 +232,18 @@ async function planStats(
   const keys = statsKeys(prefix);
   const taskIds = [...new Set(events.map((e) => e.task_id))];
   if (taskIds.length === 0) return [];
-  const [known, windowSeconds] = await Promise.all([
+  const finishing = events.some(finishes);
+  const [known, windowSeconds, windowMinutes] = await Promise.all([
     redis.mget(...taskIds.map((id) => statsStatusKey(prefix, id))),
-    events.some(finishes) ? redis.hkeys(keys.finished) : Promise.resolve([]),
+    finishing ? redis.hkeys(keys.finished) : Promise.resolve([]),
+    finishing ? redis.hkeys(keys.minutes) : Promise.resolve([]),
   ]);
   const status = new Map<string, TaskStatus>();
   taskIds.forEach((id, i) => known[i] && status.set(id, known[i] as TaskStatus));
   const counters: Record<string, number> = {};
   const buckets: Record<string, number> = {};
   const seconds: Record<string, number> = {};
+  const minutes: Record<string, Record<string, number>> = {};
   const changed = new Set<string>();
   for (const event of events) {
     const change = statsChange(status.get(event.task_id), event);
@@ -169,6 +261,10 @@ async function planStats(
     if (change.finishedAt !== undefined) {
       const second = finishSecond(change.finishedAt);
       seconds[second] = (seconds[second] ?? 0) + 1;
+      const fields = minutes[finishMinute(change.finishedAt)] ??= {};
+      for (const [field, n] of Object.entries(minuteFields(change))) {
+        fields[field] = (fields[field] ?? 0) + n;
+      }
     }
   }
   const ops: Op[] = [];
@@ -192,6 +288,36 @@ async function planStats(
     const stale = windowSeconds.filter((s) => Number(s) < floor);
     if (stale.length) ops.push(["HDEL", keys.finished, ...stale]);
   }
+  ops.push(...minuteWrites(keys, windowMinutes, minutes));
+  return ops;
+}
+
+/**
+ * The per-minute series' writes, trimmed like the throughput window: the MINUTE_WINDOW minutes
+ * before the newest finish minute (event times) are kept, older ones dropped with their hash.
+ */
+function minuteWrites(
+  keys: ReturnType<typeof statsKeys>,
+  stored: string[],
+  minutes: Record<string, Record<string, number>>,
+): Op[] {
+  const added = Object.keys(minutes);
+  if (added.length === 0) return [];
+  const floor = Math.max(...[...stored, ...added].map(Number)) - MINUTE_WINDOW;
+  const ops: Op[] = [];
+  for (const [minute, fields] of Object.entries(minutes)) {
+    if (Number(minute) < floor) continue;
+    const finished = (fields.completed ?? 0) + (fields.failed ?? 0);
+    ops.push(["HINCRBY", keys.minutes, minute, finished]);
+    for (const [field, n] of Object.entries(fields)) {
+      ops.push(["HINCRBY", keys.minute(minute), field, n]);
+    }
+  }
+  const stale = stored.filter((m) => Number(m) < floor);
+  if (stale.length) {
+    ops.push(["HDEL", keys.minutes, ...stale]);
+    for (const minute of stale) ops.push(["DEL", keys.minute(minute)]);
+  }
   return ops;
 }
 
@@ -202,8 +328,18 @@ export const stats = defineProjection({
   initialState: initialStats,
   evolve: evolveStats,
   ownedKeys: (prefix) => {
-    const { counters, statusPrefix, durations, finished } = statsKeys(prefix);
-    return [counters, `${statusPrefix}*`, durations, finished, ...legacyStatsKeys(prefix)];
+    const { counters, statusPrefix, durations, finished, minutes, minutePattern } = statsKeys(
+      prefix,
+    );
+    return [
+      counters,
+      `${statusPrefix}*`,
+      durations,
+      finished,
+      minutes,
+      minutePattern,
+      ...legacyStatsKeys(prefix),
+    ];
   },
   plan: planStats,
   route: {

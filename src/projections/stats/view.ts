@@ -8,6 +8,12 @@ import type { TaskStatus } from "../task_view/view.ts";
 export const FINISHED_WINDOW_S = 120;
 
 /**
+ * Minutes of finishes kept behind the newest one (event times), for the last hour's per-minute
+ * series: the hour itself plus the minute in progress.
+ */
+export const MINUTE_WINDOW = 60;
+
+/**
  * The stats view's keys under a generation's view prefix (`{vp}:view:stats…` in generation 0).
  * Every one is bounded: the hashes have a fixed or windowed set of fields, and the per-task status
  * keys expire with VIEW_RETENTION_S.
@@ -28,6 +34,18 @@ export function statsKeys(prefix: string) {
      * FINISHED_WINDOW_S seconds before the newest finish second.
      */
     finished: `${prefix}:stats:finished-by-second`,
+    /**
+     * Finish minute (event time, minutes since epoch) -> tasks finished in it (hash), trimmed to
+     * the MINUTE_WINDOW minutes before the newest finish minute: the minutes that have a
+     * `minute` hash.
+     */
+    minutes: `${prefix}:stats:finished-by-minute`,
+    /**
+     * One finish minute's `completed`, `failed` and `ms:<duration bucket>` (completions per
+     * processing-time bucket) counts (hash), deleted with its field in `minutes`.
+     */
+    minute: (minute: number | string) => `${prefix}:stats:minute:${minute}`,
+    minutePattern: `${prefix}:stats:minute:*`,
   };
 }
 
@@ -123,6 +141,7 @@ export function statsChange(previous: TaskStatus | undefined, event: StoredEvent
     case "step.started":
     case "scenes.generated":
     case "callback.attempted":
+    case "task.dead_letter_deleted":
       return { counters: {} };
     case "callback.delivered":
       return { counters: { callbacks_delivered: 1 } };
@@ -180,6 +199,25 @@ export const STATS_EVENTS = [
 
 /** The second (since epoch) a finish time in ms falls in: the throughput hash's field. */
 export const finishSecond = (finishedAtMs: number) => Math.floor(finishedAtMs / 1000);
+/** The minute (since epoch) a finish time in ms falls in: the per-minute series' field. */
+export const finishMinute = (finishedAtMs: number) => Math.floor(finishedAtMs / 60_000);
+
+/** The fields of a minute's hash that one finish adds to (the `minutes` hash gets `finished`). */
+export function minuteFields(change: StatsChange): Record<string, number> {
+  const fields: Record<string, number> = {
+    [change.status === "failed" ? "failed" : "completed"]: 1,
+  };
+  if (change.processingMs !== undefined) fields[`ms:${durationBucket(change.processingMs)}`] = 1;
+  return fields;
+}
+
+/** Pure: the minutes kept after adding some: every minute MINUTE_WINDOW before the newest goes. */
+export function trimMinutes<T>(minutes: Record<string, T>): Record<string, T> {
+  const keys = Object.keys(minutes).map(Number);
+  if (keys.length === 0) return minutes;
+  const floor = Math.max(...keys) - MINUTE_WINDOW;
+  return Object.fromEntries(Object.entries(minutes).filter(([m]) => Number(m) >= floor));
+}
 
 /**
  * Pure: the throughput window after adding finish seconds: every second older than
@@ -202,10 +240,19 @@ export interface StatsState {
   durations: Record<string, number>;
   /** Finish second -> tasks finished in it, the last FINISHED_WINDOW_S seconds. */
   finished: Record<string, number>;
+  /** Finish minute -> that minute's hash (`completed`, `failed`, `ms:<bucket>`), the last hour. */
+  minutes: Record<string, Record<string, number>>;
 }
 
 export function initialStats(): StatsState {
-  return { counters: {}, status: {}, durations: {}, finished: {} };
+  return { counters: {}, status: {}, durations: {}, finished: {}, minutes: {} };
+}
+
+function addMinute(state: StatsState["minutes"], change: StatsChange, finishedAt: number) {
+  const minute = String(finishMinute(finishedAt));
+  let fields = state[minute] ?? {};
+  for (const [field, n] of Object.entries(minuteFields(change))) fields = add(fields, field, n);
+  return trimMinutes({ ...state, [minute]: fields });
 }
 
 const add = (record: Record<string, number>, field: string | number, n: number) => ({
@@ -228,5 +275,8 @@ export function evolveStats(state: StatsState, event: StoredEvent): StatsState {
     finished: change.finishedAt === undefined
       ? state.finished
       : trimFinished(add(state.finished, finishSecond(change.finishedAt), 1)),
+    minutes: change.finishedAt === undefined
+      ? state.minutes
+      : addMinute(state.minutes, change, change.finishedAt),
   };
 }

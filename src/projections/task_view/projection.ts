@@ -1,12 +1,14 @@
 import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../../errors.ts";
+import type { EventStore } from "../../event_store.ts";
+import { compareIds } from "../../events.ts";
 import type { Keys } from "../../keys.ts";
 import { currentViews } from "../../queries.ts";
 import { ALL_EVENT_TYPES, defineProjection, planJsonDocuments } from "../definition.ts";
 import {
+  catchUpTaskView,
   evolveTaskView,
-  foldTaskView,
   initialTaskView,
   type TaskView,
   taskViewKey,
@@ -21,6 +23,33 @@ export async function readTaskView(
 ): Promise<TaskView | null> {
   const raw = await redis.get(taskViewKey((await currentViews(redis, keys)).prefix, taskId));
   return raw ? JSON.parse(raw) as TaskView : null;
+}
+
+/**
+ * The task's true state, even while the projector is behind: the projected view and the task's
+ * last timeline entry in one round trip; when the timeline has events the view has not folded
+ * (or there is no view), those events are read from the log and folded on the view with the
+ * projection's own evolve. Null for an unknown (or expired) task.
+ */
+export async function readFreshTaskView(
+  store: EventStore,
+  taskId: string,
+): Promise<TaskView | null> {
+  const { redis, keys } = store;
+  const timeline = keys.taskTimeline(taskId);
+  const views = await currentViews(redis, keys);
+  const [[viewError, raw], [lastError, last]] = await redis.pipeline()
+    .get(taskViewKey(views.prefix, taskId))
+    .lindex(timeline, -1)
+    .exec() as [Error | null, string | null][];
+  if (viewError || lastError) throw viewError ?? lastError;
+  const view = raw ? JSON.parse(raw) as TaskView : null;
+  if (last === null) return view;
+  const folded = view?.last_event_id ?? null;
+  if (folded !== null && compareIds(last, folded) <= 0) return view;
+  const ids = await redis.lrange(timeline, 0, -1);
+  const missing = folded === null ? ids : ids.filter((id) => compareIds(id, folded) > 0);
+  return catchUpTaskView(taskId, view, await store.events(missing));
 }
 
 /** A task's status view, one JSON document per task; every event counts (`event_count`). */
@@ -42,16 +71,13 @@ export const taskView = defineProjection({
     params: z.object({ task_id: z.string() }),
     response: { schema: TaskViewSchema, description: "The task" },
     problems: { 404: "Unknown task" },
-    async handle({ redis, partitions }, { task_id }) {
+    async handle({ partitions }, { task_id }) {
       // The id names its partition; an id no partition can hold is an unknown task.
       const partition = partitions.ofTask(task_id);
       if (!partition) throw new ProblemError(404, "Task not found", `No task "${task_id}"`);
-      const { keys, store } = partition;
-      const projected = await readTaskView(redis, keys, task_id);
-      if (projected) return projected;
-      // Not projected yet (or expired): fold its timeline from the log, same evolve function.
-      const events = await store.timeline(task_id);
-      if (events.length) return foldTaskView(task_id, events);
+      // The projected view, caught up with the task's events the projector has not reached.
+      const view = await readFreshTaskView(partition.store, task_id);
+      if (view) return view;
       throw new ProblemError(404, "Task not found", `No task "${task_id}"`);
     },
   },

@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { StepName, type StoredEvent } from "../../events.ts";
+import { compareIds, StepName, type StoredEvent } from "../../events.ts";
 import { TaskResultSchema } from "../../pipeline/scene.ts";
 
 export const TaskStatusSchema = z.enum(["queued", "processing", "completed", "failed"]);
@@ -70,10 +70,43 @@ export function initialTaskView(taskId: string): TaskView {
   };
 }
 
+/**
+ * A task's status after an event: the one place that says how events move a task between
+ * statuses (the task view and the task index both use it).
+ */
+export function taskStatusAfter(status: TaskStatus, event: StoredEvent): TaskStatus {
+  switch (event.type) {
+    case "task.queued":
+    case "task.reprocess_requested":
+      return "queued";
+    case "task.started":
+      return "processing";
+    case "task.completed":
+      return "completed";
+    case "task.failed":
+      return event.data.final ? "failed" : "processing";
+    case "task.dead_lettered":
+      return "failed";
+    default:
+      return status;
+  }
+}
+
+/** The event types that can change a task's status (taskStatusAfter keeps it for the others). */
+export const STATUS_EVENTS = [
+  "task.queued",
+  "task.reprocess_requested",
+  "task.started",
+  "task.completed",
+  "task.failed",
+  "task.dead_lettered",
+] as const;
+
 /** Folds one event into a task's view. Pure: the same events always give the same view. */
 export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
   const next: TaskView = {
     ...view,
+    status: taskStatusAfter(view.status, event),
     updated_at: event.at,
     event_count: view.event_count + 1,
     last_event_id: event.id,
@@ -82,7 +115,6 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
     case "task.queued":
       return {
         ...next,
-        status: "queued",
         video_id: event.data.video_id,
         user_id: event.data.user_id,
         is_revision: event.data.is_revision,
@@ -91,7 +123,6 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
     case "task.reprocess_requested":
       return {
         ...next,
-        status: "queued",
         run: event.data.run,
         current_step: null,
         attempts: 0,
@@ -104,7 +135,6 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
     case "task.started":
       return {
         ...next,
-        status: "processing",
         attempts: Math.max(view.attempts, event.data.attempt),
         retrying: false,
       };
@@ -123,7 +153,6 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
     case "task.completed":
       return {
         ...next,
-        status: "completed",
         current_step: null,
         result: event.data.result,
         error: null,
@@ -132,7 +161,6 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
     case "task.failed":
       return {
         ...next,
-        status: event.data.final ? "failed" : "processing",
         retrying: !event.data.final,
         error: {
           message: event.data.error,
@@ -142,7 +170,12 @@ export function evolveTaskView(view: TaskView, event: StoredEvent): TaskView {
         },
       };
     case "task.dead_lettered":
-      return { ...next, status: "failed", dead_letter_entry: event.data.dead_letter_entry };
+      return { ...next, dead_letter_entry: event.data.dead_letter_entry };
+    case "task.dead_letter_deleted":
+      // Deleted for good: nothing left to redrive (the task stays failed).
+      return view.dead_letter_entry === event.data.dead_letter_entry
+        ? { ...next, dead_letter_entry: null }
+        : next;
     case "callback.attempted":
     case "callback.delivered":
     case "callback.failed":
@@ -190,4 +223,21 @@ function evolveCallback(previous: CallbackState | null, event: CallbackEvent): C
 /** A task's view from its whole timeline. */
 export function foldTaskView(taskId: string, events: StoredEvent[]): TaskView {
   return events.reduce(evolveTaskView, initialTaskView(taskId));
+}
+
+/**
+ * The view brought up to date with events of the task the projector has not folded yet: those of
+ * `events` after the view's last event, folded with the same evolve. A view projected from the
+ * first k events and caught up with the rest is the fold of all of them, so a reader sees what the
+ * projector will store once it gets there. Without a view, the fold of `events`.
+ */
+export function catchUpTaskView(
+  taskId: string,
+  view: TaskView | null,
+  events: StoredEvent[],
+): TaskView {
+  if (view === null) return foldTaskView(taskId, events);
+  const last = view.last_event_id;
+  return events.filter((e) => last === null || compareIds(e.id, last) > 0)
+    .reduce(evolveTaskView, view);
 }

@@ -24,6 +24,7 @@
     ARGV.user_id
     ARGV.is_revision          "1" or "0"
     ARGV.idempotency_key      the idempotency key as sent ("" for none)
+    ARGV.prompt               the request's prompt (at most PROMPT_MAX_CHARS), in task.queued
     ARGV.timeline_ttl_s       ttl of the timeline (s)
     ARGV.bucket_capacity      bucket capacity (units)
     ARGV.bucket_rate          refill (units per ms)
@@ -61,7 +62,7 @@ if #KEYS >= EXTRA_KEYS_FROM then
 end
 local entry = redis.call('XADD', KEY.webhooks, '*', 'task_id', ARG.task_id, 'payload', ARG.payload)
 local data = {video_id = ARG.video_id, user_id = ARG.user_id, is_revision = (ARG.is_revision == '1'),
-  webhook_entry = entry}
+  webhook_entry = entry, prompt = ARG.prompt}
 if ARG.has_idempotency_key == '1' then data.idempotency_key = ARG.idempotency_key end
 local ev = redis.call('XADD', KEY.events, '*', 'type', 'task.queued', 'task_id', ARG.task_id,
   'at', ARG.at, 'data', cjson.encode(data))

@@ -28,7 +28,7 @@ end
 local checkpoint = redis.call('GET', KEY.checkpoint) or '0-0'
 if checkpoint ~= ARG.expected_checkpoint then return -2 end
 local allowed = {SET = true, DEL = true, HSET = true, HDEL = true, HINCRBY = true,
-  HINCRBYFLOAT = true, ZADD = true, ZREM = true, EXPIRE = true}
+  HINCRBYFLOAT = true, ZADD = true, ZREM = true, EXPIRE = true, BITFIELD = true}
 for _, op in ipairs(cjson.decode(ARG.writes)) do
   if not allowed[op[1]] then
     return redis.error_reply('ERR command not allowed in projection: ' .. op[1])

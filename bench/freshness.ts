@@ -1,0 +1,124 @@
+/**
+ * Status freshness under a burst: how long after a task's `task.completed` is appended does GET
+ * /task/{id} answer "completed"? The probe tails the event stream (XREAD, its own connection),
+ * takes every `every`-th `task.completed`, and polls that task's GET every `pollMs` until it says
+ * completed. Latency = the answer's arrival − the event's append time (its stream id's ms), so
+ * the probe's own detection delay counts against the server, never for it.
+ */
+import { idTime } from "../src/events.ts";
+import { connect } from "./redis_tools.ts";
+import { round } from "./procs.ts";
+
+export interface FreshnessSummary {
+  /** Sampled completions answered "completed" within the timeout. */
+  samples: number;
+  /** Sampled completions never answered "completed" within `timeoutMs`. */
+  timed_out: number;
+  p50_ms: number;
+  p99_ms: number;
+  max_ms: number;
+  /** GET requests the probe sent. */
+  requests: number;
+  /** GETs that answered something other than completed (stale, or an error). */
+  not_completed: number;
+  /** Of the latency, the probe's own share: append → the probe read the event (p50, p99). */
+  detect_p50_ms: number;
+  detect_p99_ms: number;
+  /** The server's share: the probe read the event → GET answered completed (p50, p99). */
+  answer_p50_ms: number;
+  answer_p99_ms: number;
+}
+
+export function startFreshnessProbe(options: {
+  eventStream: string;
+  /** `http://host:port`: GET {base}/task/{id}. */
+  base: string;
+  every?: number;
+  pollMs?: number;
+  timeoutMs?: number;
+}) {
+  const every = options.every ?? 100;
+  const pollMs = options.pollMs ?? 10;
+  const timeoutMs = options.timeoutMs ?? 30_000;
+  const redis = connect("bench-freshness");
+  const latencies: number[] = [];
+  const polls: Promise<void>[] = [];
+  let timedOut = 0;
+  let requests = 0;
+  let notCompleted = 0;
+  const detects: number[] = [];
+  const answers: number[] = [];
+  let running = true;
+  let seen = 0;
+
+  const poll = async (taskId: string, appendedMs: number) => {
+    const deadline = appendedMs + timeoutMs;
+    const seenAt = Date.now();
+    detects.push(seenAt - appendedMs);
+    while (Date.now() < deadline) {
+      requests++;
+      const res = await fetch(`${options.base}/task/${taskId}`).catch(() => null);
+      const view = res?.ok ? await res.json() : await res?.body?.cancel();
+      if (view?.status === "completed") {
+        latencies.push(Date.now() - appendedMs);
+        answers.push(Date.now() - seenAt);
+        return;
+      }
+      notCompleted++;
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+    timedOut++;
+  };
+
+  const tail = (async () => {
+    let cursor = "$";
+    while (running) {
+      const reply = await redis.xread(
+        "COUNT",
+        2_000,
+        "BLOCK",
+        100,
+        "STREAMS",
+        options.eventStream,
+        cursor,
+      )
+        .catch(() => null);
+      for (const [, entries] of reply ?? []) {
+        for (const [id, fields] of entries) {
+          cursor = id;
+          const type = fields[fields.indexOf("type") + 1];
+          if (type !== "task.completed" || seen++ % every !== 0) continue;
+          polls.push(poll(fields[fields.indexOf("task_id") + 1], idTime(id)));
+        }
+      }
+    }
+  })();
+
+  return {
+    async stop(): Promise<FreshnessSummary> {
+      running = false;
+      await tail;
+      await Promise.all(polls);
+      redis.disconnect();
+      const sorted = latencies.sort((a, b) => a - b);
+      const quantile = (values: number[], q: number) => {
+        const v = [...values].sort((a, b) => a - b);
+        return v.length ? v[Math.min(v.length - 1, Math.floor(q * v.length))] : 0;
+      };
+      const at = (q: number) => quantile(sorted, q);
+      return {
+        samples: sorted.length,
+        timed_out: timedOut,
+        p50_ms: round(at(0.5), 0),
+        p99_ms: round(at(0.99), 0),
+        max_ms: round(sorted.at(-1) ?? 0, 0),
+        requests,
+        not_completed: notCompleted,
+        detect_p50_ms: round(quantile(detects, 0.5), 0),
+        detect_p99_ms: round(quantile(detects, 0.99), 0),
+        answer_p50_ms: round(quantile(answers, 0.5), 0),
+        answer_p99_ms: round(quantile(answers, 0.99), 0),
+      };
+    },
+  };
+}
