@@ -1,8 +1,9 @@
 /**
- * Failover on a Redis Cluster under load: kill -9 of the master holding the service's partition,
- * its replica is promoted by the cluster (cluster-node-timeout 1 s), the service carries on without
- * a restart. With ACK_REPLICAS=1 every webhook answered 202 completes; with ACK_REPLICAS=0 the
- * acknowledged webhooks the replica had not received yet are lost, and the test reports how many.
+ * Failover on a Redis Cluster under load (PARTITIONS=6 over 3 masters): kill -9 of the master
+ * holding partition 0 (and whichever others its slots hold), its replica is promoted by the
+ * cluster (cluster-node-timeout 1 s), the service carries on without a restart. With
+ * ACK_REPLICAS=1 every webhook answered 202 completes; with ACK_REPLICAS=0 the acknowledged
+ * webhooks the replica had not received are lost, and the test reports how many.
  */
 import assert from "node:assert/strict";
 import { caughtUp, fixture, readStream, runConsumers, testEnv, waitFor } from "./_helpers.ts";
@@ -22,14 +23,21 @@ const AFTER_MS = 1_500;
 /** Senders posting at once, each pausing between its webhooks: a bounded load (~100-200/s). */
 const SENDERS = 8;
 const PAUSE_MS = 25;
+/** Partitions over the 3 masters: the victim takes down some of them, the others carry on. */
+const PARTITIONS = 6;
 
 interface RunResult {
   /** Tasks answered 202 (each retry of a refused webhook carries its idempotency key). */
   acked: number;
   /** Of those, the ones that never completed: their event was lost with the master. */
   lost: number;
-  /** 202s to requests sent while the replica was cut off, before the kill (unreplicated). */
+  /**
+   * 202s for tasks in the victim's partitions to requests sent while its replica was cut off,
+   * before the kill (unreplicated writes).
+   */
   ackedWhileCut: number;
+  /** 202s for tasks in the other partitions between the kill and the promotion. */
+  ackedElsewhereDuringOutage: number;
   /** Tasks answered 202 to requests sent once the replica had taken over. */
   ackedAfterFailover: number;
   /** 503 answers (each then retried). */
@@ -41,7 +49,7 @@ interface RunResult {
 }
 
 /**
- * One run: load, the replica cut off, the kill of the master holding the service's keys, the
+ * One run: load, the replica cut off, the kill of the master holding partition 0 (and others), the
  * promotion, the killed node back as a replica, and the count of acknowledged tasks that never
  * completed. The same service objects and consumers run throughout: nothing is restarted.
  */
@@ -54,12 +62,19 @@ async function run(ackReplicas: number): Promise<RunResult> {
     PROVIDER_MODE: "offline",
     ACK_REPLICAS: String(ackReplicas),
     ACK_TIMEOUT_MS: "500",
+    PARTITIONS: String(PARTITIONS),
     CLAIM_IDLE_MS: "1000",
     RETRY_BASE_MS: "20",
     RATE_LIMIT_PER_MINUTE: "0",
   });
-  const { redis, keys } = env.services;
-  const victim = await cluster.masterOf(keys.eventStream);
+  const { redis, partitions } = env.services;
+  // The victim: the master of partition 0; the partitions it holds are the ones it takes down.
+  const victim = await cluster.masterOf(partitions.first.keys.eventStream);
+  const onVictim = new Set<number>();
+  for (const p of partitions.list) {
+    if ((await cluster.masterOf(p.keys.eventStream)).port === victim.port) onVictim.add(p.index);
+  }
+  assert.ok(onVictim.size < PARTITIONS, "the other masters hold partitions too");
   const replica = await cluster.replicaOf(victim.port);
   const consumers = await runConsumers(env);
   /** Per answered request: when it was sent, when answered (ms into the load), task id or null. */
@@ -96,7 +111,7 @@ async function run(ackReplicas: number): Promise<RunResult> {
     await cluster.kill(victim.port);
     const killedAt = now();
     await cluster.replication(replica.port, "heal");
-    const promoted = await cluster.waitFailover(keys.eventStream, victim.port);
+    const promoted = await cluster.waitFailover(partitions.first.keys.eventStream, victim.port);
     const promotedAt = now();
     assert.equal(promoted.port, replica.port, "the victim's replica took over");
     // The node comes back as a replica of the promoted one (so ACK_REPLICAS=1 can be met again).
@@ -108,7 +123,9 @@ async function run(ackReplicas: number): Promise<RunResult> {
 
     // Everything still in the log completes; the rest of what was acknowledged was lost.
     const log = async () => {
-      const events = await readStream(redis, keys.eventStream);
+      const events = (await Promise.all(
+        partitions.list.map((p) => readStream(redis, p.keys.eventStream)),
+      )).flat();
       const of = (type: string) =>
         new Set(events.filter((e) => e.type === type).map((e) => e.task_id));
       return { queued: of("task.queued"), done: of("task.completed") };
@@ -116,16 +133,22 @@ async function run(ackReplicas: number): Promise<RunResult> {
     await waitFor(async () => {
       const { queued, done } = await log();
       return [...queued].every((id) => done.has(id)) &&
-        await caughtUp(redis, [keys.webhookStream, keys.eventStream], ["workers", "scene-sink"]);
+        (await Promise.all(
+          partitions.list.map((p) =>
+            caughtUp(redis, [p.keys.webhookStream, p.keys.eventStream], ["workers", "scene-sink"])
+          ),
+        )).every(Boolean);
     }, { timeoutMs: 30_000, intervalMs: 200, what: "every stored task to complete" });
     const { queued, done } = await log();
     const acked = new Set(answers.flatMap((a) => a.taskId ? [a.taskId] : []));
-    const ackedIn = (from: number, to: number) =>
-      answers.filter((a) => a.taskId && a.sent >= from && a.at < to).length;
+    const victimsTask = (id: string) => onVictim.has(partitions.ofTask(id)?.index ?? -1);
+    const ackedIn = (from: number, to: number, where = (_id: string) => true) =>
+      answers.filter((a) => a.taskId && a.sent >= from && a.at < to && where(a.taskId)).length;
     return {
       acked: acked.size,
       lost: [...acked].filter((id) => !done.has(id)).length,
-      ackedWhileCut: ackedIn(cutAt, killedAt),
+      ackedWhileCut: ackedIn(cutAt, killedAt, victimsTask),
+      ackedElsewhereDuringOutage: ackedIn(killedAt, promotedAt, (id) => !victimsTask(id)),
       ackedAfterFailover: ackedIn(promotedAt, Infinity),
       refused: answers.filter((a) => !a.taskId).length,
       stored: queued.size,
