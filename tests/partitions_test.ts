@@ -283,3 +283,68 @@ Deno.test("processes running projections share the (projection, partition) lease
     await first.stop(1_000);
   }
 });
+
+Deno.test("with several partitions GET /tasks and the dashboard see every partition", async () => {
+  const admin = "partition-dashboard-admin-token";
+  await using env = await partitionedEnv("dash", { partitions: 6 }, { ADMIN_TOKEN: admin });
+  const running = await runConsumers(env, { run: ["projections"] });
+  try {
+    const ids: string[] = [];
+    for (let i = 0; i < 8; i++) {
+      const res = await env.post({
+        ...JSON.parse(await fixture("minimal.json")),
+        video_id: `d${i}`,
+      });
+      ids.push((await res.json()).task_id);
+      // Distinct creation times, so "newest first" has one answer.
+      await new Promise((resolve) => setTimeout(resolve, 3));
+    }
+    const used = new Set(ids.map((id) => env.services.partitions.ofTask(id)!.index));
+    assert.ok(used.size > 1, "the tasks span partitions");
+    await waitFor(async () => {
+      const res = await env.services.app.request("/tasks?limit=20");
+      return res.status === 200 && (await res.json()).items.length === ids.length;
+    }, { what: "the task index of every partition" });
+    const list = await (await env.services.app.request("/tasks?limit=5")).json();
+    // Newest first over all partitions, and the next page goes on where this one stopped.
+    assert.deepEqual(list.items.map((t: { task_id: string }) => t.task_id), ids.slice(3).reverse());
+    const rest = await (await env.services.app.request(
+      `/tasks?limit=5&cursor=${encodeURIComponent(list.next_cursor)}`,
+    )).json();
+    assert.deepEqual(
+      rest.items.map((t: { task_id: string }) => t.task_id),
+      ids.slice(0, 3).reverse(),
+    );
+    // The dashboard, signed in as admin: every page answers, a task's page finds its partition.
+    const signIn = await env.services.app.request("http://localhost/dashboard/sign-in", {
+      method: "POST",
+      body: new URLSearchParams({ token: admin }),
+    });
+    const cookie = (signIn.headers.get("set-cookie") ?? "").split(";")[0];
+    await signIn.body?.cancel();
+    for (
+      const path of [
+        "/dashboard",
+        "/dashboard/tasks",
+        "/dashboard/dead-letters",
+        "/dashboard/replay",
+      ]
+    ) {
+      const res = await env.services.app.request(path, { headers: { cookie } });
+      assert.equal(res.status, 200, path);
+      await res.body?.cancel();
+    }
+    for (const id of ids.slice(0, 3)) {
+      const res = await env.services.app.request(`/dashboard/tasks/${id}`, { headers: { cookie } });
+      assert.equal(res.status, 200, id);
+      assert.ok((await res.text()).includes(id));
+    }
+    const missing = await env.services.app.request(`/dashboard/tasks/p9-${crypto.randomUUID()}`, {
+      headers: { cookie },
+    });
+    assert.equal(missing.status, 404);
+    await missing.body?.cancel();
+  } finally {
+    await running.stop(1_000);
+  }
+});
