@@ -113,8 +113,10 @@ export function connectRedis(target: RedisTarget, options: RedisOptions = {}): R
       retryDelayOnFailover: failFast ? 0 : 100,
       retryDelayOnClusterDown: 100,
       retryDelayOnTryAgain: 100,
-      // The promoted replica of a lost master is found within a second even without traffic.
-      slotsRefreshInterval: 1_000,
+      // The commands connection finds the promoted replica of a lost master within a second even
+      // without traffic; blocking readers (one client each, many per process) retry through a
+      // failover and refresh on MOVED, so they poll CLUSTER SLOTS at ioredis' default pace.
+      slotsRefreshInterval: failFast ? 1_000 : 5_000,
       redisOptions: { ...common, ...credentials(target.url) },
     })
     : new Redis({
