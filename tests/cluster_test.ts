@@ -272,4 +272,39 @@ topologyTest(
   },
 );
 
+topologyTest("cluster: GET /tasks lists and searches every partition (PARTITIONS=6)", async () => {
+  const local = await cluster();
+  await using env = await partitionedEnv("cluster-tasks", { partitions: 6, env: local.env });
+  const running = await runConsumers(env);
+  try {
+    const base = JSON.parse(await fixture("minimal.json"));
+    const ids: string[] = [];
+    for (let i = 0; i < 12; i++) {
+      const res = await env.post({ ...base, video_id: `list-${i}`, prompt: `harbor sunrise ${i}` });
+      assert.equal(res.status, 202);
+      ids.push((await res.json()).task_id);
+    }
+    const used = new Set(ids.map((id) => env.services.partitions.ofTask(id)!.index));
+    assert.ok(used.size >= 3, `12 videos in ${used.size} partitions`);
+    const list = async (query: string) => {
+      const res = await env.services.app.request(`/tasks?${query}`);
+      assert.equal(res.status, 200, await res.clone().text());
+      return await res.json();
+    };
+    const all = await waitFor(async () => {
+      const page = await list("limit=100&status=completed");
+      return page.items.length === 12 ? page : null;
+    }, { timeoutMs: 20_000, what: "12 completed tasks listed" });
+    assert.deepEqual(new Set(all.items.map((t: { task_id: string }) => t.task_id)), new Set(ids));
+    const byVideo = await list("q=list-7");
+    assert.deepEqual(byVideo.items.map((t: { task_id: string }) => t.task_id), [ids[7]]);
+    const byId = await list(`q=${ids[3]}`);
+    assert.deepEqual(byId.items.map((t: { task_id: string }) => t.task_id), [ids[3]]);
+    const byPrompt = await list("q=harbor%20sunrise&limit=100");
+    assert.equal(byPrompt.items.length, 12);
+  } finally {
+    await running.stop(2_000);
+  }
+});
+
 topologyTest("cluster: stop the shared cluster", () => topology.stop());

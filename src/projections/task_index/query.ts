@@ -175,15 +175,16 @@ async function plan(redis: RedisClient, prefixes: string[], query: ParsedQuery) 
   const idFields = fields.filter((f): f is (typeof ID_FIELDS)[number] => f !== "prompt");
   const matched = new Set<Matched>();
   if (idFields.length) {
-    const pipeline = redis.pipeline();
-    for (const prefix of prefixes) {
+    // One pipeline per partition: on a Redis Cluster a pipeline's keys must share a node.
+    const replies = (await Promise.all(prefixes.map(async (prefix) => {
       const keys = taskIndexKeys(prefix);
+      const pipeline = redis.pipeline();
       for (const field of idFields) {
         if (field === "task_id") pipeline.hget(keys.docs, q);
         else pipeline.exists(idSet(prefix, field, q));
       }
-    }
-    const replies = (await pipeline.exec()) ?? [];
+      return (await pipeline.exec()) ?? [];
+    }))).flat();
     let i = 0;
     for (const prefix of prefixes) {
       for (const field of idFields) {
