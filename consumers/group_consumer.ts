@@ -56,10 +56,13 @@ export class Stopping extends Error {}
 /**
  * Handler slots: a bound on handlers running at once, shared by the consumers of one kind on
  * every partition. A reader reserves slots before it reads and gives back what it did not use.
+ * Readers waiting for a slot are served first come, first served: a slot given back goes to the
+ * longest-waiting reader, and nobody takes a free slot while others wait, so no partition's reader
+ * is starved by the others (also with fewer slots than partitions).
  */
 export class Slots {
   #used = 0;
-  #waiters: (() => void)[] = [];
+  #queue: ((granted: number) => void)[] = [];
 
   constructor(readonly limit: number, readonly shared = false) {}
 
@@ -67,28 +70,32 @@ export class Slots {
     return this.limit - this.#used;
   }
 
-  /** Takes up to `count` free slots; returns how many it took. */
+  /** Takes up to `count` free slots (none while readers wait for one); returns how many. */
   reserve(count: number): number {
+    if (this.#queue.length) return 0;
     const taken = Math.max(0, Math.min(count, this.free));
     this.#used += taken;
     return taken;
   }
 
+  /** Waits in line for one slot: resolves 1 once it is this reader's, 0 when woken to stop. */
+  wait(): Promise<number> {
+    return new Promise((resolve) => this.#queue.push(resolve));
+  }
+
+  /** Gives slots back; each goes to the longest-waiting reader, if any. */
   release(count: number): void {
     if (count <= 0) return;
     this.#used -= count;
-    this.wake();
+    while (this.#queue.length && this.free > 0) {
+      this.#used++;
+      this.#queue.shift()!(1);
+    }
   }
 
-  /** Resolves when a slot is given back (or on wake). */
-  freed(): Promise<void> {
-    return new Promise((resolve) => this.#waiters.push(resolve));
-  }
-
+  /** Wakes every waiting reader without a slot (stopping). */
   wake(): void {
-    const waiters = this.#waiters;
-    this.#waiters = [];
-    for (const resolve of waiters) resolve();
+    for (const resolve of this.#queue.splice(0)) resolve(0);
   }
 }
 
@@ -143,23 +150,29 @@ export class GroupConsumer {
     while (!this.#stop.signal.aborted) {
       let reserved = 0;
       try {
-        if (slots.free <= 0) {
-          await slots.freed();
+        // One slot first, in line behind the other partitions' readers waiting for one.
+        reserved = slots.reserve(1) || await slots.wait();
+        if (reserved === 0 || this.#stop.signal.aborted) {
+          slots.release(reserved);
           continue;
         }
         if (Date.now() >= nextClaim) {
           nextClaim = Date.now() + Math.max(50, Math.floor(claimIdleMs / 2));
-          reserved = slots.reserve(slots.free);
+          reserved += slots.reserve(slots.free);
           const found = await this.#reclaim(reserved, () => reserved--);
-          slots.release(reserved);
-          reserved = 0;
-          if (found > 0) continue;
+          if (found > 0) {
+            slots.release(reserved);
+            reserved = 0;
+            continue;
+          }
+          // Nothing reclaimed: keep one slot for the read.
+          slots.release(reserved - 1);
+          reserved = 1;
         }
         // A shared reader blocks for one entry while its partition is idle, so idle partitions
         // hold one slot each at most; once entries come, it reads the rest without blocking.
         const block = !slots.shared || !this.#busy;
-        reserved = slots.reserve(slots.shared && block ? 1 : slots.free);
-        if (reserved === 0) continue;
+        if (!slots.shared || !block) reserved += slots.reserve(slots.free);
         const entries = await readGroup(blocking, {
           stream,
           group,

@@ -348,3 +348,28 @@ Deno.test("with several partitions GET /tasks and the dashboard see every partit
     await running.stop(1_000);
   }
 });
+
+Deno.test("fewer handler slots than partitions: every partition's work is still done", async () => {
+  await using env = await partitionedEnv("slots", { partitions: 6 }, { WORKER_CONCURRENCY: "2" });
+  const { partitions } = env.services;
+  // Work in one partition only, the one whose reader starts last.
+  const last = partitions.list.at(-1)!;
+  const videos: string[] = [];
+  for (let i = 0; videos.length < 5; i++) {
+    if (partitions.ofVideo(`slot-${i}`) === last) videos.push(`slot-${i}`);
+  }
+  const running = await runConsumers(env, { run: ["tasks"] });
+  try {
+    const ids: string[] = [];
+    for (const video of videos) {
+      const res = await env.post({ ...JSON.parse(await fixture("minimal.json")), video_id: video });
+      ids.push((await res.json()).task_id as string);
+    }
+    await waitFor(async () => {
+      const timelines = await Promise.all(ids.map((id) => last.store.timeline(id)));
+      return timelines.every((events) => events.some((e) => e.type === "scenes.generated"));
+    }, { what: "every task of the last partition to run", timeoutMs: 15_000 });
+  } finally {
+    await running.stop(1_000);
+  }
+});

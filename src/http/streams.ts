@@ -231,8 +231,10 @@ async function allPartitionsStream(c: Context, deps: StreamDeps): Promise<Respon
     sub.close("ended");
     throw error;
   }
-  // What the client has of each partition; null: nothing before the stream started.
-  const sent = resume ?? sub.startIds.map(() => null as string | null);
+  // Where the client is in each partition: where it resumes from, or (a new client) each
+  // partition's live position when it subscribed, so a vector always names real positions and a
+  // reconnect never replays history from partitions that had sent nothing.
+  const sent: (string | null)[] = resume ?? [...sub.startIds];
   const vector = () => sent.map((id) => id ?? "0-0").join(",");
   const write = async (stream: SSEStreamingApi, index: number, event: StoredEvent) => {
     sent[index] = event.id;

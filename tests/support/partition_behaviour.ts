@@ -297,6 +297,17 @@ export async function partitionBehaviour(
     );
     const resumed = await readEvents(env, "/events/stream", more.length, position);
     assert.deepEqual(resumed.map((e) => e.task_id).sort(), [...more].sort());
+    // A new client (no Last-Event-ID) gets live events only; its ids name every partition's live
+    // position, so resuming with one replays no history of partitions that sent nothing.
+    const liveEvents = readEvents(env, "/events/stream", 1);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    const one = await submit(env, { video_id: "sse-live" });
+    const [seen] = await liveEvents;
+    assert.equal(seen.task_id, one);
+    if (n > 1) assert.ok(!seen.id.split(",").includes("0-0"), `live positions: ${seen.id}`);
+    const last = await submit(env, { video_id: "sse-last" });
+    const [after] = await readEvents(env, "/events/stream", 1, seen.id);
+    assert.equal(after.task_id, last, "resuming sends what came after, not history");
     // A task's own stream is its partition's.
     const [snapshot] = await readEvents(env, `/task/${more[0]}/stream`, 1);
     assert.equal(snapshot.event, "snapshot");
