@@ -1,6 +1,9 @@
 import assert from "node:assert/strict";
 import { freePort, spawnRedis } from "../src/dev/local_services.ts";
 import { loadConfig } from "../src/config.ts";
+import { requestFingerprint } from "../src/event_store.ts";
+import { claimIdempotencyScript } from "../src/redis/scripts.ts";
+import { VideoRequestSchema } from "../src/webhook.ts";
 import { runCli } from "../src/cli/_common.ts";
 import { DLQ_USAGE, dlqMain } from "../src/cli/dlq.ts";
 import { REPLAY_USAGE, replayMain } from "../src/cli/replay.ts";
@@ -372,4 +375,33 @@ Deno.test("fewer handler slots than partitions: every partition's work is still 
   } finally {
     await running.stop(1_000);
   }
+});
+
+Deno.test("a claim without its task (a crash between the steps) is completed by the retry, once", async () => {
+  await using env = await partitionedEnv("repair", { partitions: 6 });
+  const { partitions, redis } = env.services;
+  const body = { ...JSON.parse(await fixture("minimal.json")), idempotency_key: "crash-1" };
+  const request = VideoRequestSchema.parse(body);
+  // The claim as the first attempt left it before it crashed: no task anywhere yet.
+  const taskId = partitions.newTaskId(partitions.ofVideo(body.video_id));
+  await claimIdempotencyScript.run(redis, {
+    keys: {
+      claim: partitions.ofClaim(body.user_id, "crash-1").keys.idempotencyClaim(
+        body.user_id,
+        "crash-1",
+      ),
+    },
+    args: { task_id: taskId, fingerprint: requestFingerprint(request), ttl_s: 60 },
+  });
+  const retry = await env.post(body);
+  assert.equal(retry.status, 202);
+  assert.equal((await retry.json()).task_id, taskId);
+  // Its key in the video's partition lost (evicted, say): the timeline still finds the task.
+  const video = partitions.ofVideo(body.video_id);
+  await redis.del(video.keys.idempotency(body.user_id, "crash-1"));
+  const again = await env.post(body);
+  const json = await again.json();
+  assert.equal(json.task_id, taskId);
+  assert.equal(json.duplicate, true);
+  assert.equal(await redis.xlen(video.keys.webhookStream), 1, "appended once");
 });

@@ -173,41 +173,47 @@ export function startRetention(options: {
     abandoned: new Set<string>(),
   }));
   const named = (keys: Keys) => all.length === 1 ? {} : { partition: keys.partition };
+  const round = async (partition: (typeof partitions)[number]) => {
+    const { keys, lease } = partition;
+    if (!await lease.acquire()) return;
+    const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
+      abandonAfterMs: options.abandonAfterMs,
+      optional: options.optional,
+    });
+    const now = new Set(result.abandoned);
+    for (const group of now) {
+      if (partition.abandoned.has(group)) continue;
+      options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
+        group,
+        ...named(keys),
+        detail: "no process of this deployment runs it (CONSUMERS); entries older than the " +
+          "retention go, read or not",
+      });
+    }
+    for (const group of partition.abandoned) {
+      if (!now.has(group)) {
+        options.log?.info("Retention waits for a consumer group again", {
+          group,
+          ...named(keys),
+        });
+      }
+    }
+    partition.abandoned = now;
+    options.onRound?.(result);
+  };
   let running = false;
   const timer = setInterval(async () => {
     if (running) return;
     running = true;
     try {
+      // Each partition on its own: one whose master is unreachable does not hold the others back.
       for (const partition of partitions) {
-        const { keys, lease } = partition;
-        if (!await lease.acquire()) continue;
-        const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
-          abandonAfterMs: options.abandonAfterMs,
-          optional: options.optional,
-        });
-        const now = new Set(result.abandoned);
-        for (const group of now) {
-          if (partition.abandoned.has(group)) continue;
-          options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
-            group,
-            ...named(keys),
-            detail: "no process of this deployment runs it (CONSUMERS); entries older than the " +
-              "retention go, read or not",
-          });
+        try {
+          await round(partition);
+        } catch (error) {
+          options.onError(error);
         }
-        for (const group of partition.abandoned) {
-          if (!now.has(group)) {
-            options.log?.info("Retention waits for a consumer group again", {
-              group,
-              ...named(keys),
-            });
-          }
-        }
-        partition.abandoned = now;
-        options.onRound?.(result);
       }
-    } catch (error) {
-      options.onError(error);
     } finally {
       running = false;
     }

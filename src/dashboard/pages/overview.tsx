@@ -82,7 +82,7 @@ export function OverviewRegion({ data }: { data: OverviewData }) {
         )}
         <dl class="figures">
           <Figure
-            label="RedisClient"
+            label="Redis"
             value={health.redis.ok ? "up" : "down"}
             note={health.redis.ok ? `${health.redis.latency_ms} ms ping` : undefined}
           />

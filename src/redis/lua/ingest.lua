@@ -3,10 +3,12 @@
   checking the sender's rate-limit buckets: one round trip for the whole hot path.
   The key, the work entry, the task.queued event and the timeline index are written together,
   so no crash can leave a key without its task or a task without its key. A duplicate neither
-  appends nor spends tokens; a limited request spends none and appends nothing. The key keeps the
+  appends nor spends tokens (with PARTITIONS > 1 the tokens were taken before, by
+  take_tokens.lua); a limited request spends none and appends nothing. The key keeps the
   request's fingerprint: the same key with another request is a conflict (409), as at Stripe.
   With PARTITIONS > 1 the task id comes from the key's claim (claim_idempotency.lua), so a retry
-  after a crash between the claim and this script appends the same task, once.
+  after a crash between the claim and this script appends the same task, once (found by its key,
+  or by its timeline).
 
   Input:
     KEYS.idempotency          the idempotency key (ignored unless ARGV.has_idempotency_key is "1")
@@ -44,9 +46,16 @@ if ARG.has_idempotency_key == '1' then
     local task, fingerprint = string.match(existing, '^(%S+) (%S+)$')
     if not task then return {existing, 1} end
     if fingerprint ~= ARG.fingerprint then return {task, 2} end
+    -- A write that changes nothing (the same TTL), so a WAIT after this reply (ACK_REPLICAS)
+    -- waits for the replicas to have everything before it, the first request's writes included.
+    local ttl = redis.call('PTTL', KEY.idempotency)
+    if ttl > 0 then redis.call('PEXPIRE', KEY.idempotency, ttl) end
     return {task, 1}
   end
 end
+-- The task exists already (a retry after a crash between the claim and this script, whose key
+-- here is gone): found, not appended twice.
+if redis.call('EXISTS', KEY.timeline) == 1 then return {ARG.task_id, 1} end
 if #KEYS >= EXTRA_KEYS_FROM then
   local rate, now = tonumber(ARG.bucket_rate), tonumber(ARG.now_ms)
   local buckets, wait = {}, 0
