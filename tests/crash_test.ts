@@ -93,7 +93,7 @@ Deno.test("a worker started with CONSUMERS=projections runs only the projections
     const groups = async (stream: string) =>
       (await groupInfo(redis, stream)).map((g) => g.name).sort();
     // Every process creates every group (so none misses events), but runs only its own consumers.
-    const all = "callbacks,scene-sink,stats,task-view,video-scenes";
+    const all = "callbacks,scene-sink,stats,task-index,task-view,video-scenes";
     await waitFor(async () => (await groups(keys.eventStream)).join() === all, {
       what: `the event stream's groups to be ${all}`,
     });

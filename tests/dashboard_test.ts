@@ -20,7 +20,7 @@ import { createLogger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
 import { waitReady } from "../src/redis/client.ts";
 import { createServices } from "../src/runtime.ts";
-import { type TestEnv, testEnv, uniquePrefix } from "./_helpers.ts";
+import { fixture, runConsumers, type TestEnv, testEnv, uniquePrefix, waitFor } from "./_helpers.ts";
 
 const ADMIN = "admin-token-0123456789";
 const READ = "read-token-0123456789";
@@ -362,4 +362,44 @@ Deno.test("a live first page keeps its place: new tasks join on top, older ones 
   // A bad time is said, not thrown.
   const bad = await loadTasks(query, { ...filters, from: "yesterday" }, null);
   assert.equal(bad.error, "A time is not a date");
+});
+
+Deno.test("the task list filters by status and creation time, and says what is wrong", async () => {
+  await using env = await testEnv("dash-filters", { ADMIN_TOKEN: ADMIN });
+  const consumers = await runConsumers(env);
+  try {
+    const ids: string[] = [];
+    for (const video of ["vid-f-1", "vid-f-2"]) {
+      const res = await env.post({ ...JSON.parse(await fixture("minimal.json")), video_id: video });
+      ids.push((await res.json()).task_id);
+    }
+    const cookie = cookieOf(await signIn(env, ADMIN));
+    const listed = async (query: string) => {
+      const res = await env.services.app.request(`/dashboard/tasks${query}`, {
+        headers: { cookie },
+      });
+      const html = await res.text();
+      return {
+        status: res.status,
+        html,
+        ids: [...html.matchAll(/<tr data-task="([^"]+)"/g)].map((m) => m[1]),
+      };
+    };
+    await waitFor(async () => (await listed("?status=completed")).ids.length === 2, {
+      what: "both tasks completed in the index",
+    });
+    assert.deepEqual((await listed("?status=completed")).ids, [...ids].reverse(), "newest first");
+    assert.deepEqual((await listed("?status=failed")).ids, []);
+    const hour = new Date(Date.now() + 3_600_000).toISOString().slice(0, 16);
+    assert.deepEqual((await listed(`?from=${hour}`)).ids, []);
+    assert.equal((await listed(`?to=${hour}`)).ids.length, 2);
+    const bad = await listed("?from=soon");
+    assert.equal(bad.status, 400);
+    assert.match(bad.html, /A time is not a date/);
+    const badStatus = await listed("?status=lost");
+    assert.equal(badStatus.status, 400);
+    assert.match(badStatus.html, /role="alert"/);
+  } finally {
+    await consumers.stop(1_000);
+  }
 });

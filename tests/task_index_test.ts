@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { EventOf, StoredEvent, TaskEventType } from "../src/events.ts";
 import { fold } from "../src/projections/definition.ts";
 import { taskIndex } from "../src/projections/task_index/projection.ts";
-import { queryTaskIndex, type TaskListQuery } from "../src/projections/task_index/query.ts";
+import { merge, queryTaskIndex, type TaskListQuery } from "../src/projections/task_index/query.ts";
 import {
   evolveTaskIndex,
   GRAM_BLOCK,
@@ -11,7 +11,7 @@ import {
   taskIndexKeys,
   type TaskIndexState,
 } from "../src/projections/task_index/view.ts";
-import { testEnv } from "./_helpers.ts";
+import { fixture, runConsumers, testEnv, waitFor } from "./_helpers.ts";
 import { expectedIndex, projectIndex, storedIndex } from "./_task_index.ts";
 
 const T0 = Date.UTC(2026, 0, 1);
@@ -256,4 +256,103 @@ Deno.test("a trigram block goes when retention has trimmed its last task", async
     Object.values(expected.tasks).filter((t) => t.prompt!.includes("take 5"))
       .map((t) => t.member).sort().reverse().slice(0, 100).map((m) => m.slice(14)),
   );
+});
+
+Deno.test("GET /tasks finds a posted task by its ids and its prompt; bad parameters answer 400", async () => {
+  await using env = await testEnv("task-index-http");
+  const consumers = await runConsumers(env);
+  try {
+    const body = JSON.parse(await fixture("minimal.json"));
+    const posted = await env.post({ ...body, idempotency_key: "idem-http-1" });
+    assert.equal(posted.status, 202);
+    const { task_id } = await posted.json();
+    const get = async (query: string) => {
+      const res = await env.services.app.request(`/tasks?${query}`);
+      return { status: res.status, body: await res.json() };
+    };
+    await waitFor(async () => (await get("status=completed")).body.items?.length === 1, {
+      what: "the task to be indexed as completed",
+    });
+    for (
+      const [query, matched] of [
+        [`q=${task_id}`, ["task_id"]],
+        [`q=${body.video_id}`, ["video_id"]],
+        [`q=${body.user_id}`, ["user_id"]],
+        ["q=idem-http-1", ["idempotency_key"]],
+        ["q=Pour-Over%20COFFEE", ["prompt"]],
+      ] as const
+    ) {
+      const { status, body: page } = await get(query);
+      assert.equal(status, 200, query);
+      assert.deepEqual(page.items.map((t: { task_id: string }) => t.task_id), [task_id], query);
+      assert.deepEqual(page.matched, matched, query);
+      assert.equal(page.items[0].status, "completed");
+    }
+    assert.deepEqual((await get("q=espresso")).body.items, []);
+    const bad = await get("limit=0&status=done&cursor=nope&from=yesterday");
+    assert.equal(bad.status, 400);
+    assert.deepEqual(
+      bad.body.errors.map((e: { field: string }) => e.field).sort(),
+      ["cursor", "from", "limit", "status"],
+    );
+  } finally {
+    await consumers.stop(1_000);
+  }
+});
+
+Deno.test("several partitions page as one list, newest first, each task once", async () => {
+  await using env = await testEnv("task-index-partitions");
+  const { redis, keys } = env.services;
+  // Three key spaces (as partitions would have), tasks dealt among them unevenly.
+  const prefixes = [keys.views(1).prefix, keys.views(2).prefix, keys.views(3).prefix];
+  const all: StoredEvent[][] = [[], [], []];
+  for (let i = 0; i < 90; i++) {
+    const part = i % 7 === 0 ? 2 : i % 2;
+    all[part].push(queued(`p${i}`, T0 + i * 1_000, {
+      video: `v${i % 5}`,
+      prompt: i % 4 === 0 ? `sunset ${i}` : `night ${i}`,
+    }));
+    if (i % 3 === 0) all[part].push(started(`p${i}`, T0 + i * 1_000 + 1));
+  }
+  for (const [i, prefix] of prefixes.entries()) await projectIndex(redis, prefix, all[i]);
+  const pages = async (query: TaskListQuery) => {
+    const ids: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = await queryTaskIndex(redis, prefixes, { ...query, cursor, limit: 8 });
+      ids.push(...page.items.map((t) => t.task_id));
+      cursor = page.next_cursor ?? undefined;
+    } while (cursor);
+    return ids;
+  };
+  const newestFirst = (keep: (i: number) => boolean) =>
+    Array.from({ length: 90 }, (_, i) => 89 - i).filter(keep).map((i) => `p${i}`);
+  assert.deepEqual(await pages({}), newestFirst(() => true));
+  assert.deepEqual(await pages({ status: "processing" }), newestFirst((i) => i % 3 === 0));
+  assert.deepEqual(await pages({ q: "v2" }), newestFirst((i) => i % 5 === 2));
+  assert.deepEqual(await pages({ q: "sunset" }), newestFirst((i) => i % 4 === 0));
+  assert.deepEqual(await pages({ q: "p14" }), ["p14"]);
+});
+
+Deno.test("merging walks: nothing below where a walk stopped early, which becomes the cursor", () => {
+  const m = (n: number) => `${String(T0 + n).padStart(13, "0")}:t${n}`;
+  // Walk A found 9, 7, 3; walk B ran out of budget after looking down to 6 and found 8.
+  const walks = [{ members: [m(9), m(7), m(3)], stop: null }, { members: [m(8)], stop: m(6) }];
+  assert.deepEqual(merge(walks, 5), { members: [m(9), m(8), m(7)], next: m(6) });
+  // A full page ends at its last member, whoever stopped below it.
+  assert.deepEqual(merge(walks, 2), { members: [m(9), m(8)], next: m(8) });
+  // Every walk ended: no cursor once the page is not full.
+  assert.deepEqual(merge([{ members: [m(2), m(1)], stop: null }], 5), {
+    members: [m(2), m(1)],
+    next: null,
+  });
+  // Walks ask for limit + 1: one more than the page means another page.
+  assert.deepEqual(merge([{ members: [m(3), m(2), m(1)], stop: null }], 2), {
+    members: [m(3), m(2)],
+    next: m(2),
+  });
+  assert.deepEqual(merge([{ members: [m(3), m(2)], stop: null }], 2), {
+    members: [m(3), m(2)],
+    next: null,
+  });
 });

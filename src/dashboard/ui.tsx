@@ -92,7 +92,6 @@ export function Live(
       data-live-src={src}
       data-live-refresh={refresh}
       data-live-poll={pollMs === undefined ? undefined : String(pollMs)}
-      aria-live="polite"
     >
       {children}
     </div>

@@ -92,8 +92,14 @@ function liveRegion(region) {
     });
     addEventListener("pagehide", () => events.close());
   }
+  // Polling stops once the region says there is nothing more to wait for ([data-live-idle]).
   const poll = Number(region.dataset.livePoll || 0);
-  if (poll > 0) setInterval(() => !document.hidden && refresh(), poll);
+  if (poll > 0) {
+    const timer = setInterval(() => {
+      if (region.querySelector("[data-live-idle]")) clearInterval(timer);
+      else if (!document.hidden) refresh();
+    }, poll);
+  }
 }
 
 function selectAll(box) {

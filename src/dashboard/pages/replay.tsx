@@ -41,6 +41,7 @@ export function RebuildRegion({ jobs, elsewhere, generation }: RebuildState) {
   const mine = jobs.some((j) => !j.finished_at);
   return (
     <>
+      {!mine && !elsewhere && <span data-live-idle hidden></span>}
       <p>
         Views in use: generation {generation}.{" "}
         {elsewhere && !mine && <strong>A rebuild is running (started elsewhere).</strong>}

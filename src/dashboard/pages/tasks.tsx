@@ -229,11 +229,11 @@ export function TasksPage(
         </p>
         <p>
           <label for="from">Created from (UTC)</label>
-          <input type="datetime-local" id="from" name="from" value={filters.from} step="1" />
+          <input type="datetime-local" id="from" name="from" value={filters.from} />
         </p>
         <p>
           <label for="to">to (UTC)</label>
-          <input type="datetime-local" id="to" name="to" value={filters.to} step="1" />
+          <input type="datetime-local" id="to" name="to" value={filters.to} />
         </p>
         {filters.limit && <input type="hidden" name="limit" value={filters.limit} />}
         <p>
