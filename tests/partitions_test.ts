@@ -405,3 +405,54 @@ Deno.test("a claim without its task (a crash between the steps) is completed by 
   assert.equal(json.duplicate, true);
   assert.equal(await redis.xlen(video.keys.webhookStream), 1, "appended once");
 });
+
+Deno.test("dead letters page over partitions without skipping equal ids", async () => {
+  const admin = "partition-dlq-admin-token";
+  await using env = await partitionedEnv("dlq-pages", { partitions: 6 }, { ADMIN_TOKEN: admin });
+  const { partitions, redis } = env.services;
+  // The same stream id in two partitions (one millisecond, two shards), and one later.
+  const letter = (
+    task: string,
+  ) => ["task_id", task, "group", "workers", "entry", "1-0", "error", "x"];
+  await redis.xadd(partitions.list[1].keys.deadLetterStream, "1000-0", ...letter("p1-a"));
+  await redis.xadd(partitions.list[4].keys.deadLetterStream, "1000-0", ...letter("p4-b"));
+  await redis.xadd(partitions.list[2].keys.deadLetterStream, "2000-0", ...letter("p2-c"));
+  const seen: string[] = [];
+  let after = "";
+  for (let page = 0; page < 5; page++) {
+    const res = await env.services.app.request(
+      `/admin/dead-letters?count=1${after ? `&after=${after}` : ""}`,
+      { headers: { authorization: `Bearer ${admin}` } },
+    );
+    assert.equal(res.status, 200);
+    const { dead_letters } = await res.json();
+    if (!dead_letters.length) break;
+    seen.push(dead_letters[0].id);
+    after = dead_letters[0].id;
+  }
+  assert.deepEqual(seen, ["p1-1000-0", "p4-1000-0", "p2-2000-0"]);
+});
+
+Deno.test("a rebuild over every partition is refused before any when one log was trimmed", async () => {
+  const admin = "partition-rebuild-admin-token";
+  await using env = await partitionedEnv("rb-refuse", { partitions: 6 }, { ADMIN_TOKEN: admin });
+  const { partitions, redis } = env.services;
+  const ids: string[] = [];
+  for (let i = 0; i < 12; i++) {
+    const res = await env.post({
+      ...JSON.parse(await fixture("minimal.json")),
+      video_id: `rr${i}`,
+    });
+    ids.push((await res.json()).task_id);
+  }
+  const trimmed = partitions.ofTask(ids[0])!;
+  await redis.xtrim(trimmed.keys.eventStream, "MAXLEN", 0);
+  const res = await env.services.app.request("/admin/replay", {
+    method: "POST",
+    headers: { authorization: `Bearer ${admin}`, "content-type": "application/json" },
+    body: JSON.stringify({ projections: true }),
+  });
+  assert.equal(res.status, 409);
+  assert.match((await res.json()).detail, new RegExp(`partition\\(s\\) ${trimmed.index}:`));
+  for (const p of partitions.list) assert.equal(await redis.get(p.keys.viewGeneration), null);
+});

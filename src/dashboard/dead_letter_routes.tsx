@@ -29,11 +29,10 @@ export function deadLetterRoutes(
   dash.get("/dead-letters", async (c) => {
     const session = c.get("session");
     const after = c.req.query("after") ?? null;
-    if (after !== null && !/^\d+-\d+$/.test(after)) return notFound(c, "No such page");
+    if (after !== null && !DEAD_LETTER_ID.test(after)) return notFound(c, "No such page");
     const letters = await listDeadLetters(store, PAGE_SIZE + 1, after ? `(${after}` : "-");
     const shown = letters.slice(0, PAGE_SIZE);
-    // The next page starts after the last one shown's time (its stream id, without a marker).
-    const next = letters.length > PAGE_SIZE ? shown.at(-1)!.id.replace(/^p\d+-/, "") : null;
+    const next = letters.length > PAGE_SIZE ? shown.at(-1)!.id : null;
     return page(
       c,
       "Dead letters",

@@ -40,7 +40,9 @@ export const RedriveRequestSchema = z.object({
 /** GET /admin/dead-letters: `count` 1 to 1,000 (default 100), `after` a dead-letter id. */
 export const DeadLettersQuerySchema = z.object({
   count: z.string().optional().describe(`1 to ${MAX_LIST_COUNT} (default 100)`),
-  after: z.string().optional().describe("List after this dead-letter id (ms-seq)"),
+  after: z.string().optional().describe(
+    "List after this dead-letter id (ms-seq; with several partitions p<N>-ms-seq, as listed)",
+  ),
 });
 
 /** A request the CLI would refuse with exit 2: answered 400, with the CLI's sentence. */
@@ -174,8 +176,8 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
     const count = parseCount(c.req.query("count"), 100, MAX_LIST_COUNT);
     if (typeof count !== "number") throw invalid(`"count" ${count.problem}`);
     const after = c.req.query("after");
-    if (after !== undefined && !/^\d+-\d+$/.test(after)) {
-      throw invalid('"after" must be a dead-letter id (ms-seq)');
+    if (after !== undefined && !/^(p\d+-)?\d+-\d+$/.test(after)) {
+      throw invalid('"after" must be a dead-letter id (ms-seq, or p<N>-ms-seq)');
     }
     const { scope } = partitionParam(c, partitions);
     const letters = await fromRedis(() => listDeadLetters(scope, count, after ? `(${after}` : "-"));

@@ -245,6 +245,21 @@ export async function rebuildPartitions(
     ? [0]
     : await Promise.all(partitions.map((k) => options.redis.xlen(k.eventStream)));
   let done = 0;
+  if (!options.force && partitions.length > 1) {
+    // Refused for all before any is rebuilt, rather than after some were swapped.
+    const trimmed = [];
+    for (const keys of partitions) {
+      const { added, length } = await streamCounts(options.redis, keys.eventStream);
+      if (added > length) trimmed.push(keys.partition);
+    }
+    if (trimmed.length) {
+      throw new RebuildRefused(
+        `Retention has trimmed the event log of partition(s) ${trimmed.join(", ")}: rebuilt ` +
+          "views would lose the tasks and videos whose events are gone. Rebuild anyway with " +
+          "--force (admin API: force: true), or one partition at a time (--partition N).",
+      );
+    }
+  }
   for (const [i, keys] of partitions.entries()) {
     const log = partitions.length === 1
       ? options.log
@@ -254,7 +269,18 @@ export async function rebuildPartitions(
       ? (applied: number, total: number) =>
         options.onProgress!(done + applied, done + total + later)
       : options.onProgress;
-    const result = await rebuildProjections({ ...options, keys, log, onProgress });
+    const result = await rebuildProjections({ ...options, keys, log, onProgress }).catch(
+      (error) => {
+        if (!results.length) throw error;
+        // Say what was done before it stopped: those partitions' views are rebuilt and live.
+        const rebuilt = results.map((r) => r.partition).join(", ");
+        const message = `${(error as Error).message} (partition ${keys.partition}; partitions ` +
+          `${rebuilt} were rebuilt before it)`;
+        throw error instanceof RebuildRefused
+          ? new RebuildRefused(message, { cause: error })
+          : new Error(message, { cause: error });
+      },
+    );
     done += result.events;
     results.push({ partition: keys.partition, ...result });
   }

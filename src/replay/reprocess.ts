@@ -183,9 +183,26 @@ interface Located {
 
 async function listLocated(stores: Stores, count: number, after: string): Promise<Located[]> {
   const scope = scopeOf(stores);
+  // `after`: "-", or "(<id>" with the id as listed (`p<k>-<ms-seq>` when ids are marked). The
+  // order is (stream id, partition): two partitions may hold the same stream id, so after the
+  // k-th partition's id X, partitions up to k go on after X and the later ones from X itself.
+  const raw = after.replace(/^\(/, "");
+  const named = after === "-" ? null : unmarkId(scope, raw);
+  // A plain ms-seq with several partitions: after that time in every partition.
+  const cursor = named
+    ? { index: named.partition.index, id: named.id }
+    : /^\d+-\d+$/.test(raw)
+    ? { index: Infinity, id: raw }
+    : null;
+  if (after !== "-" && !cursor) return [];
   const lists = await Promise.all(scope.partitions.map(async (partition) => {
     const { redis, keys } = partition.store;
-    const entries = await redis.xrange(keys.deadLetterStream, after, "+", "COUNT", count);
+    const start = cursor === null
+      ? "-"
+      : partition.index <= cursor.index
+      ? `(${cursor.id}`
+      : cursor.id;
+    const entries = await redis.xrange(keys.deadLetterStream, start, "+", "COUNT", count);
     return entries.map(([id, fields]): Located => ({
       letter: {
         ...toDeadLetter(markId(scope, partition, id), fields),
@@ -195,8 +212,10 @@ async function listLocated(stores: Stores, count: number, after: string): Promis
       streamId: id,
     }));
   }));
-  // Oldest first over all partitions (stream ids are times); `after` is a stream id (ms-seq).
-  return lists.flat().sort((a, b) => compareStreamIds(a.streamId, b.streamId)).slice(0, count);
+  // Oldest first over all partitions (stream ids are times), ties in partition order.
+  return lists.flat().sort((a, b) =>
+    compareStreamIds(a.streamId, b.streamId) || a.partition.index - b.partition.index
+  ).slice(0, count);
 }
 
 function compareStreamIds(a: string, b: string): number {
@@ -205,7 +224,10 @@ function compareStreamIds(a: string, b: string): number {
   return am === bm ? Number(as - bs) : am < bm ? -1 : 1;
 }
 
-/** Dead letters, oldest first, over the scope's partitions; `after` is a stream id (ms-seq). */
+/**
+ * Dead letters, oldest first, over the scope's partitions; `after` is "-" or "(" and a dead
+ * letter's id as listed (`p<k>-<ms-seq>` with several partitions).
+ */
 export async function listDeadLetters(stores: Stores, count = 100, after = "-") {
   return (await listLocated(stores, count, after)).map((l) => l.letter);
 }
