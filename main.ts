@@ -3,7 +3,13 @@ import { devRedis } from "./src/dev/dev_redis.ts";
 import { MissingBinary } from "./src/dev/local_services.ts";
 import { authMode } from "./src/http/auth.ts";
 import { createLogger, logFormat } from "./src/log.ts";
-import { aofEnabled, describeTarget, redisTarget, waitReady } from "./src/redis/client.ts";
+import {
+  aofEnabled,
+  describeTarget,
+  fewestReplicas,
+  redisTarget,
+  waitReady,
+} from "./src/redis/client.ts";
 import { PartitionCountMismatch } from "./src/partitions.ts";
 import { createServices } from "./src/runtime.ts";
 import { startWorkerHttp } from "./src/worker_http.ts";
@@ -123,6 +129,14 @@ async function main(command: string | undefined): Promise<number> {
   if (await aofEnabled(services.redis).catch(() => null) === false) {
     log.warn("Redis runs without AOF: an acknowledged webhook is lost if Redis restarts", {
       detail: "set appendonly yes (appendfsync everysec or always) on the Redis server",
+    });
+  }
+  const replicas = config.ACK_REPLICAS > 0
+    ? await fewestReplicas(services.redis).catch(() => null)
+    : null;
+  if (replicas !== null && replicas < config.ACK_REPLICAS) {
+    log.warn(`ACK_REPLICAS=${config.ACK_REPLICAS} but a Redis primary has ${replicas} replica(s)`, {
+      detail: "every POST /webhook to it answers 503 until enough replicas are connected",
     });
   }
 

@@ -8,10 +8,18 @@ import { createHash } from "node:crypto";
 
 /**
  * What an idempotency key is checked against on its reuse: the validated request, so the same
- * key with another body is a conflict (409) rather than silently the first task.
+ * key with another body is a conflict (409) rather than silently the first task. Keys are sorted
+ * first, so the order of the fields a sender writes (unknown ones are kept as sent) is no change.
  */
 export function requestFingerprint(request: VideoRequest): string {
-  return createHash("sha1").update(JSON.stringify(request)).digest("hex");
+  return createHash("sha1").update(JSON.stringify(sortedKeys(request))).digest("hex");
+}
+
+function sortedKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortedKeys);
+  if (value === null || typeof value !== "object") return value;
+  const record = value as Record<string, unknown>;
+  return Object.fromEntries(Object.keys(record).sort().map((k) => [k, sortedKeys(record[k])]));
 }
 
 export type IngestResult =

@@ -196,17 +196,41 @@ export class Partitions {
     }
     const key = request.idempotency_key;
     if (key) {
-      const claim = this.ofClaim(request.user_id, key);
-      const [claimed, state] = await claimIdempotencyScript.run(this.redis, {
-        keys: { claim: claim.keys.idempotencyClaim(request.user_id, key) },
-        args: { task_id: taskId, fingerprint, ttl_s: target.store.options.idempotencyTtlS },
-      }) as [string, number];
+      const claimKey = this.ofClaim(request.user_id, key).keys.idempotencyClaim(
+        request.user_id,
+        key,
+      );
+      const claim = (stale: string) =>
+        claimIdempotencyScript.run(this.redis, {
+          keys: { claim: claimKey },
+          args: {
+            task_id: taskId,
+            fingerprint,
+            ttl_s: target.store.options.idempotencyTtlS,
+            stale,
+          },
+        }) as Promise<[string, number, string?]>;
+      let [claimed, state] = await claim("");
+      if (state === 2 && !await this.#taskExists(claimed)) {
+        // A claim whose task was never appended (a crash in between) and whose retry changed
+        // its body: taken over, rather than refusing the key for IDEMPOTENCY_TTL_S.
+        const stale = await this.redis.get(claimKey);
+        if (stale !== null && stale.startsWith(`${claimed} `)) {
+          [claimed, state] = await claim(stale);
+        }
+      }
       if (state === 2) return { conflict: true, task_id: claimed };
       taskId = claimed;
     }
     // The claimed task's partition is the video's: the same request has the same video.
     const owner = this.ofTask(taskId) ?? target;
     return await owner.store.ingest(request, at, { taskId, fingerprint, ack: this.#ack(options) });
+  }
+
+  /** Whether a task was appended (its timeline exists in its partition). */
+  async #taskExists(taskId: string): Promise<boolean> {
+    const partition = this.ofTask(taskId);
+    return partition !== null && await this.redis.exists(partition.keys.taskTimeline(taskId)) === 1;
   }
 
   #ack(options: { ack?: { replicas: number; timeoutMs: number } }) {

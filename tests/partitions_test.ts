@@ -391,7 +391,7 @@ Deno.test("a claim without its task (a crash between the steps) is completed by 
         "crash-1",
       ),
     },
-    args: { task_id: taskId, fingerprint: requestFingerprint(request), ttl_s: 60 },
+    args: { task_id: taskId, fingerprint: requestFingerprint(request), ttl_s: 60, stale: "" },
   });
   const retry = await env.post(body);
   assert.equal(retry.status, 202);
@@ -455,4 +455,43 @@ Deno.test("a rebuild over every partition is refused before any when one log was
   assert.equal(res.status, 409);
   assert.match((await res.json()).detail, new RegExp(`partition\\(s\\) ${trimmed.index}:`));
   for (const p of partitions.list) assert.equal(await redis.get(p.keys.viewGeneration), null);
+});
+
+Deno.test("a stale claim whose task never came is taken over by a retry with another body", async () => {
+  await using env = await partitionedEnv("takeover", { partitions: 6 });
+  const { partitions, redis } = env.services;
+  const body = { ...JSON.parse(await fixture("minimal.json")), idempotency_key: "crash-2" };
+  const claimKey = partitions.ofClaim(body.user_id, "crash-2").keys.idempotencyClaim(
+    body.user_id,
+    "crash-2",
+  );
+  const ghost = partitions.newTaskId(partitions.ofVideo(body.video_id));
+  // A claim left 20 s ago by a request that crashed before its ingest, with another body.
+  await redis.set(
+    claimKey,
+    `${ghost} another-fingerprint`,
+    "EX",
+    env.config.IDEMPOTENCY_TTL_S - 20,
+  );
+  const res = await env.post(body);
+  assert.equal(res.status, 202);
+  const { task_id } = await res.json();
+  assert.notEqual(task_id, ghost);
+  // A fresh claim (its ingest may be on its way) is not taken over: 409.
+  await redis.set(claimKey, `${ghost} another-fingerprint`, "EX", env.config.IDEMPOTENCY_TTL_S);
+  const again = await env.post(body);
+  assert.equal(again.status, 409);
+});
+
+Deno.test("the fingerprint ignores the order of fields, not their values", async () => {
+  await using env = await testEnv("fingerprint");
+  const base = JSON.parse(await fixture("minimal.json"));
+  const first = await env.post({ ...base, idempotency_key: "order-1", extra_a: 1, extra_b: 2 });
+  const { task_id } = await first.json();
+  const reordered = await env.post({ extra_b: 2, extra_a: 1, idempotency_key: "order-1", ...base });
+  assert.equal(reordered.status, 202);
+  assert.equal((await reordered.json()).task_id, task_id);
+  const changed = await env.post({ ...base, idempotency_key: "order-1", extra_a: 1, extra_b: 3 });
+  assert.equal(changed.status, 409);
+  await changed.body?.cancel();
 });

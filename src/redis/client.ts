@@ -211,6 +211,18 @@ export async function aofEnabled(redis: RedisClient): Promise<boolean | null> {
   return answers.length && answers.every((a) => a === true) ? true : null;
 }
 
+/** The fewest replicas connected to any primary (INFO replication), for ACK_REPLICAS. */
+export async function fewestReplicas(redis: RedisClient): Promise<number | null> {
+  const counts = await Promise.all(
+    dataNodes(redis).map(async (node) => {
+      const match = /^connected_slaves:(\d+)/m.exec(await node.info("replication"));
+      return match ? Number(match[1]) : null;
+    }),
+  );
+  const known = counts.filter((n): n is number => n !== null);
+  return known.length ? Math.min(...known) : null;
+}
+
 /**
  * Runs a command that names its key after a subcommand (XINFO GROUPS key, MEMORY USAGE key), which
  * ioredis does not recognise as a key: on a cluster it is sent to the node holding `key` rather

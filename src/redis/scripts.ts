@@ -35,7 +35,7 @@ export const ingestScript = defineScript({
 export const claimIdempotencyScript = defineScript({
   name: "claim_idempotency",
   keys: ["claim"],
-  args: ["task_id", "fingerprint", "ttl_s"],
+  args: ["task_id", "fingerprint", "ttl_s", "stale"],
 });
 
 /** Takes a token from each rate-limit bucket, or none (ingest's check on its own). */
