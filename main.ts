@@ -3,7 +3,14 @@ import { devRedis } from "./src/dev/dev_redis.ts";
 import { MissingBinary } from "./src/dev/local_services.ts";
 import { authMode } from "./src/http/auth.ts";
 import { createLogger, logFormat } from "./src/log.ts";
-import { aofEnabled, waitReady } from "./src/redis/client.ts";
+import {
+  aofEnabled,
+  describeTarget,
+  fewestReplicas,
+  redisTarget,
+  waitReady,
+} from "./src/redis/client.ts";
+import { PartitionCountMismatch } from "./src/partitions.ts";
 import { createServices } from "./src/runtime.ts";
 import { startWorkerHttp } from "./src/worker_http.ts";
 import { startConsumers } from "./consumers/kinds.ts";
@@ -31,7 +38,7 @@ async function main(command: string | undefined): Promise<number> {
   }
   // `dev` brings its own Redis when none is configured or running; `serve` and `worker` never do.
   let privateRedis = null;
-  if (command === "dev") {
+  if (command === "dev" && typeof redisTarget(config) === "string") {
     try {
       privateRedis = await devRedis(Deno.env.get("REDIS_URL"), {
         port: config.DEV_REDIS_PORT,
@@ -97,9 +104,12 @@ async function main(command: string | undefined): Promise<number> {
   }
   // Fail fast with a clear message rather than after a long timeout: production connects to the
   // Redis it is given, and a wrong address should not look like a slow start.
-  const ready = await waitReady(services.redis, 3_000).then(() => true, () => false);
+  // The commands connection, and with ACK_REPLICAS the acknowledged ingests' connections.
+  const ready = await Promise.all(
+    [services.redis, ...services.partitions.ackConnections].map((c) => waitReady(c, 3_000)),
+  ).then(() => true, () => false);
   if (!ready) {
-    log.error(`Redis is not reachable at ${redactUrl(config.REDIS_URL)}`, {
+    log.error(`Redis is not reachable at ${describeTarget(redisTarget(config))}`, {
       detail: command === "dev"
         ? "start it, or unset REDIS_URL to let dev start a private one"
         : "start Redis or set REDIS_URL to where it runs",
@@ -108,9 +118,25 @@ async function main(command: string | undefined): Promise<number> {
     await privateRedis?.stop();
     return 1;
   }
+  try {
+    await services.partitions.checkCount();
+  } catch (error) {
+    log.error(error instanceof PartitionCountMismatch ? error.message : String(error));
+    await services.close();
+    await privateRedis?.stop();
+    return 1;
+  }
   if (await aofEnabled(services.redis).catch(() => null) === false) {
     log.warn("Redis runs without AOF: an acknowledged webhook is lost if Redis restarts", {
       detail: "set appendonly yes (appendfsync everysec or always) on the Redis server",
+    });
+  }
+  const replicas = config.ACK_REPLICAS > 0
+    ? await fewestReplicas(services.redis).catch(() => null)
+    : null;
+  if (replicas !== null && replicas < config.ACK_REPLICAS) {
+    log.warn(`ACK_REPLICAS=${config.ACK_REPLICAS} but a Redis primary has ${replicas} replica(s)`, {
+      detail: "every POST /webhook to it answers 503 until enough replicas are connected",
     });
   }
 
@@ -165,7 +191,7 @@ async function main(command: string | undefined): Promise<number> {
       hostname: config.HOST,
       redis: services.redis,
       metrics: services.metrics,
-      sources: { redis: services.redis, keys: services.keys },
+      sources: { redis: services.redis, keys: services.partitions.list.map((p) => p.keys) },
       token: config.METRICS_TOKEN,
       consumersRunning: () => !stopping,
       log,
@@ -216,11 +242,6 @@ function delay(ms: number): Promise<void> {
   return new Promise((resolve) => Deno.unrefTimer(setTimeout(resolve, ms)));
 }
 
-/** The URL without its password, for messages. */
-function redactUrl(url: string): string {
-  return url.replace(/\/\/([^@/]*)@/, "//***@");
-}
-
 /** What runs where, for a person at a terminal (pretty logs only). */
 function banner(
   options: {
@@ -246,7 +267,7 @@ function banner(
     ["Consumers", command === "serve" ? "none (serve)" : config.CONSUMERS.join(", ")],
     [
       "Redis",
-      `${redactUrl(config.REDIS_URL)}${options.privateRedis ? " (started by dev)" : ""}`,
+      `${describeTarget(redisTarget(config))}${options.privateRedis ? " (started by dev)" : ""}`,
     ],
   ];
   const width = Math.max(...rows.map(([k]) => k.length));

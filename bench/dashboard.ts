@@ -6,7 +6,6 @@
  * repeatedly through `queryTaskIndex` (and the newest page through GET /tasks in-process), next
  * to a plain GET of one task view as the minimal read of the same run.
  */
-import type { Redis } from "ioredis";
 import { loadConfig } from "../src/config.ts";
 import type { StoredEvent } from "../src/events.ts";
 import { createLogger } from "../src/log.ts";
@@ -16,7 +15,7 @@ import { queryTaskIndex, type TaskListQuery } from "../src/projections/task_inde
 import { taskIndexKeys } from "../src/projections/task_index/view.ts";
 import { taskView } from "../src/projections/task_view/projection.ts";
 import { taskViewKey } from "../src/projections/task_view/view.ts";
-import { waitReady } from "../src/redis/client.ts";
+import { type RedisClient, waitReady } from "../src/redis/client.ts";
 import { createServices } from "../src/runtime.ts";
 import { type BenchContext, newPrefix } from "./context.ts";
 import { round } from "./procs.ts";
@@ -122,7 +121,7 @@ function generate(n: number): Generated {
 
 /** Folds events through a projection's plan, in batches, as a rebuild does. */
 async function fold(
-  redis: Redis,
+  redis: RedisClient,
   projection: typeof taskIndex | typeof taskView,
   prefix: string,
   events: StoredEvent[],
@@ -137,7 +136,7 @@ async function fold(
   }
 }
 
-async function usedMemory(redis: Redis): Promise<number> {
+async function usedMemory(redis: RedisClient): Promise<number> {
   const info = await redis.info("memory");
   return Number(/used_memory:(\d+)/.exec(info)?.[1] ?? 0);
 }

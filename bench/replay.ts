@@ -85,7 +85,7 @@ export async function replayPhase(ctx: BenchContext, sourcePrefix: string, event
     usage = sampleProcesses(pids);
     const rebuilt = await rebuildProjections({
       redis: services.redis,
-      redisUrl: REDIS_URL,
+      redisTarget: REDIS_URL,
       keys: services.keys,
       log,
       viewTtlS: config.VIEW_RETENTION_S,

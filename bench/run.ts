@@ -9,6 +9,7 @@
 import { parseArgs } from "node:util";
 import type { Redis } from "ioredis";
 import type { BenchContext } from "./context.ts";
+import { clusterPhase } from "./cluster.ts";
 import { dashboardPhase } from "./dashboard.ts";
 import { e2ePhase } from "./e2e.ts";
 import { ingestPhase } from "./ingest.ts";
@@ -23,8 +24,18 @@ import { table, type Target, targets, writeResult } from "./report.ts";
 import { connect, deletePrefix, deleteRunKeys, redisVersion } from "./redis_tools.ts";
 
 export interface BenchOptions {
-  /** `soak` and `sse` only run when named: they take minutes of their own. */
-  phases: ("ingest" | "e2e" | "replay" | "profile" | "peer" | "soak" | "sse" | "dashboard")[];
+  /** `soak`, `sse` and `cluster` only run when named: they take minutes of their own. */
+  phases: (
+    | "ingest"
+    | "e2e"
+    | "replay"
+    | "profile"
+    | "peer"
+    | "soak"
+    | "sse"
+    | "dashboard"
+    | "cluster"
+  )[];
   connections: number[];
   durationS: number;
   warmupS: number;
@@ -59,6 +70,11 @@ export interface BenchOptions {
   /** Dashboard: tasks in the index, pages asked for per kind of query. */
   dashboardTasks: number;
   dashboardRepeats: number;
+  /** Cluster: PARTITIONS values, worker process counts, tasks per run, ingest connections. */
+  clusterPartitions: number[];
+  clusterWorkers: number[];
+  clusterTasks: number;
+  clusterConnections: number;
   logLevel: "debug" | "info" | "warn" | "error";
   /** Use wrk when installed (false: the fetch loop in this process). */
   wrk: boolean;
@@ -101,6 +117,10 @@ export const DEFAULTS: BenchOptions = {
   peerConnections: [],
   dashboardTasks: 100_000,
   dashboardRepeats: 30,
+  clusterPartitions: [1, 3, 6],
+  clusterWorkers: [1, 2],
+  clusterTasks: 5_000,
+  clusterConnections: 100,
   logLevel: "info",
   wrk: true,
   outDir: new URL("./results", import.meta.url).pathname,
@@ -140,6 +160,8 @@ export interface BenchResult {
   /** Side by side with the Hono + BullMQ peer; `skipped` says why when node/npm are missing. */
   peer?: Awaited2<ReturnType<typeof peerPhase>> | null;
   dashboard?: Awaited2<ReturnType<typeof dashboardPhase>> | null;
+  /** On a local Redis Cluster: partitions, worker processes, ACK_REPLICAS, memory per task. */
+  cluster?: Awaited2<ReturnType<typeof clusterPhase>> | null;
   targets: Target[];
   notes: string[];
   /** Phases that failed (the bench exits 1 when there is any). */
@@ -318,6 +340,11 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
         });
       });
     }
+    if (options.phases.includes("cluster")) {
+      await phase("Redis Cluster", async () => {
+        result.cluster = await clusterPhase(ctx, { ...options, useWrk });
+      });
+    }
     if (options.phases.includes("soak")) {
       await phase("Soak", async () => {
         result.soak = await soakPhase(ctx, options);
@@ -341,8 +368,8 @@ export async function runBench(partial: Partial<BenchOptions> = {}): Promise<Ben
 
 const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
 
-  --phases LIST            ingest,e2e,replay,profile,peer,dashboard,soak,sse (default: all
-                           but soak and sse)
+  --phases LIST            ingest,e2e,replay,profile,peer,dashboard,soak,sse,cluster (default:
+                           all but soak, sse and cluster)
   --connections LIST       ingest connection counts (default 1,100,1000)   env BENCH_CONNECTIONS
   --duration S             seconds per ingest point (default 10)          env BENCH_DURATION
   --warmup S               warm-up seconds before each point (default 2)
@@ -385,6 +412,14 @@ const HELP = `deno task bench [flags]   (also: deno run -A bench/run.ts)
   --dashboard-tasks N       dashboard: tasks folded into the task index (default 100000)
                            env BENCH_DASHBOARD_TASKS
   --dashboard-repeats N     dashboard: pages asked for per kind of query (default 30)
+  --cluster-partitions L   cluster: PARTITIONS values (default 1,3,6) on a local Redis
+                           Cluster of 3 masters + 3 replicas started for the phase (free ports,
+                           temporary folders, stopped at its end); ingest of each (and with
+                           ACK_REPLICAS=1 at 1 and the most), end to end with --cluster-workers
+                           (default 1,2) worker processes and --cluster-tasks (default 5000)
+                           tasks, Redis CPU per task on the masters (one partition's ceiling)
+                           and Redis memory per task by kind of key
+  --cluster-connections N  cluster: ingest connections (default 100)
   --no-wrk                 load from a fetch loop in this process instead of wrk
   --log-level LEVEL        LOG_LEVEL of the service processes (default info)
   --out DIR                results directory (default bench/results); --no-write writes nothing
@@ -428,6 +463,10 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
       "peer-connections": { type: "string" },
       "dashboard-tasks": { type: "string" },
       "dashboard-repeats": { type: "string" },
+      "cluster-partitions": { type: "string" },
+      "cluster-workers": { type: "string" },
+      "cluster-tasks": { type: "string" },
+      "cluster-connections": { type: "string" },
       "log-level": { type: "string" },
       "no-wrk": { type: "boolean" },
       out: { type: "string" },
@@ -490,6 +529,11 @@ export function parseOptions(args: string[], env = Deno.env.toObject()): Partial
   set("peerConnections", peerConns ? list(peerConns) : undefined);
   set("dashboardTasks", num(values["dashboard-tasks"], "BENCH_DASHBOARD_TASKS"));
   set("dashboardRepeats", num(values["dashboard-repeats"], "BENCH_DASHBOARD_REPEATS"));
+  const clusterList = (flag: string | undefined) => flag ? list(flag) : undefined;
+  set("clusterPartitions", clusterList(values["cluster-partitions"]));
+  set("clusterWorkers", clusterList(values["cluster-workers"]));
+  set("clusterTasks", num(values["cluster-tasks"], "BENCH_CLUSTER_TASKS"));
+  set("clusterConnections", num(values["cluster-connections"], "BENCH_CLUSTER_CONNECTIONS"));
   if (values["no-wrk"]) o.wrk = false;
   set("logLevel", values["log-level"] as BenchOptions["logLevel"] | undefined);
   if (values.out) o.outDir = values.out;

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { isMissingGroup } from "../src/consumer_registry.ts";
 import { ClaimLostError } from "../src/event_store.ts";
 import { compareIds, decodeEvent, type StoredEvent } from "../src/events.ts";
@@ -20,13 +20,18 @@ export function decodeOrSkip(entry: StreamEntry): StoredEvent {
 }
 
 export interface GroupConsumerOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** A dedicated connection for XREADGROUP BLOCK. */
-  blocking: Redis;
+  blocking: RedisClient;
   stream: string;
   group: string;
   consumer: string;
   concurrency: number;
+  /**
+   * Handler slots shared with the consumers of the same kind on the other partitions, so
+   * WORKER_CONCURRENCY bounds the process, not each partition; by default its own `concurrency`.
+   */
+  slots?: Slots;
   claimIdleMs: number;
   log: Logger;
   /**
@@ -49,6 +54,52 @@ export interface GroupConsumerOptions {
 export class Stopping extends Error {}
 
 /**
+ * Handler slots: a bound on handlers running at once, shared by the consumers of one kind on
+ * every partition. A reader reserves slots before it reads and gives back what it did not use.
+ * Readers waiting for a slot are served first come, first served: a slot given back goes to the
+ * longest-waiting reader, and nobody takes a free slot while others wait, so no partition's reader
+ * is starved by the others (also with fewer slots than partitions).
+ */
+export class Slots {
+  #used = 0;
+  #queue: ((granted: number) => void)[] = [];
+
+  constructor(readonly limit: number, readonly shared = false) {}
+
+  get free(): number {
+    return this.limit - this.#used;
+  }
+
+  /** Takes up to `count` free slots (none while readers wait for one); returns how many. */
+  reserve(count: number): number {
+    if (this.#queue.length) return 0;
+    const taken = Math.max(0, Math.min(count, this.free));
+    this.#used += taken;
+    return taken;
+  }
+
+  /** Waits in line for one slot: resolves 1 once it is this reader's, 0 when woken to stop. */
+  wait(): Promise<number> {
+    return new Promise((resolve) => this.#queue.push(resolve));
+  }
+
+  /** Gives slots back; each goes to the longest-waiting reader, if any. */
+  release(count: number): void {
+    if (count <= 0) return;
+    this.#used -= count;
+    while (this.#queue.length && this.free > 0) {
+      this.#used++;
+      this.#queue.shift()!(1);
+    }
+  }
+
+  /** Wakes every waiting reader without a slot (stopping). */
+  wake(): void {
+    for (const resolve of this.#queue.splice(0)) resolve(0);
+  }
+}
+
+/**
  * One consumer of a Redis Streams consumer group, running up to `concurrency` handlers at once.
  *
  * At-least-once: entries are acknowledged by their handlers, after their effects are durable.
@@ -59,7 +110,9 @@ export class Stopping extends Error {}
 export class GroupConsumer {
   readonly #inflight = new Map<string, { abort: AbortController; done: Promise<void> }>();
   readonly #stop = new AbortController();
-  #slotFreed: (() => void) | null = null;
+  readonly #slots: Slots;
+  /** Whether the last read found entries (a shared reader then reads on without blocking). */
+  #busy = false;
   #loop: Promise<void> | null = null;
   /** Where the next XAUTOCLAIM scan resumes, so a busy consumer still reaches the whole list. */
   #claimCursor = "0-0";
@@ -70,7 +123,9 @@ export class GroupConsumer {
    */
   #lastId = "0-0";
 
-  constructor(readonly options: GroupConsumerOptions) {}
+  constructor(readonly options: GroupConsumerOptions) {
+    this.#slots = options.slots ?? new Slots(options.concurrency);
+  }
 
   get inflight(): number {
     return this.#inflight.size;
@@ -89,32 +144,52 @@ export class GroupConsumer {
   }
 
   async #run(): Promise<void> {
-    const { blocking, consumer, concurrency, claimIdleMs, log, stream, group } = this.options;
+    const { blocking, consumer, claimIdleMs, log, stream, group } = this.options;
+    const slots = this.#slots;
     let nextClaim = 0;
     while (!this.#stop.signal.aborted) {
+      let reserved = 0;
       try {
-        const free = concurrency - this.#inflight.size;
-        if (free <= 0) {
-          await new Promise<void>((resolve) => (this.#slotFreed = resolve));
+        // One slot first, in line behind the other partitions' readers waiting for one.
+        reserved = slots.reserve(1) || await slots.wait();
+        if (reserved === 0 || this.#stop.signal.aborted) {
+          slots.release(reserved);
           continue;
         }
         if (Date.now() >= nextClaim) {
           nextClaim = Date.now() + Math.max(50, Math.floor(claimIdleMs / 2));
-          if (await this.#reclaim(free) > 0) continue;
+          reserved += slots.reserve(slots.free);
+          const found = await this.#reclaim(reserved, () => reserved--);
+          if (found > 0) {
+            slots.release(reserved);
+            reserved = 0;
+            continue;
+          }
+          // Nothing reclaimed: keep one slot for the read.
+          slots.release(reserved - 1);
+          reserved = 1;
         }
+        // A shared reader blocks for one entry while its partition is idle, so idle partitions
+        // hold one slot each at most; once entries come, it reads the rest without blocking.
+        const block = !slots.shared || !this.#busy;
+        if (!slots.shared || !block) reserved += slots.reserve(slots.free);
         const entries = await readGroup(blocking, {
           stream,
           group,
           consumer,
-          count: free,
+          count: reserved,
           // Short blocks keep a stop prompt; an idle consumer costs Redis four reads a second.
-          blockMs: Math.min(250, Math.max(50, Math.floor(claimIdleMs / 2))),
+          blockMs: block ? Math.min(250, Math.max(50, Math.floor(claimIdleMs / 2))) : undefined,
         });
+        this.#busy = entries.length > 0;
         const newest = entries.at(-1)?.id;
         if (newest && compareIds(newest, this.#lastId) > 0) this.#lastId = newest;
         // Entries read while stopping stay pending; another consumer reclaims them.
-        if (!this.#stop.signal.aborted) await this.#dispatch(entries);
+        if (!this.#stop.signal.aborted) await this.#dispatch(entries, () => reserved--);
+        slots.release(reserved);
+        reserved = 0;
       } catch (error) {
+        slots.release(reserved);
         if (this.#stop.signal.aborted) break;
         const failure = isMissingGroup(error)
           ? await this.#recreate().then(() => null, (e) => e)
@@ -145,11 +220,15 @@ export class GroupConsumer {
     });
   }
 
-  async #dispatch(entries: StreamEntry[]): Promise<void> {
+  /** Starts a handler per entry, each on a reserved slot (`onSpawn` says one was used). */
+  async #dispatch(entries: StreamEntry[], onSpawn: () => void): Promise<void> {
     const ignored: string[] = [];
     for (const entry of entries) {
       if (this.options.ignores?.(entry)) ignored.push(entry.id);
-      else this.#spawn(entry);
+      else {
+        this.#spawn(entry);
+        onSpawn();
+      }
     }
     if (ignored.length) {
       await this.options.redis.xack(this.options.stream, this.options.group, ...ignored);
@@ -157,7 +236,8 @@ export class GroupConsumer {
   }
 
   /** Takes over entries another consumer left idle for claimIdleMs (it crashed or stalled). */
-  async #reclaim(count: number): Promise<number> {
+  async #reclaim(count: number, onSpawn: () => void): Promise<number> {
+    if (count <= 0) return 0;
     const { redis, stream, group, consumer, claimIdleMs, log } = this.options;
     const reply = await redis.xautoclaim(
       stream,
@@ -179,7 +259,7 @@ export class GroupConsumer {
     for (const entry of entries) log.warn("Reclaimed a stalled entry", { group, entry: entry.id });
     if (entries.length) this.options.onReclaim?.(entries.length);
     // Claimed while stopping: they stay pending for another consumer.
-    if (!this.#stop.signal.aborted) await this.#dispatch(entries);
+    if (!this.#stop.signal.aborted) await this.#dispatch(entries, onSpawn);
     return entries.length;
   }
 
@@ -214,8 +294,7 @@ export class GroupConsumer {
       .finally(() => {
         clearInterval(heartbeat);
         this.#inflight.delete(entry.id);
-        this.#slotFreed?.();
-        this.#slotFreed = null;
+        this.#slots.release(1);
       });
     this.#inflight.set(entry.id, { abort, done });
   }
@@ -242,7 +321,7 @@ export class GroupConsumer {
    */
   async stop(timeoutMs: number): Promise<{ finished: number; abandoned: number }> {
     this.#stop.abort();
-    this.#slotFreed?.();
+    this.#slots.wake();
     const running = [...this.#inflight.values()];
     let timer: ReturnType<typeof setTimeout> | undefined;
     const all = Promise.all(running.map((r) => r.done));

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import { closeRedis, connectRedis, type RedisClient, redisTarget } from "../src/redis/client.ts";
 import type { Config, ConsumerName } from "../src/config.ts";
 import { type GroupRef, REPORT_MS, reportRunning } from "../src/consumer_registry.ts";
 import type { Keys } from "../src/keys.ts";
@@ -6,19 +6,21 @@ import type { Logger } from "../src/log.ts";
 import { Samples } from "../src/metrics/samples.ts";
 import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
+import type { Partition } from "../src/partitions.ts";
+import { LeaseShare } from "../src/projections/lease_share.ts";
+import { PROJECTIONS } from "../src/projections/registry.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
-import { closeRedis, connectRedis } from "../src/redis/client.ts";
-import { ensureGroup } from "../src/redis/streams.ts";
+import { ensureGroup, xgroup } from "../src/redis/streams.ts";
 import { startRetention } from "../src/replay/retention.ts";
 import type { RetryPolicy } from "../src/retry.ts";
 import { consumerName, createPipeline, type Services } from "../src/runtime.ts";
 import { callbackSender } from "./callback_sender.ts";
 import { Delivery, type Handler } from "./delivery.ts";
-import { GroupConsumer } from "./group_consumer.ts";
+import { GroupConsumer, Slots } from "./group_consumer.ts";
 import { sceneSink, type SceneStore } from "./scene_sink.ts";
 import { taskWorker } from "./task_worker.ts";
 
-/** What a consumer kind is started with. */
+/** What a consumer kind is started with (a handler also gets the partition it serves). */
 export interface KindContext {
   config: Config;
   services: Services;
@@ -26,7 +28,7 @@ export interface KindContext {
   /** This process's consumer name. */
   consumer: string;
   /** Opens a dedicated connection for blocking reads; closed when the consumers stop. */
-  blocking(name: string): Redis;
+  blocking(name: string): RedisClient;
   options: ConsumerOptions;
   clock: () => Date;
   /** Append-to-view delay of the events this process projected. */
@@ -76,18 +78,18 @@ const policy = (config: Config, maxAttempts: number): RetryPolicy => ({
 export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
   tasks: groupKind(
     { name: "workers", stream: (keys) => keys.webhookStream, startAt: "0" },
-    ({ config, services, options }) =>
+    ({ config, services, options }, { store }) =>
       taskWorker({
-        store: services.store,
+        store,
         pipeline: options.pipeline ?? createPipeline(config, services),
         policy: policy(config, config.MAX_ATTEMPTS),
       }),
   ),
   scenes: groupKind(
     { name: "scene-sink", stream: (keys) => keys.eventStream, startAt: "$" },
-    ({ config, services, options, clock }) =>
+    ({ config, services, options, clock }, { store }) =>
       sceneSink({
-        store: services.store,
+        store,
         scenes: options.sceneStore ?? sceneStore(services),
         policy: policy(config, config.MAX_ATTEMPTS),
         clock,
@@ -95,9 +97,9 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
   ),
   callbacks: groupKind(
     { name: "callbacks", stream: (keys) => keys.eventStream, startAt: "$", optional: true },
-    ({ config, services, options, clock }) =>
+    ({ config, options, clock }, { store }) =>
       callbackSender({
-        store: services.store,
+        store,
         policy: policy(config, config.CALLBACK_MAX_ATTEMPTS),
         secret: config.CALLBACK_SECRET,
         timeoutMs: config.CALLBACK_TIMEOUT_MS,
@@ -108,26 +110,44 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
       }),
   ),
   projections: {
+    // A runner per partition: each projector holds the lease of its (projection, partition), so
+    // processes running projections share the partitions' work between them.
     async start({ config, services, log, consumer, blocking, projectionLag }) {
-      const runner = new ProjectionRunner({
-        redis: services.redis,
-        blocking,
-        keys: services.keys,
-        log,
-        owner: consumer,
-        viewTtlS: config.VIEW_RETENTION_S,
-        lag: projectionLag,
-      });
-      await runner.start();
-      // While the runner switches generations it runs none: report the last ones until then.
+      const { partitions } = services;
+      const share = partitions.count > 1
+        ? new LeaseShare(
+          services.redis,
+          services.keys,
+          consumer,
+          PROJECTIONS.length * partitions.count,
+        )
+        : undefined;
+      await share?.start();
+      const runners = partitions.list.map((partition) =>
+        new ProjectionRunner({
+          redis: services.redis,
+          blocking: (name) =>
+            blocking(partitions.count === 1 ? name : `${name}:${partition.index}`),
+          keys: partition.keys,
+          log: partitions.count === 1 ? log : log.child({ partition: partition.index }),
+          owner: consumer,
+          viewTtlS: config.VIEW_RETENTION_S,
+          lag: projectionLag,
+          share,
+        })
+      );
+      for (const runner of runners) await runner.start();
+      // While a runner switches generations it runs none: report the last ones until then.
       let last: string[] = [];
       return {
         stop: async () => {
-          await runner.stop();
+          await Promise.all(runners.map((runner) => runner.stop()));
+          await share?.stop();
           return { finished: 0, abandoned: 0 };
         },
         groups: () => {
-          if (runner.groups.length) last = runner.groups;
+          const now = [...new Set(runners.flatMap((runner) => runner.groups))];
+          if (runners.every((runner) => runner.groups.length)) last = now;
           return last.map((group) => ({ stream: "events" as const, group }));
         },
       };
@@ -135,43 +155,69 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
   },
 };
 
-/** A kind whose consumer runs `handler` on its group's entries, WORKER_CONCURRENCY at a time. */
-function groupKind(group: GroupSpec, handler: (context: KindContext) => Handler): ConsumerKind {
+/**
+ * A kind whose consumers run `handler` on its group's entries: one consumer (and blocking
+ * connection) per partition, WORKER_CONCURRENCY handlers at a time over all of them.
+ */
+function groupKind(
+  group: GroupSpec,
+  handler: (context: KindContext, partition: Partition) => Handler,
+): ConsumerKind {
   return {
     group,
     async start(context) {
       const { config, services, consumer, clock } = context;
-      const log = context.log.child({ consumer });
-      const stream = group.stream(services.keys);
-      const handles = handler(context);
-      const { metrics } = services;
-      const options = {
-        store: services.store,
-        stream,
-        group: group.name,
-        consumer,
-        clock,
-        metrics,
-      };
-      const streamName = stream === services.keys.webhookStream ? "webhooks" : "events";
-      const loop = new GroupConsumer({
-        redis: services.redis,
-        blocking: context.blocking(group.name),
-        stream,
-        group: group.name,
-        startAt: group.startAt,
-        consumer,
-        concurrency: config.WORKER_CONCURRENCY,
-        claimIdleMs: config.CLAIM_IDLE_MS,
-        log,
-        ignores: handles.ignores,
-        handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
-        onReclaim: (count) =>
-          metrics.reclaims.inc({ stream: streamName, group: group.name }, count),
+      const { metrics, partitions } = services;
+      const slots = new Slots(config.WORKER_CONCURRENCY, partitions.count > 1);
+      const loops = partitions.list.map((partition) => {
+        const log = context.log.child(
+          partitions.count === 1 ? { consumer } : { consumer, partition: partition.index },
+        );
+        const stream = group.stream(partition.keys);
+        const handles = handler(context, partition);
+        const options = {
+          store: partition.store,
+          stream,
+          group: group.name,
+          consumer,
+          clock,
+          metrics,
+        };
+        const streamName = stream === partition.keys.webhookStream ? "webhooks" : "events";
+        return new GroupConsumer({
+          redis: services.redis,
+          blocking: context.blocking(
+            partitions.count === 1 ? group.name : `${group.name}:${partition.index}`,
+          ),
+          stream,
+          group: group.name,
+          startAt: group.startAt,
+          consumer,
+          concurrency: config.WORKER_CONCURRENCY,
+          slots,
+          claimIdleMs: config.CLAIM_IDLE_MS,
+          log,
+          ignores: handles.ignores,
+          handle: (entry, signal) => handles.handle(new Delivery(entry, signal, log, options)),
+          onReclaim: (count) =>
+            metrics.reclaims.inc({ stream: streamName, group: group.name }, count),
+        });
       });
-      await loop.start();
-      const ref: GroupRef = { stream: streamName, group: group.name };
-      return { stop: (timeoutMs) => loop.stop(timeoutMs), groups: () => [ref] };
+      for (const loop of loops) await loop.start();
+      const ref: GroupRef = {
+        stream: group.stream(services.keys) === services.keys.webhookStream ? "webhooks" : "events",
+        group: group.name,
+      };
+      return {
+        async stop(timeoutMs) {
+          const outcomes = await Promise.all(loops.map((loop) => loop.stop(timeoutMs)));
+          return {
+            finished: outcomes.reduce((n, o) => n + o.finished, 0),
+            abandoned: outcomes.reduce((n, o) => n + o.abandoned, 0),
+          };
+        },
+        groups: () => [ref],
+      };
     },
   };
 }
@@ -215,7 +261,7 @@ export async function startConsumers(
   options: ConsumerOptions = {},
 ) {
   const consumer = consumerName();
-  const connections: Redis[] = [];
+  const connections: RedisClient[] = [];
   const context: KindContext = {
     config,
     services,
@@ -226,16 +272,18 @@ export async function startConsumers(
     // Also fed to projection_lag_seconds (the samples are ms).
     projectionLag: new Samples(100_000, (ms) => services.metrics.projectionLag.observe(ms / 1000)),
     blocking(name) {
-      const connection = connectRedis(config.REDIS_URL, { name });
+      const connection = connectRedis(redisTarget(config), { name });
       connections.push(connection);
       return connection;
     },
   };
-  const { redis, keys } = services;
+  const { redis, keys, partitions } = services;
   const kinds = Object.entries(CONSUMER_KINDS) as [ConsumerName, ConsumerKind][];
-  for (const [, kind] of kinds) {
-    if (kind.group) {
-      await ensureGroup(redis, kind.group.stream(keys), kind.group.name, kind.group.startAt);
+  for (const { keys } of partitions.list) {
+    for (const [, kind] of kinds) {
+      if (kind.group) {
+        await ensureGroup(redis, kind.group.stream(keys), kind.group.name, kind.group.startAt);
+      }
     }
   }
   const selected = kinds.filter(([name]) => (options.run ?? config.CONSUMERS).includes(name));
@@ -254,7 +302,7 @@ export async function startConsumers(
   const reporter = setInterval(report, REPORT_MS);
   const stopRetention = startRetention({
     redis,
-    keys,
+    keys: partitions.list.map((p) => p.keys),
     retentionMs: config.STREAM_RETENTION_S * 1000,
     intervalMs: 60_000,
     owner: consumer,
@@ -283,7 +331,7 @@ export async function startConsumers(
         total.finished += outcome.finished;
         total.abandoned += outcome.abandoned;
       }
-      await removeIdleConsumer(redis, keys, consumer);
+      for (const p of partitions.list) await removeIdleConsumer(redis, p.keys, consumer);
       await Promise.all(connections.map(closeRedis));
       return total;
     },
@@ -291,14 +339,14 @@ export async function startConsumers(
 }
 
 /** Removes this process's consumer from the groups where it holds no pending entries. */
-async function removeIdleConsumer(redis: Redis, keys: Keys, consumer: string) {
+async function removeIdleConsumer(redis: RedisClient, keys: Keys, consumer: string) {
   for (const kind of Object.values(CONSUMER_KINDS)) {
     if (!kind.group) continue;
     const stream = kind.group.stream(keys);
     try {
       const pending = await redis.xpending(stream, kind.group.name, "-", "+", 1, consumer);
       if ((pending as unknown[]).length === 0) {
-        await redis.xgroup("DELCONSUMER", stream, kind.group.name, consumer);
+        await xgroup(redis, "DELCONSUMER", stream, kind.group.name, consumer);
       }
     } catch {
       // Best effort: a leftover consumer name only shows in /stats.

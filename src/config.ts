@@ -9,6 +9,19 @@ const bool = (fallback: boolean) =>
     v === "true"
   );
 
+/** A comma-separated list of host:port addresses (REDIS_CLUSTER_NODES, REDIS_SENTINELS). */
+const hostPorts = z.string().transform((v, ctx) =>
+  v.split(",").map((s) => s.trim()).filter(Boolean).map((address) => {
+    const match = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$/.exec(address);
+    const port = Number(match?.[2]);
+    if (!match || port < 1 || port > 65_535) {
+      ctx.addIssue({ code: "custom", message: `"${address}" is not host:port` });
+      return { host: "", port: 0 };
+    }
+    return { host: match[1].replace(/^\[|\]$/g, ""), port };
+  })
+).pipe(z.array(z.object({ host: z.string(), port: z.number() })).min(1, "names no host:port"));
+
 function checkSecret(secret: string, ctx: z.RefinementCtx) {
   const problem = secretProblem(secret);
   if (problem) ctx.addIssue({ code: "custom", message: problem });
@@ -29,9 +42,22 @@ export const ConfigSchema = z.object({
   REDIS_URL: z.string().regex(/^rediss?:\/\//, "must start with redis:// or rediss://").default(
     "redis://127.0.0.1:6379",
   ),
+  // A Redis Cluster (seed nodes) or a Sentinel-managed primary instead of REDIS_URL's server; the
+  // URL then only gives the credentials and TLS (rediss://) for every node.
+  REDIS_CLUSTER_NODES: hostPorts.optional(),
+  REDIS_SENTINELS: hostPorts.optional(),
+  REDIS_SENTINEL_NAME: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "letters, digits, _ . - only")
+    .optional(),
   KEY_PREFIX: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/, "letters, digits, _ . - only").default(
     "vp",
   ),
+  // Partitions of the streams and keys, one Redis Cluster hash tag each (fixed per KEY_PREFIX: a
+  // process started with another count than the one stored refuses to start).
+  PARTITIONS: int(1, 1).pipe(z.number().max(1_024)),
+  // POST /webhook answers 202 only once WAIT says this many replicas hold the write (0: no wait);
+  // past ACK_TIMEOUT_MS it answers 503 and the sender retries with its idempotency key.
+  ACK_REPLICAS: int(0, 0),
+  ACK_TIMEOUT_MS: int(1, 1_000),
   WORKER_CONCURRENCY: int(1, 50),
   // Which consumers a `worker` (or `dev`) process runs; split them over processes to keep the
   // projections' lag independent of a task backlog.
@@ -129,6 +155,20 @@ export const ConfigSchema = z.object({
       code: "custom",
       path: ["RETRY_BASE_MS"],
       message: `must not be above RETRY_MAX_MS (${config.RETRY_MAX_MS})`,
+    });
+  }
+  if (config.REDIS_CLUSTER_NODES && config.REDIS_SENTINELS) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["REDIS_SENTINELS"],
+      message: "cannot be used with REDIS_CLUSTER_NODES (a cluster has no sentinels)",
+    });
+  }
+  if (config.REDIS_SENTINELS && !config.REDIS_SENTINEL_NAME) {
+    ctx.addIssue({
+      code: "custom",
+      path: ["REDIS_SENTINEL_NAME"],
+      message: "is required when REDIS_SENTINELS is set (the primary's name in sentinel.conf)",
     });
   }
   if (config.SUPABASE_URL && !config.SUPABASE_SERVICE_ROLE_KEY) {

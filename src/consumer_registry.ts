@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis/client.ts";
 import { type Keys, projectionGroup } from "./keys.ts";
 import { PROJECTION_NAMES } from "./projections/registry.ts";
 import { viewGeneration } from "./queries.ts";
@@ -32,7 +32,7 @@ export interface KindReport {
 
 /** Records that this process runs `kinds` (each with the groups it reads) as of `nowMs`. */
 export async function reportRunning(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   kinds: Record<string, GroupRef[]>,
   nowMs: number,
@@ -45,7 +45,10 @@ export async function reportRunning(
 }
 
 /** The registry as kind → report (unreadable fields are skipped). */
-export async function readRegistry(redis: Redis, keys: Keys): Promise<Map<string, KindReport>> {
+export async function readRegistry(
+  redis: RedisClient,
+  keys: Keys,
+): Promise<Map<string, KindReport>> {
   const raw = await redis.hgetall(registryKey(keys));
   const out = new Map<string, KindReport>();
   for (const [kind, value] of Object.entries(raw)) {
@@ -85,7 +88,7 @@ export interface HealthBounds {
  * problem is one sentence naming the group.
  */
 export async function groupProblems(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   expected: Map<string, KindReport>,
   registry: Map<string, KindReport>,

@@ -1,19 +1,59 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis/client.ts";
 import { decodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
 import type { Keys } from "./keys.ts";
 import { ingestScript, settleScript } from "./redis/scripts.ts";
 import { bucketParams } from "./security/rate_limit.ts";
 import type { VideoRequest } from "./webhook.ts";
+import { createHash } from "node:crypto";
+
+/**
+ * What an idempotency key is checked against on its reuse: the validated request, so the same
+ * key with another body is a conflict (409) rather than silently the first task. Keys are sorted
+ * first, so the order of the fields a sender writes (unknown ones are kept as sent) is no change.
+ */
+export function requestFingerprint(request: VideoRequest): string {
+  return createHash("sha1").update(JSON.stringify(sortedKeys(request))).digest("hex");
+}
+
+function sortedKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(sortedKeys);
+  if (value === null || typeof value !== "object") return value;
+  const record = value as Record<string, unknown>;
+  return Object.fromEntries(Object.keys(record).sort().map((k) => [k, sortedKeys(record[k])]));
+}
 
 export type IngestResult =
-  | { task_id: string; duplicate: boolean; limited?: undefined }
-  | { limited: true; retryAfterS: number };
+  | {
+    task_id: string;
+    duplicate: boolean;
+    limited?: undefined;
+    conflict?: undefined;
+    /** With `ack`: how many replicas acknowledged the write (WAIT's answer). */
+    replicas?: number;
+  }
+  /** The idempotency key made `task_id` from another request. */
+  | { conflict: true; task_id: string; limited?: undefined }
+  | { limited: true; retryAfterS: number; conflict?: undefined };
 
 /** Rate-limit buckets checked in the same script as the append. */
 export interface IngestLimits {
   buckets: string[];
   perMinute: number;
   nowMs: number;
+}
+
+export interface IngestOptions {
+  /** The new task's id (it carries its partition). */
+  taskId: string;
+  /** The request's fingerprint, kept with its idempotency key (see requestFingerprint). */
+  fingerprint: string;
+  /** Rate-limit buckets taken in the same script (only when they share its slot). */
+  limits?: IngestLimits;
+  /**
+   * Wait until this many replicas hold the write (WAIT on the same connection), up to timeoutMs,
+   * on `redis` (a connection of its own: WAIT holds up the commands queued behind it).
+   */
+  ack?: { replicas: number; timeoutMs: number; redis?: RedisClient };
 }
 
 export type SettleMode = "append" | "ack" | "dead";
@@ -38,20 +78,21 @@ export class ClaimLostError extends Error {}
 /** The event log: work entries, task events, timelines and dead letters in Redis Streams. */
 export class EventStore {
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisClient,
     readonly keys: Keys,
     readonly options: { idempotencyTtlS: number; timelineTtlS: number },
   ) {}
 
   /**
    * Appends a new task (atomically with its idempotency key), or finds the existing one; with
-   * `limits`, first takes a token from each bucket, all in one round trip.
+   * `limits`, first takes a token from each bucket, all in one round trip; with `ack`, WAITs for
+   * replicas on the same connection.
    */
-  async ingest(request: VideoRequest, at: string, limits?: IngestLimits): Promise<IngestResult> {
-    const taskId = crypto.randomUUID();
+  async ingest(request: VideoRequest, at: string, options: IngestOptions): Promise<IngestResult> {
+    const { taskId, limits, ack } = options;
     const key = request.idempotency_key;
     const bucket = limits ? bucketParams(limits.perMinute) : null;
-    const reply = await ingestScript.run(this.redis, {
+    const call = {
       keys: {
         idempotency: this.keys.idempotency(request.user_id, key ?? ""),
         webhooks: this.keys.webhookStream,
@@ -74,12 +115,29 @@ export class EventStore {
         bucket_rate: bucket?.rate ?? 0,
         now_ms: Math.floor(limits?.nowMs ?? 0),
         bucket_ttl_ms: bucket?.ttlMs ?? 0,
+        fingerprint: options.fingerprint,
       },
-    }, { keys: limits?.buckets }) as [string, number, number?];
+    };
+    const extra = { keys: limits?.buckets };
+    let reply: [string, number, number?];
+    let replicas: number | undefined;
+    if (ack && ack.replicas > 0) {
+      const [value, acked] = await ingestScript.runThenWait(
+        ack.redis ?? this.redis,
+        call,
+        extra,
+        ack,
+      );
+      reply = value as [string, number, number?];
+      replicas = acked;
+    } else {
+      reply = await ingestScript.run(this.redis, call, extra) as [string, number, number?];
+    }
     if (reply[1] === -1) {
       return { limited: true, retryAfterS: Math.max(1, Math.ceil((reply[2] ?? 0) / 1_000)) };
     }
-    return { task_id: reply[0], duplicate: reply[1] === 1 };
+    if (reply[1] === 2) return { conflict: true, task_id: reply[0] };
+    return { task_id: reply[0], duplicate: reply[1] === 1, replicas };
   }
 
   /** Appends a worker's events, and acks or dead-letters its entry, in one fenced script. */

@@ -1,22 +1,41 @@
 /**
  * Every Redis key name the service uses, built here and nowhere else.
  *
- * All keys carry one hash tag, `{prefix}`, so every Lua script that touches several of them
- * stays on one Redis Cluster slot. Moving to per-task slots would be a change in this file only.
+ * The keys of one partition carry one hash tag, so every Lua script (which touches the keys of one
+ * partition only) stays on one Redis Cluster slot: partition 0 is `{prefix}` (with PARTITIONS=1
+ * that is the whole layout, as before partitions existed), partition k > 0 is `{prefix:k}`.
+ * Deployment-wide keys (the partition count, the consumer registry, rate-limit buckets, webhook
+ * ids) live in partition 0's tag.
  */
 export type Keys = ReturnType<typeof createKeys>;
 
-export function createKeys(prefix: string) {
-  const p = `{${prefix}}`;
+/** The hash tag of a partition: `{vp}` for partition 0, `{vp:3}` for partition 3. */
+export function partitionTag(prefix: string, partition: number): string {
+  return partition === 0 ? `{${prefix}}` : `{${prefix}:${partition}}`;
+}
+
+export function createKeys(prefix: string, partition = 0) {
+  const p = partitionTag(prefix, partition);
+  /** Partition 0's tag, for the keys of the whole deployment. */
+  const d = partitionTag(prefix, 0);
   return {
     prefix,
-    /** Every key of this prefix, for SCAN in tests and tools. */
+    partition,
+    /** Every key of this partition, for SCAN in tests and tools. */
     pattern: `${p}:*`,
+    /** The partition count the deployment under this prefix was started with. */
+    partitionCount: `${d}:partitions`,
     webhookStream: `${p}:stream:webhooks`,
     eventStream: `${p}:stream:events`,
     deadLetterStream: `${p}:stream:dead`,
     /** An idempotency key, scoped to its user (the length keeps "a:b"+"c" apart from "a"+"b:c"). */
     idempotency: (userId: string, key: string) => `${p}:idem:${userId.length}:${userId}:${key}`,
+    /**
+     * With PARTITIONS > 1, the claim of an idempotency key in the partition its (user, key) hashes
+     * to: which task (and so which partition) it made, and the request's fingerprint.
+     */
+    idempotencyClaim: (userId: string, key: string) =>
+      `${p}:idem-claim:${userId.length}:${userId}:${key}`,
     /** Ids of a task's events in the event stream, in order: the task's timeline index. */
     taskTimeline: (taskId: string) => `${p}:timeline:${taskId}`,
     /** A task's current run number (absent means 1), for reprocess compare-and-set. */
@@ -32,23 +51,25 @@ export function createKeys(prefix: string) {
     /** Taken by the process that trims the streams this round. */
     retentionLease: `${p}:retention-lease`,
     /** Which consumer kinds some process runs (kind → groups and when it last said so). */
-    consumerKinds: `${p}:consumer-kinds`,
+    consumerKinds: `${d}:consumer-kinds`,
+    /** With several partitions: the processes running projections (owner → last beat, ms). */
+    projectionProcesses: `${d}:projection-processes`,
     /** Held while a projection rebuild runs, so two cannot race. */
     rebuildLock: `${p}:view-rebuild-lock`,
     /** A verified Standard Webhooks id, kept for replay detection. */
-    webhookId: (id: string) => `${p}:webhook-id:${id}`,
+    webhookId: (id: string) => `${d}:webhook-id:${id}`,
     /** A token bucket: scope "address" or "user". */
-    rateLimit: (scope: "address" | "user", id: string) => `${p}:rate:${scope}:${id}`,
+    rateLimit: (scope: "address" | "user", id: string) => `${d}:rate:${scope}:${id}`,
     /**
      * A user's token bucket as seen from one sender (authentication off). The address's length
      * comes first, so no (address, user) pair can pass for another.
      */
     senderRateLimit: (address: string, userId: string) =>
-      `${p}:rate:user:${address.length}:${address}:${userId}`,
+      `${d}:rate:user:${address.length}:${address}:${userId}`,
     /** A dashboard session, under the SHA-256 of its cookie's id (src/dashboard/session.ts). */
-    dashboardSession: (idHash: string) => `${p}:dashboard-session:${idHash}`,
+    dashboardSession: (idHash: string) => `${d}:dashboard-session:${idHash}`,
     /** Dashboard sign-in attempts from one client address: a token bucket. */
-    dashboardSignIn: (address: string) => `${p}:rate:dashboard-sign-in:${address}`,
+    dashboardSignIn: (address: string) => `${d}:rate:dashboard-sign-in:${address}`,
     /** A projection group's last applied event id (the group name carries the generation). */
     checkpoint: (projection: string) => `${p}:checkpoint:${projection}`,
     /** Held by the one process applying a projection group's events. */

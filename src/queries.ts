@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis/client.ts";
 import { z } from "zod";
 import type { Keys, ViewSpace } from "./keys.ts";
 import { idTime } from "./events.ts";
@@ -12,11 +12,26 @@ export const GroupStatsSchema = z.object({
   pending: z.number().int(),
   lag: z.number().int().nullable(),
   consumers: z.number().int(),
+  partition: z.number().int().optional().describe("With PARTITIONS > 1: the stream's partition"),
 });
 export type GroupStats = z.infer<typeof GroupStatsSchema>;
 
-/** Every consumer group on the webhook and event streams, with its backlog. */
-export async function consumerGroups(redis: Redis, keys: Keys): Promise<GroupStats[]> {
+/**
+ * Every consumer group on the webhook and event streams of each partition, with its backlog
+ * (labelled with its partition when there are several).
+ */
+export async function consumerGroups(
+  redis: RedisClient,
+  keys: Keys | readonly Keys[],
+): Promise<GroupStats[]> {
+  const all = Array.isArray(keys) ? keys as readonly Keys[] : [keys as Keys];
+  const lists = await Promise.all(all.map((k) => partitionGroups(redis, k)));
+  return all.length === 1
+    ? lists[0]
+    : lists.flatMap((groups, i) => groups.map((g) => ({ ...g, partition: all[i].partition })));
+}
+
+async function partitionGroups(redis: RedisClient, keys: Keys): Promise<GroupStats[]> {
   const streams = [
     { name: "webhooks", key: keys.webhookStream },
     { name: "events", key: keys.eventStream },
@@ -42,12 +57,12 @@ export async function consumerGroups(redis: Redis, keys: Keys): Promise<GroupSta
 }
 
 /** The generation of views readers use (0 until a projection rebuild was swapped in). */
-export async function viewGeneration(redis: Redis, keys: Keys): Promise<number> {
+export async function viewGeneration(redis: RedisClient, keys: Keys): Promise<number> {
   return Number(await redis.get(keys.viewGeneration) ?? 0);
 }
 
 /** The view prefix of the generation readers use; each projection's query builds its keys on it. */
-export async function currentViews(redis: Redis, keys: Keys): Promise<ViewSpace> {
+export async function currentViews(redis: RedisClient, keys: Keys): Promise<ViewSpace> {
   return keys.views(await viewGeneration(redis, keys));
 }
 
@@ -57,7 +72,7 @@ export async function currentViews(redis: Redis, keys: Keys): Promise<ViewSpace>
  * read it from here.
  */
 export async function oldestPendingAgeS(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   group: string,
   nowMs: number,

@@ -1,19 +1,21 @@
 import { hostname } from "node:os";
 import { type Config, providerMode } from "./config.ts";
-import { EventStore } from "./event_store.ts";
-import { EventFeed } from "./feed/event_feed.ts";
+import { EventFeeds } from "./feed/event_feeds.ts";
 import { createApp } from "./http/app.ts";
 import { UploadGuard } from "./http/guard.ts";
-import { createKeys } from "./keys.ts";
 import type { Logger } from "./log.ts";
 import { createMetrics } from "./metrics/registry.ts";
+import { Partitions } from "./partitions.ts";
 import type { Ports, VideoHistory } from "./pipeline/step.ts";
 import { bindPipeline, type Pipeline } from "./pipeline/steps.ts";
 import { createSupabaseScenes, scenesOf } from "./providers/supabase_scenes.ts";
 import { readVideoView } from "./projections/video_scenes/projection.ts";
-import { rebuildProjections } from "./projections/rebuild.ts";
-import { closeRedis, connectRedis } from "./redis/client.ts";
+import { rebuildPartitions } from "./projections/rebuild.ts";
+import { closeRedis, connectRedis, redisTarget } from "./redis/client.ts";
 import { claimRevisionScript } from "./redis/scripts.ts";
+
+/** Connections for acknowledged ingests (ACK_REPLICAS > 0): WAITs in flight at once. */
+const ACK_CONNECTIONS = 8;
 
 /** A consumer name unique to this process. */
 export function consumerName(): string {
@@ -22,16 +24,26 @@ export function consumerName(): string {
 
 /** The store, views and HTTP app for one process; built once from the config. */
 export function createServices(config: Config, log: Logger) {
-  const keys = createKeys(config.KEY_PREFIX);
   // This process's Prometheus registry: /metrics on the app, METRICS_PORT on workers.
   const metrics = createMetrics();
   // Requests must never hang on a down Redis: while it is known to be down commands fail at once
   // (see connectRedis), and one that gets no answer gives up after 1 s; both answer 503.
-  const redis = connectRedis(config.REDIS_URL, { commandTimeoutMs: 1_000, name: "commands" });
-  const store = new EventStore(redis, keys, {
+  const redis = connectRedis(redisTarget(config), { commandTimeoutMs: 1_000, name: "commands" });
+  // Every partition's keys and event log; partition 0 (`keys`, `store`) also holds the
+  // deployment-wide keys.
+  const partitions = new Partitions(redis, config.KEY_PREFIX, config.PARTITIONS, {
     idempotencyTtlS: config.IDEMPOTENCY_TTL_S,
     timelineTtlS: config.VIEW_RETENTION_S,
   });
+  const { keys, store } = partitions.first;
+  // ACK_REPLICAS: acknowledged ingests WAIT on connections of their own, with room for the wait.
+  partitions.ackConnections = config.ACK_REPLICAS > 0
+    ? Array.from({ length: ACK_CONNECTIONS }, () =>
+      connectRedis(redisTarget(config), {
+        commandTimeoutMs: config.ACK_TIMEOUT_MS + 1_000,
+        name: "acked-ingest",
+      }))
+    : [];
   const mode = providerMode(config);
   const supabase = config.SUPABASE_URL
     ? createSupabaseScenes({
@@ -48,10 +60,9 @@ export function createServices(config: Config, log: Logger) {
   }, log);
   // The SSE routes' one reader of the event stream; its blocking connection opens with the first
   // stream client (so worker processes never open it).
-  const feed = new EventFeed({
-    keys,
+  const feed = new EventFeeds(partitions, {
     redis,
-    connect: () => connectRedis(config.REDIS_URL, { name: "event-feed" }),
+    connect: (name) => connectRedis(redisTarget(config), { name }),
     log,
     maxClients: config.SSE_MAX_CLIENTS,
     bufferEvents: config.SSE_BUFFER_EVENTS,
@@ -62,6 +73,7 @@ export function createServices(config: Config, log: Logger) {
     redis,
     store,
     keys,
+    partitions,
     log,
     webhook: {
       auth: {
@@ -78,6 +90,7 @@ export function createServices(config: Config, log: Logger) {
       },
       uploads,
       allowPrivateUrls: config.ALLOW_PRIVATE_CALLBACKS,
+      ack: { replicas: config.ACK_REPLICAS, timeoutMs: config.ACK_TIMEOUT_MS },
       trustProxy: config.TRUST_PROXY,
       metrics,
     },
@@ -86,17 +99,16 @@ export function createServices(config: Config, log: Logger) {
     streamRetentionMs: config.STREAM_RETENTION_S * 1000,
     admin: {
       token: config.ADMIN_TOKEN,
-      rebuild: ({ force, onProgress }) =>
-        rebuildProjections({
+      rebuild: ({ force, partition, onProgress }) =>
+        rebuildPartitions({
           force,
           onProgress,
           redis,
-          redisUrl: config.REDIS_URL,
-          keys,
+          redisTarget: redisTarget(config),
           log,
           viewTtlS: config.VIEW_RETENTION_S,
           owner: `admin-${consumerName()}`,
-        }),
+        }, partitions.select(partition).map((p) => p.keys)),
     },
     dashboard: { sessionTtlS: config.DASHBOARD_SESSION_TTL_S },
     providerMode: mode,
@@ -108,9 +120,10 @@ export function createServices(config: Config, log: Logger) {
   });
   const close = async () => {
     await feed.close();
+    await Promise.all(partitions.ackConnections.map(closeRedis));
     await closeRedis(redis);
   };
-  return { keys, redis, store, app, uploads, mode, supabase, feed, metrics, close };
+  return { keys, redis, store, partitions, app, uploads, mode, supabase, feed, metrics, close };
 }
 
 export type Services = ReturnType<typeof createServices>;
@@ -126,17 +139,19 @@ function cached<T>(check: () => Promise<T>, ms: number): () => Promise<T> {
 
 /** Latest stored scenes of a video: from Supabase when it is the sink, else the Redis view. */
 export function videoHistory(services: Services, revisionTtlS: number): VideoHistory {
-  const { supabase, redis, keys } = services;
+  const { supabase, redis, partitions } = services;
   return {
     async latest(videoId) {
       if (supabase) {
         const found = await supabase.latest(videoId);
         return found ? { revision: found.revision, scenes: scenesOf(found.rows) } : null;
       }
-      const view = await readVideoView(redis, keys, videoId);
+      const view = await readVideoView(redis, partitions.ofVideo(videoId).keys, videoId);
       return view ? { revision: view.revision, scenes: view.scenes } : null;
     },
     async claimRevision(videoId, latest, taskId) {
+      // The task is in its video's partition: the counter and the claim share a slot.
+      const { keys } = partitions.ofVideo(videoId);
       return Number(
         await claimRevisionScript.run(redis, {
           keys: { revision: keys.videoRevision(videoId), claim: keys.revisionClaim(taskId) },

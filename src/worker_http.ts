@@ -1,11 +1,11 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./redis/client.ts";
 import { type MetricsEndpoint, metricsHandler } from "./http/metrics_route.ts";
 import type { Logger } from "./log.ts";
 
 export interface WorkerHttpOptions extends MetricsEndpoint {
   port: number;
   hostname: string;
-  redis: Redis;
+  redis: RedisClient;
   /** Whether this process's consumers run (started and not stopping). */
   consumersRunning(): boolean;
   log: Logger;

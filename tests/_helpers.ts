@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { type Config, loadConfig } from "../src/config.ts";
 import { createLogger, type Logger } from "../src/log.ts";
 import { deleteMatching } from "../src/projections/rebuild.ts";
@@ -60,7 +60,9 @@ export async function testEnv(name: string, env: Record<string, string> = {}): P
         body: typeof body === "string" ? body : JSON.stringify(body),
       })),
     async [Symbol.asyncDispose]() {
-      await deleteMatching(services.redis, services.keys.pattern);
+      for (const { keys } of services.partitions.list) {
+        await deleteMatching(services.redis, keys.pattern);
+      }
       await services.close();
     },
   };
@@ -83,7 +85,7 @@ export async function waitFor<T>(
 
 /** True when every group on the streams (or only the named ones) has read and acknowledged everything. */
 export async function caughtUp(
-  redis: Redis,
+  redis: RedisClient,
   streams: string[],
   only?: string[],
 ): Promise<boolean> {
@@ -97,7 +99,7 @@ export async function caughtUp(
 }
 
 /** Reads the whole stream as [id, record] pairs. */
-export async function readStream(redis: Redis, key: string) {
+export async function readStream(redis: RedisClient, key: string) {
   const entries = await redis.xrange(key, "-", "+");
   return entries.map(([id, fields]) => {
     const record: Record<string, string> = {};

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import type { StoredEvent } from "../src/events.ts";
 import { applyWrites } from "../src/projections/definition.ts";
 import { taskIndex } from "../src/projections/task_index/projection.ts";
@@ -6,7 +6,7 @@ import { taskIndexKeys } from "../src/projections/task_index/view.ts";
 
 /** Applies the task index's plan to `events` in batches of `size`, as the projector would. */
 export async function projectIndex(
-  redis: Redis,
+  redis: RedisClient,
   prefix: string,
   events: StoredEvent[],
   { size = 500, viewTtlS = 86_400 } = {},
@@ -22,7 +22,7 @@ const byKey = <T>(record: Record<string, T>) =>
   Object.fromEntries(Object.entries(record).sort(([a], [b]) => a < b ? -1 : 1));
 
 /** What the index's keys hold in Redis, in indexContents' shape (sets sorted by key). */
-export async function storedIndex(redis: Redis, prefix: string) {
+export async function storedIndex(redis: RedisClient, prefix: string) {
   const keys = taskIndexKeys(prefix);
   const sets: Record<string, string[]> = {};
   let cursor = "0";

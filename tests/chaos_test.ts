@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnRedis } from "../src/dev/local_services.ts";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import {
   caughtUp,
   fixture,
@@ -32,7 +32,7 @@ function kill(child: Deno.ChildProcess) {
 }
 
 /** Entries of the group pending per consumer name. */
-async function pendingByConsumer(redis: Redis, stream: string, group: string) {
+async function pendingByConsumer(redis: RedisClient, stream: string, group: string) {
   const [, , , consumers] = await redis.xpending(stream, group) as [
     number,
     string | null,

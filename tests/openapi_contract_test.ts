@@ -481,6 +481,15 @@ Deno.test("every route answers only documented statuses, with documented bodies"
     });
     seen.add(await check(limited, doc, { ...once("first"), status: 202 }));
     seen.add(await check(limited, doc, { ...once("second"), status: 429 }));
+    // 409: the first key again with another request (checked before the rate limit).
+    seen.add(
+      await check(limited, doc, {
+        route: "POST /webhook",
+        url: "/webhook",
+        status: 409,
+        ...json({ ...request, prompt: "another prompt", idempotency_key: "first" }),
+      }),
+    );
     // 409: a rebuild over a trimmed log, without force.
     await limited.services.redis.xtrim(limited.services.keys.eventStream, "MAXLEN", 0);
     seen.add(

@@ -47,6 +47,7 @@ Deno.test("the OpenAPI document describes every route", async () => {
     "400",
     "401",
     "408",
+    "409",
     "413",
     "415",
     "422",

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent, type StoredEvent } from "../src/events.ts";
 import { fold } from "../src/projections/definition.ts";
@@ -28,7 +28,7 @@ import { caughtUp, fixture, runConsumers, type TestEnv, testEnv, waitFor } from 
 import { expectedIndex, storedIndex } from "./_task_index.ts";
 
 /** The per-minute series as stored: minute -> that minute's hash, in numbers. */
-async function storedMinutes(redis: Redis, view: ReturnType<typeof statsKeys>) {
+async function storedMinutes(redis: RedisClient, view: ReturnType<typeof statsKeys>) {
   const out: Record<string, Record<string, number>> = {};
   const index = await redis.hgetall(view.minutes);
   for (const [minute, finished] of Object.entries(index)) {
@@ -40,7 +40,7 @@ async function storedMinutes(redis: Redis, view: ReturnType<typeof statsKeys>) {
 }
 
 /** Every view key of the prefix with its value, for exact comparison. */
-async function snapshot(redis: Redis, prefix: string) {
+async function snapshot(redis: RedisClient, prefix: string) {
   const keys: string[] = [];
   let cursor = "0";
   do {
@@ -235,7 +235,7 @@ Deno.test("a projector without the lease writes nothing", async () => {
 
 Deno.test("following a rebuilt generation closes the old projectors' connections", async () => {
   await using env = await testEnv("follow-close");
-  const opened: Redis[] = [];
+  const opened: RedisClient[] = [];
   const runner = new ProjectionRunner({
     redis: env.services.redis,
     keys: env.services.keys,
@@ -330,7 +330,7 @@ Deno.test("a former holder's late read is applied in order, never acked unapplie
 
 Deno.test("a runner whose switch to a new generation fails retries it on the next check", async () => {
   await using env = await testEnv("follow-retry");
-  const opened: Redis[] = [];
+  const opened: { name: string; connection: RedisClient }[] = [];
   let failOnce = true;
   const runner = new ProjectionRunner({
     redis: env.services.redis,
@@ -345,7 +345,7 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
         throw new Error("no connection this time");
       }
       const connection = connectRedis(env.config.REDIS_URL, { name });
-      opened.push(connection);
+      opened.push({ name, connection });
       return connection;
     },
   });
@@ -357,10 +357,11 @@ Deno.test("a runner whose switch to a new generation fails retries it on the nex
     });
     // One projector per projection of generation 1 runs, nothing of the failed try is left open.
     const n = PROJECTION_NAMES.length;
-    await waitFor(() => opened.filter((c) => c.status !== "end").length === n, {
+    const open = () => opened.filter((c) => c.connection.status !== "end");
+    await waitFor(() => open().length === n, {
       what: "exactly one open connection per projection",
     });
-    assert.equal(opened.filter((c) => c.options.connectionName?.endsWith("@1")).length, n);
+    assert.equal(open().filter((c) => c.name.endsWith("@1")).length, n);
   } finally {
     await runner.stop();
   }

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { takeToken } from "../src/security/rate_limit.ts";
 import { closeRedis, connectRedis, waitReady } from "../src/redis/client.ts";
 
 const REDIS_URL = "redis://127.0.0.1:6379";
 const T0 = 1_700_000_000_000;
 
-async function withBucket(name: string, run: (redis: Redis, key: string) => Promise<void>) {
+async function withBucket(name: string, run: (redis: RedisClient, key: string) => Promise<void>) {
   const redis = connectRedis(REDIS_URL);
   const key = `test-rate-${name}-${crypto.randomUUID().slice(0, 8)}:bucket`;
   try {

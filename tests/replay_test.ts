@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { dlqMain } from "../src/cli/dlq.ts";
 import { replayMain } from "../src/cli/replay.ts";
 import { runCli } from "../src/cli/_common.ts";
@@ -214,7 +214,7 @@ Deno.test("a dead letter redriven by five operators at once runs once", async ()
 
 Deno.test("trimming keeps every pending or unread entry, whatever its age", async () => {
   await using env = await testEnv("trim");
-  const redis: Redis = env.services.redis;
+  const redis: RedisClient = env.services.redis;
   const stream = env.services.keys.eventStream;
   for (let i = 1; i <= 10; i++) await redis.xadd(stream, `${i * 1000}-0`, "n", String(i));
   await redis.xgroup("CREATE", stream, "fast", "0");
@@ -285,7 +285,7 @@ Deno.test("a deployment without callbacks lets retention trim the event stream",
 
 Deno.test("only an optional group nobody runs stops holding the stream back; any other holds it for good", async () => {
   await using env = await testEnv("trim-live");
-  const redis: Redis = env.services.redis;
+  const redis: RedisClient = env.services.redis;
   const stream = env.services.keys.eventStream;
   for (let i = 1; i <= 6; i++) await redis.xadd(stream, `${i * 1000}-0`, "n", String(i));
   await redis.xgroup("CREATE", stream, "done", "$");
@@ -439,7 +439,7 @@ Deno.test("--projections rebuilds identical views while webhooks keep arriving, 
     // The bulk fold in reads of 3 entries: batch boundaries change nothing.
     const small = await rebuildProjections({
       redis: env.services.redis,
-      redisUrl: env.config.REDIS_URL,
+      redisTarget: env.config.REDIS_URL,
       keys: env.services.keys,
       log: env.log,
       viewTtlS: env.config.VIEW_RETENTION_S,
@@ -528,7 +528,7 @@ Deno.test("an interrupted rebuild drops its half-built generation and its lock",
   for (let i = 0; i < 3; i++) await submit(env, { video_id: `a-${i}` });
   const options = {
     redis,
-    redisUrl: env.config.REDIS_URL,
+    redisTarget: env.config.REDIS_URL,
     keys,
     log: env.log,
     viewTtlS: 60,
@@ -558,7 +558,7 @@ Deno.test("a rebuild skips malformed events, even a batch of nothing else", asyn
   await redis.xadd(keys.eventStream, "*", "type", "task.queued", "task_id", "bad", "data", "{");
   const result = await rebuildProjections({
     redis,
-    redisUrl: env.config.REDIS_URL,
+    redisTarget: env.config.REDIS_URL,
     keys,
     log: env.log,
     viewTtlS: 60,

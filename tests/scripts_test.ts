@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../src/redis/client.ts";
 import { closeRedis, connectRedis, waitReady } from "../src/redis/client.ts";
 import { Lease } from "../src/redis/lease.ts";
 import { buildScriptSource, NamedScript, type ScriptDefinition } from "../src/redis/script.ts";
@@ -7,7 +7,7 @@ import { ingestScript, projectScript, settleScript } from "../src/redis/scripts.
 
 const REDIS_URL = "redis://127.0.0.1:6379";
 
-async function withRedis(name: string, run: (redis: Redis, prefix: string) => Promise<void>) {
+async function withRedis(name: string, run: (redis: RedisClient, prefix: string) => Promise<void>) {
   const redis = connectRedis(REDIS_URL);
   const prefix = `test-${name}-${crypto.randomUUID().slice(0, 8)}`;
   try {

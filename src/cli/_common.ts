@@ -1,6 +1,6 @@
 import { type Config, ConfigError, loadConfig } from "../config.ts";
 import { createLogger } from "../log.ts";
-import { waitReady } from "../redis/client.ts";
+import { describeTarget, redisTarget, waitReady } from "../redis/client.ts";
 import { createServices, type Services } from "../runtime.ts";
 
 /** Thrown for bad arguments: the CLI prints it with the usage and exits 2. */
@@ -50,9 +50,32 @@ export async function connect(
     await waitReady(services.redis, 3_000);
   } catch {
     await services.close();
-    throw new Error(`Redis is unreachable at ${config.REDIS_URL}`);
+    throw new Error(`Redis is unreachable at ${describeTarget(redisTarget(config))}`);
   }
+  // A tool run with another PARTITIONS than the deployment's would miss tasks: refused.
+  await services.partitions.checkCount().catch(async (error) => {
+    await services.close();
+    throw error;
+  });
   return { services, config };
+}
+
+/** `--partition N`: a partition number, checked against PARTITIONS once connected. */
+export function parsePartition(value: string | undefined): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d{1,4}$/.test(value)) {
+    throw new UsageError(`--partition must be a partition number, got "${value}"`);
+  }
+  return Number(value);
+}
+
+/** The partitions a tool works on: the one named by --partition, or all. */
+export function scopeOf(services: Services, partition: number | undefined) {
+  try {
+    return services.partitions.scope(partition);
+  } catch (error) {
+    throw new UsageError((error as Error).message);
+  }
 }
 
 export function parseDate(flag: string, value: string | undefined): Date | undefined {

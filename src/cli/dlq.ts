@@ -1,6 +1,6 @@
 import { parseArgs } from "node:util";
 import { deleteDeadLetters, getDeadLetter, listDeadLetters, redrive } from "../replay/reprocess.ts";
-import { connect, output, runMain, UsageError } from "./_common.ts";
+import { connect, output, parsePartition, runMain, scopeOf, UsageError } from "./_common.ts";
 import { parseCount, redriveProblem } from "./rules.ts";
 
 export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
@@ -14,6 +14,8 @@ export const DLQ_USAGE = `Usage: deno task dlq <command> [options]
       --dry-run             list what would be done and change nothing
   delete ID...              delete dead letters for good (recorded in each task's timeline);
                             takes --reason, --by and --dry-run too
+  --partition N             list or redrive only partition N (PARTITIONS > 1; all by default);
+                            with several partitions a dead letter's id is p<N>-<ms-seq>
   -h, --help`;
 
 export async function dlqMain(
@@ -32,6 +34,7 @@ export async function dlqMain(
         reason: { type: "string" },
         by: { type: "string" },
         "dry-run": { type: "boolean" },
+        partition: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       allowPositionals: true,
@@ -58,11 +61,13 @@ export async function dlqMain(
   if (command === "delete" && ids.length === 0) {
     throw new UsageError("delete takes dead-letter ids");
   }
+  const partition = parsePartition(flags.partition);
   const out = output(write, terminal);
   const { services } = await connect(env);
   try {
+    const scope = scopeOf(services, partition);
     if (command === "list") {
-      const letters = await listDeadLetters(services.store, count);
+      const letters = await listDeadLetters(scope, count);
       for (const l of letters) {
         out.line(
           `${l.id}  ${l.task_id || "(no task)"}  ${l.group}  attempts=${l.attempts}  ${l.error}`,
@@ -72,7 +77,7 @@ export async function dlqMain(
       return 0;
     }
     if (command === "show") {
-      const letter = await getDeadLetter(services.store, ids[0]);
+      const letter = await getDeadLetter(scope, ids[0]);
       if (!letter) {
         out.line(`No dead letter "${ids[0]}"`);
         return 1;
@@ -85,7 +90,7 @@ export async function dlqMain(
       return 0;
     }
     if (command === "delete") {
-      const deletions = await deleteDeadLetters(services.store, ids, {
+      const deletions = await deleteDeadLetters(scope, ids, {
         requestedBy: flags.by ?? env.USER ?? "operator",
         reason: flags.reason ?? "dead-letter deleted",
         dryRun: Boolean(flags["dry-run"]),
@@ -106,7 +111,7 @@ export async function dlqMain(
       );
       return 0;
     }
-    const outcomes = await redrive(services.store, flags.all ? "all" : ids, {
+    const outcomes = await redrive(scope, flags.all ? "all" : ids, {
       requestedBy: flags.by ?? env.USER ?? "operator",
       reason: flags.reason ?? "dead-letter redrive",
       dryRun: Boolean(flags["dry-run"]),

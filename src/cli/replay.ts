@@ -1,9 +1,18 @@
 import { parseArgs } from "node:util";
-import { rebuildProjections } from "../projections/rebuild.ts";
+import { rebuildPartitions } from "../projections/rebuild.ts";
 import { reprocessTasks, type StatusFilter } from "../replay/reprocess.ts";
 import { consumerName } from "../runtime.ts";
 import { createLogger } from "../log.ts";
-import { connect, output, parseDate, runMain, UsageError } from "./_common.ts";
+import { redisTarget } from "../redis/client.ts";
+import {
+  connect,
+  output,
+  parseDate,
+  parsePartition,
+  runMain,
+  scopeOf,
+  UsageError,
+} from "./_common.ts";
 import { type ReplayField, replayProblem } from "./rules.ts";
 
 export const REPLAY_USAGE = `Usage: deno task replay [options]
@@ -20,6 +29,7 @@ Rebuild views or reprocess tasks from the event log (Redis settings from the env
   --by NAME              who asks, recorded too (default $USER)
   --force                with --projections: rebuild even though retention has trimmed the
                          log (views of tasks whose events are gone are lost)
+  --partition N          only partition N (PARTITIONS > 1; all by default)
   --dry-run              list what would be done and change nothing
   -h, --help             this text
 
@@ -50,6 +60,7 @@ export function parseReplayArgs(args: string[]) {
         by: { type: "string" },
         "dry-run": { type: "boolean" },
         force: { type: "boolean" },
+        partition: { type: "string" },
         help: { type: "boolean", short: "h" },
       },
       allowPositionals: false,
@@ -81,6 +92,7 @@ export function parseReplayArgs(args: string[]) {
     by: parsed.by ?? Deno.env.get("USER") ?? "operator",
     dryRun: Boolean(parsed["dry-run"]),
     force: Boolean(parsed.force),
+    partition: parsePartition(parsed.partition),
   };
 }
 
@@ -98,9 +110,11 @@ export async function replayMain(
   const out = output(write, terminal);
   const { services, config } = await connect(env);
   try {
+    const scope = scopeOf(services, options.partition);
     if (options.projections) {
       if (options.dryRun) {
-        const events = await services.redis.xlen(services.keys.eventStream);
+        let events = 0;
+        for (const p of scope.partitions) events += await services.redis.xlen(p.keys.eventStream);
         out.line(`Would rebuild every view from ${events} events (dry run: nothing changed)`);
       } else {
         out.line("Rebuilding projections...");
@@ -108,17 +122,18 @@ export async function replayMain(
         const abort = new AbortController();
         const interrupt = () => abort.abort(new Error("Rebuild interrupted"));
         Deno.addSignalListener("SIGINT", interrupt);
-        const result = await rebuildProjections({
+        const result = await rebuildPartitions({
           redis: services.redis,
-          redisUrl: config.REDIS_URL,
-          keys: services.keys,
+          redisTarget: redisTarget(config),
           log: createLogger("error"),
           viewTtlS: config.VIEW_RETENTION_S,
           owner: `replay-${consumerName()}`,
           onProgress: out.progress,
           signal: abort.signal,
           force: options.force,
-        }).finally(() => Deno.removeSignalListener("SIGINT", interrupt));
+        }, scope.partitions.map((p) => p.keys)).finally(() =>
+          Deno.removeSignalListener("SIGINT", interrupt)
+        );
         out.end();
         out.line(
           `Rebuilt views generation ${result.generation} from ${result.events} events in ${result.seconds} s (${result.events_per_second} events/s)`,
@@ -126,7 +141,7 @@ export async function replayMain(
       }
     }
     if (options.selection) {
-      const outcomes = await reprocessTasks(services.store, options.selection, {
+      const outcomes = await reprocessTasks(scope, options.selection, {
         requestedBy: options.by,
         reason: options.reason,
         dryRun: options.dryRun,

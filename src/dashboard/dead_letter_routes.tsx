@@ -14,14 +14,22 @@ import { forbidden, list, notFound, page, text } from "./respond.tsx";
 import type { DashboardDeps } from "./routes.tsx";
 import { BASE, Notice } from "./ui.tsx";
 
+/** A dead letter's id: `ms-seq`, with several partitions `p<N>-ms-seq`. */
+const DEAD_LETTER_ID = /^(p\d+-)?\d+-\d+$/;
+
 /** Dead letters per page. */
 const PAGE_SIZE = 50;
 
-export function deadLetterRoutes(dash: Hono<DashboardEnv>, { store, now }: DashboardDeps): void {
+export function deadLetterRoutes(
+  dash: Hono<DashboardEnv>,
+  { partitions, now }: DashboardDeps,
+): void {
+  // Every partition; with several, a dead letter's id is p<N>-<ms-seq>.
+  const store = partitions.scope();
   dash.get("/dead-letters", async (c) => {
     const session = c.get("session");
     const after = c.req.query("after") ?? null;
-    if (after !== null && !/^\d+-\d+$/.test(after)) return notFound(c, "No such page");
+    if (after !== null && !DEAD_LETTER_ID.test(after)) return notFound(c, "No such page");
     const letters = await listDeadLetters(store, PAGE_SIZE + 1, after ? `(${after}` : "-");
     const shown = letters.slice(0, PAGE_SIZE);
     const next = letters.length > PAGE_SIZE ? shown.at(-1)!.id : null;
@@ -42,7 +50,7 @@ export function deadLetterRoutes(dash: Hono<DashboardEnv>, { store, now }: Dashb
   dash.get("/dead-letters/:id", async (c) => {
     const session = c.get("session");
     const id = c.req.param("id");
-    const letter = /^\d+-\d+$/.test(id) ? await getDeadLetter(store, id) : null;
+    const letter = DEAD_LETTER_ID.test(id) ? await getDeadLetter(store, id) : null;
     if (!letter) return notFound(c, "No such dead letter (redriven or deleted?)");
     return page(
       c,
@@ -54,7 +62,7 @@ export function deadLetterRoutes(dash: Hono<DashboardEnv>, { store, now }: Dashb
 
   dash.post("/dead-letters/redrive", requireMutation(forbidden), async (c) => {
     const form = await c.req.parseBody({ all: true });
-    const ids = list(form.ids).filter((id) => /^\d+-\d+$/.test(id));
+    const ids = list(form.ids).filter((id) => DEAD_LETTER_ID.test(id));
     const problem = redriveProblem({ ids, all: false }, () => "selected dead letters");
     if (problem) {
       return page(
@@ -111,7 +119,7 @@ export function deadLetterRoutes(dash: Hono<DashboardEnv>, { store, now }: Dashb
 
   dash.post("/dead-letters/delete", requireMutation(forbidden), async (c) => {
     const form = await c.req.parseBody({ all: true });
-    const ids = list(form.ids).filter((id) => /^\d+-\d+$/.test(id));
+    const ids = list(form.ids).filter((id) => DEAD_LETTER_ID.test(id));
     if (!ids.length) {
       return page(
         c,

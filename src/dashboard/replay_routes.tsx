@@ -21,18 +21,27 @@ const FIELD_NAMES: Record<string, string> = {
 };
 
 export function replayRoutes(dash: Hono<DashboardEnv>, deps: DashboardDeps): void {
-  const { redis, keys, store, now } = deps;
+  const { redis, partitions, now } = deps;
   const jobs = new RebuildJobs(deps.rebuild, now);
+  const all = partitions.list.map((p) => p.keys);
+  /** Events in every partition's log. */
+  const eventTotal = async () =>
+    (await Promise.all(all.map((k) => redis.xlen(k.eventStream)))).reduce((a, b) => a + b, 0);
 
   dash.get("/replay", async (c) => {
     const session = c.get("session");
     // Whatever process runs it, a rebuild holds the lock; the generation says where readers are.
-    const [locked, generation, eventCount] = await Promise.all([
-      redis.exists(keys.rebuildLock),
-      viewGeneration(redis, keys),
-      redis.xlen(keys.eventStream),
+    // With several partitions: a lock held in any partition, the highest generation.
+    const [locks, generations, eventCount] = await Promise.all([
+      Promise.all(all.map((k) => redis.exists(k.rebuildLock))),
+      Promise.all(all.map((k) => viewGeneration(redis, k))),
+      eventTotal(),
     ]);
-    const state = { jobs: jobs.list(), elsewhere: locked === 1, generation };
+    const state = {
+      jobs: jobs.list(),
+      elsewhere: locks.some((locked) => locked === 1),
+      generation: Math.max(...generations),
+    };
     if (fragment(c)) return c.html(<RebuildRegion {...state} />);
     return page(
       c,
@@ -46,7 +55,7 @@ export function replayRoutes(dash: Hono<DashboardEnv>, deps: DashboardDeps): voi
     const form = await c.req.parseBody({ all: true });
     const force = form.force === "true";
     if (form.confirm !== "yes") {
-      const events = await redis.xlen(keys.eventStream);
+      const events = await eventTotal();
       return page(
         c,
         "Rebuild",
@@ -94,7 +103,7 @@ export function replayRoutes(dash: Hono<DashboardEnv>, deps: DashboardDeps): voi
     if (bad) return page(c, "Reprocess", "replay", <Notice kind="error">{bad}</Notice>, 400);
     const confirmed = form.confirm === "yes";
     const reason = text(form.reason) || "dashboard reprocess";
-    const outcomes = await reprocessTasks(store, { since, until, status }, {
+    const outcomes = await reprocessTasks(partitions.scope(), { since, until, status }, {
       requestedBy: "dashboard",
       reason,
       dryRun: !confirmed,

@@ -10,12 +10,13 @@ import type { OpenAPIHono } from "@hono/zod-openapi";
 import { type Context, Hono } from "hono";
 import { bodyLimit } from "hono/body-limit";
 import { deleteCookie, getCookie, setCookie } from "hono/cookie";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { ProblemError, UnavailableError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { HealthCheck } from "../http/health.ts";
 import { clientAddress } from "../http/webhook_route.ts";
 import type { Keys } from "../keys.ts";
+import type { Partitions } from "../partitions.ts";
 import type { Logger } from "../log.ts";
 import type { TaskList, TaskListQuery } from "../projections/task_index/query.ts";
 import { reprocessTasks } from "../replay/reprocess.ts";
@@ -40,9 +41,12 @@ export interface DashboardDeps {
   adminToken?: string;
   /** READ_TOKEN: signs in a read-only session. */
   readToken?: string;
-  redis: Redis;
+  redis: RedisClient;
+  /** Partition 0's store and keys (sessions, deployment-wide keys). */
   store: EventStore;
   keys: Keys;
+  /** Where each task lives: the pages read a task's partition, lists and stats all of them. */
+  partitions: Partitions;
   log: Logger;
   now: () => Date;
   /** TRUST_PROXY: X-Forwarded-For names the client, X-Forwarded-Proto the scheme. */
@@ -73,7 +77,7 @@ const CSP = [
 /** Mounts the dashboard on `app` when ADMIN_TOKEN is set; otherwise mounts nothing (404). */
 export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   if (!deps.adminToken) return;
-  const { redis, keys, store, log, now } = deps;
+  const { redis, keys, partitions, log, now } = deps;
   const sessions = new SessionStore(redis, keys, deps.sessionTtlS);
   const dash = new Hono<DashboardEnv>();
   const signIn = `${BASE}/sign-in`;
@@ -158,7 +162,7 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   dash.get("/", async (c) => {
     const data = await overviewData({
       redis,
-      keys,
+      partitions,
       nowMs: now().getTime(),
       retentionMs: deps.streamRetentionMs,
       health: deps.health,
@@ -194,7 +198,10 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
 
   dash.get("/tasks/:task_id", async (c) => {
     const session = c.get("session");
-    const detail = await taskDetail({ redis, keys, store }, c.req.param("task_id"), session.role);
+    const partition = partitions.ofTask(c.req.param("task_id"));
+    const detail = partition
+      ? await taskDetail({ redis, ...partition }, c.req.param("task_id"), session.role)
+      : null;
     if (!detail) return notFound(c, "No such task");
     if (fragment(c)) {
       return c.html(<TaskRegion detail={detail} role={session.role} csrf={session.csrf} />);
@@ -213,7 +220,7 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
     const confirmed = form.confirm === "yes";
     const reason = text(form.reason) || "dashboard reprocess";
     const back = `${BASE}/tasks/${encodeURIComponent(taskId)}`;
-    const outcomes = await reprocessTasks(store, { taskIds: [taskId] }, {
+    const outcomes = await reprocessTasks(partitions.scope(), { taskIds: [taskId] }, {
       requestedBy: "dashboard",
       reason,
       dryRun: !confirmed,

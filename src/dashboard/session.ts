@@ -6,7 +6,7 @@
  * which every mutation must send back (form field or header), compared in constant time.
  */
 import { Buffer } from "node:buffer";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { z } from "zod";
 import type { Keys } from "../keys.ts";
 import { tokensEqual } from "../security/signature.ts";
@@ -64,7 +64,7 @@ export function csrfMatches(session: Session, sent: string | null | undefined): 
 /** Sessions in Redis, each with a TTL of `ttlS` from its sign-in. */
 export class SessionStore {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly keys: Keys,
     readonly ttlS: number,
   ) {}

@@ -157,6 +157,8 @@ export interface RedisOptions {
   dir?: string;
   /** With `dir`: how often the AOF is synced (default everysec). */
   appendfsync?: "always" | "everysec";
+  /** More server arguments, e.g. `["--replicaof", "127.0.0.1", "6380"]`. */
+  args?: string[];
 }
 
 /**
@@ -186,6 +188,7 @@ export async function spawnRedis(options: RedisOptions): Promise<Deno.ChildProce
       "--save",
       "",
       ...persistence,
+      ...(options.args ?? []),
     ],
     () => redisAnswers(options.port),
     `redis-server on port ${options.port}`,

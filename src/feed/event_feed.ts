@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { decodeEvent } from "../events.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
@@ -10,9 +10,9 @@ import { TaskDirectory } from "./task_directory.ts";
 export interface EventFeedOptions {
   keys: Keys;
   /** The commands connection, for the task directory's lookups. */
-  redis: Redis;
+  redis: RedisClient;
   /** Opens the feed's own connection, which blocks in XREAD (never the shared one). */
-  connect: () => Redis;
+  connect: () => RedisClient;
   log: Logger;
   /** SSE_MAX_CLIENTS: subscriptions at once in this process. */
   maxClients: number;
@@ -43,7 +43,7 @@ export class EventFeed {
   #dropped = 0;
   #lastId: string | null = null;
   #starting: Promise<void> | null = null;
-  #connection: Redis | null = null;
+  #connection: RedisClient | null = null;
   #heartbeat: ReturnType<typeof setInterval> | null = null;
   #reader: Promise<void> | null = null;
   #closed = false;
@@ -169,7 +169,7 @@ export class EventFeed {
     for (const set of this.#byTask.values()) yield* set;
   }
 
-  async #read(connection: Redis): Promise<void> {
+  async #read(connection: RedisClient): Promise<void> {
     const { keys, log } = this.options;
     let failures = 0;
     while (!this.#closed) {

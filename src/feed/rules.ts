@@ -18,9 +18,9 @@ const encoder = new TextEncoder();
  * The SSE frame of an event: `id` the stream entry id, `event` the type, `data` the public event
  * as one line of JSON (JSON.stringify escapes every newline inside strings).
  */
-export function eventFrame(event: StoredEvent): Uint8Array {
+export function eventFrame(event: StoredEvent, id: string = event.id): Uint8Array {
   const json = JSON.stringify(publicEvent(event));
-  return encoder.encode(`id: ${event.id}\nevent: ${event.type}\ndata: ${json}\n\n`);
+  return encoder.encode(`id: ${id}\nevent: ${event.type}\ndata: ${json}\n\n`);
 }
 
 /** A frame for a named event without an id (so the client's Last-Event-ID stays as it was). */

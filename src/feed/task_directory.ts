@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { decodeEvent, type StoredEvent } from "../events.ts";
 import type { Keys } from "../keys.ts";
 
@@ -20,7 +20,7 @@ export class TaskDirectory {
   readonly #lookups = new Map<string, Promise<TaskOwner | null>>();
 
   constructor(
-    readonly redis: Redis,
+    readonly redis: RedisClient,
     readonly keys: Keys,
     readonly capacity = 20_000,
   ) {}

@@ -1,9 +1,10 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
-import type { MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
 import { z } from "zod";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
-import { RebuildRefused, type RebuildResult } from "../projections/rebuild.ts";
+import type { Partitions, PartitionScope } from "../partitions.ts";
+import { type PartitionedRebuildResult, RebuildRefused } from "../projections/rebuild.ts";
 import { getDeadLetter, listDeadLetters, redrive, reprocessTasks } from "../replay/reprocess.ts";
 import { tokensEqual } from "../security/signature.ts";
 import { fieldErrors } from "../webhook.ts";
@@ -39,7 +40,9 @@ export const RedriveRequestSchema = z.object({
 /** GET /admin/dead-letters: `count` 1 to 1,000 (default 100), `after` a dead-letter id. */
 export const DeadLettersQuerySchema = z.object({
   count: z.string().optional().describe(`1 to ${MAX_LIST_COUNT} (default 100)`),
-  after: z.string().optional().describe("List after this dead-letter id (ms-seq)"),
+  after: z.string().optional().describe(
+    "List after this dead-letter id (ms-seq; with several partitions p<N>-ms-seq, as listed)",
+  ),
 });
 
 /** A request the CLI would refuse with exit 2: answered 400, with the CLI's sentence. */
@@ -52,10 +55,13 @@ export interface AdminDeps {
   /** ADMIN_TOKEN; without it every /admin route answers 404. */
   token?: string;
   store: EventStore;
+  partitions: Partitions;
+  /** Rebuilds one partition's views, or every partition's when none is named. */
   rebuild: (options: {
     force: boolean;
+    partition?: number;
     onProgress?: (applied: number, total: number) => void;
-  }) => Promise<RebuildResult>;
+  }) => Promise<PartitionedRebuildResult>;
   now: () => Date;
 }
 
@@ -93,20 +99,41 @@ async function body<T extends z.ZodType>(request: Request, schema: T): Promise<z
   return parsed.data;
 }
 
+/**
+ * `?partition=N`: the partition an admin call is limited to (all by default); 400 for one that
+ * does not exist.
+ */
+function partitionParam(c: Context, partitions: Partitions): {
+  index?: number;
+  scope: PartitionScope;
+} {
+  const raw = c.req.query("partition");
+  if (raw === undefined || raw === "") return { scope: partitions.scope() };
+  const index = Number(raw);
+  if (!/^\d+$/.test(raw) || !partitions.at(index)) {
+    throw invalid(`"partition" must be 0 to ${partitions.count - 1}, got "${raw}"`);
+  }
+  return { index, scope: partitions.scope(index) };
+}
+
 /** The admin API: reprocessing, projection rebuilds and dead letters, mirroring the CLIs. */
 export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
-  const { store } = deps;
+  const { partitions } = deps;
   app.use("/admin/*", requireAdmin(deps.token));
 
   app.post("/admin/replay", async (c) => {
+    const { index, scope } = partitionParam(c, partitions);
     const request = await body(c.req.raw, ReplayRequestSchema);
     const problem = replayProblem({ ...request, taskIds: request.tasks ?? [] }, quoted);
     if (problem) throw invalid(problem);
-    let projections: RebuildResult | { would_rebuild_events: number } | null = null;
+    let projections: PartitionedRebuildResult | { would_rebuild_events: number } | null = null;
     if (request.projections) {
+      const length = () =>
+        Promise.all(scope.partitions.map(({ store }) => store.redis.xlen(store.keys.eventStream)))
+          .then((lengths) => lengths.reduce((a, b) => a + b, 0));
       projections = request.dry_run
-        ? { would_rebuild_events: await fromRedis(() => store.redis.xlen(store.keys.eventStream)) }
-        : await deps.rebuild({ force: request.force }).catch((error) => {
+        ? { would_rebuild_events: await fromRedis(length) }
+        : await deps.rebuild({ force: request.force, partition: index }).catch((error) => {
           if (error instanceof RebuildRefused) {
             throw new ProblemError(409, "Rebuild refused", error.message);
           }
@@ -116,7 +143,7 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
     const selects = request.tasks?.length || request.since || request.until || request.status;
     const tasks = selects
       ? await fromRedis(() =>
-        reprocessTasks(store, {
+        reprocessTasks(scope, {
           taskIds: request.tasks,
           since: request.since,
           until: request.until,
@@ -136,7 +163,8 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
   // naming hosts and addresses), which the public GET /task/{task_id}/events leaves out.
   app.get("/admin/tasks/:task_id/events", async (c) => {
     const taskId = c.req.param("task_id");
-    const events = await fromRedis(() => store.timeline(taskId));
+    const partition = partitions.ofTask(taskId);
+    const events = partition ? await fromRedis(() => partition.store.timeline(taskId)) : [];
     if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     return c.json({
       task_id: taskId,
@@ -148,27 +176,31 @@ export function adminRoutes(app: OpenAPIHono, deps: AdminDeps): void {
     const count = parseCount(c.req.query("count"), 100, MAX_LIST_COUNT);
     if (typeof count !== "number") throw invalid(`"count" ${count.problem}`);
     const after = c.req.query("after");
-    if (after !== undefined && !/^\d+-\d+$/.test(after)) {
-      throw invalid('"after" must be a dead-letter id (ms-seq)');
+    if (after !== undefined && !/^(p\d+-)?\d+-\d+$/.test(after)) {
+      throw invalid('"after" must be a dead-letter id (ms-seq, or p<N>-ms-seq)');
     }
-    const letters = await fromRedis(() => listDeadLetters(store, count, after ? `(${after}` : "-"));
+    const { scope } = partitionParam(c, partitions);
+    const letters = await fromRedis(() => listDeadLetters(scope, count, after ? `(${after}` : "-"));
     return c.json({ dead_letters: letters });
   });
 
   app.get("/admin/dead-letters/:id", async (c) => {
     const id = c.req.param("id");
-    if (!/^\d+-\d+$/.test(id)) throw new ProblemError(404, "Not found", `No dead letter "${id}"`);
-    const letter = await fromRedis(() => getDeadLetter(store, id));
+    if (!/^(p\d+-)?\d+-\d+$/.test(id)) {
+      throw new ProblemError(404, "Not found", `No dead letter "${id}"`);
+    }
+    const letter = await fromRedis(() => getDeadLetter(partitions.scope(), id));
     if (!letter) throw new ProblemError(404, "Not found", `No dead letter "${id}"`);
     return c.json(letter);
   });
 
   app.post("/admin/dead-letters/redrive", async (c) => {
+    const { scope } = partitionParam(c, partitions);
     const request = await body(c.req.raw, RedriveRequestSchema);
     const problem = redriveProblem({ ids: request.ids ?? [], all: request.all }, quoted);
     if (problem) throw invalid(problem);
     const outcomes = await fromRedis(() =>
-      redrive(store, request.all ? "all" : request.ids!, {
+      redrive(scope, request.all ? "all" : request.ids!, {
         requestedBy: request.requested_by,
         reason: request.reason,
         dryRun: request.dry_run,

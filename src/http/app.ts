@@ -1,14 +1,15 @@
 import { OpenAPIHono } from "@hono/zod-openapi";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { cors } from "hono/cors";
 import { secureHeaders } from "hono/secure-headers";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { StoredEvent } from "../events.ts";
-import type { EventFeed } from "../feed/event_feed.ts";
+import type { EventFeeds } from "../feed/event_feeds.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics/registry.ts";
+import type { Partitions } from "../partitions.ts";
 import { PROJECTIONS } from "../projections/registry.ts";
 import { queryTaskIndex } from "../projections/task_index/query.ts";
 import { currentViews } from "../queries.ts";
@@ -26,17 +27,19 @@ import { allStream, streamRoutes, taskStream } from "./streams.ts";
 import { webhookRoute, type WebhookRouteDeps } from "./webhook_route.ts";
 
 export interface AppDeps {
-  redis: Redis;
+  redis: RedisClient;
+  /** Partition 0's store (deployment-wide keys); tasks are found through `partitions`. */
   store: EventStore;
+  partitions: Partitions;
   keys: Keys;
   log: Logger;
-  webhook: Omit<WebhookRouteDeps, "store" | "redis" | "keys" | "log" | "now">;
-  admin: Omit<AdminDeps, "store" | "now">;
+  webhook: Omit<WebhookRouteDeps, "store" | "partitions" | "redis" | "keys" | "log" | "now">;
+  admin: Omit<AdminDeps, "store" | "partitions" | "now">;
   /** READ_TOKEN for GET /task/*, /videos/* and /stats; without a token they are open. */
   read: ReadAuthOptions;
   streamRetentionMs: number;
   /** The process's one reader of the event stream, for the SSE routes (src/http/streams.ts). */
-  feed: EventFeed;
+  feed: EventFeeds;
   /** Origins allowed by CORS; none means no CORS headers at all. */
   corsOrigins: string[];
   providerMode: "live" | "offline";
@@ -56,7 +59,7 @@ export interface AppDeps {
 
 /** The HTTP API: ingest, task status and timeline, video scenes, stats, health, OpenAPI docs. */
 export function createApp(deps: AppDeps) {
-  const { redis, store, keys, log } = deps;
+  const { redis, store, keys, partitions, log } = deps;
   const now = deps.clock ?? (() => new Date());
   const read = readAuth(deps.read);
   const app = new OpenAPIHono();
@@ -78,21 +81,23 @@ export function createApp(deps: AppDeps) {
     )
   );
 
-  webhookRoute(app, { ...deps.webhook, store, redis, keys, log, now });
-  adminRoutes(app, { ...deps.admin, store, now });
+  webhookRoute(app, { ...deps.webhook, store, partitions, redis, keys, log, now });
+  adminRoutes(app, { ...deps.admin, store, partitions, now });
 
   const routes = PROJECTIONS.flatMap((p) => p.route ? [p.route] : []);
   projectionRoutes(app, routes, {
     redis,
     keys,
     store,
+    partitions,
     now,
     streamRetentionMs: deps.streamRetentionMs,
   }, read.guard);
 
   app.get("/task/:task_id/events", read.guard, async (c) => {
     const taskId = c.req.param("task_id");
-    const events = await fromRedis(() => store.timeline(taskId));
+    const partition = partitions.ofTask(taskId);
+    const events = partition ? await fromRedis(() => partition.store.timeline(taskId)) : [];
     if (!events.length) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
     return c.json({ task_id: taskId, events: events.map(publicEvent) });
   });
@@ -106,6 +111,7 @@ export function createApp(deps: AppDeps) {
   const health = healthCheck({
     redis,
     keys,
+    partitions,
     providerMode: deps.providerMode,
     webhookAuth: authMode(deps.webhook.auth),
     sceneSink: deps.sceneSink,
@@ -128,6 +134,7 @@ export function createApp(deps: AppDeps) {
     redis,
     store,
     keys,
+    partitions,
     log,
     now,
     trustProxy: deps.webhook.trustProxy,
@@ -137,14 +144,26 @@ export function createApp(deps: AppDeps) {
     live: { task: (c) => taskStream(c, streams), all: (c) => allStream(c, streams) },
     rebuild: deps.admin.rebuild,
     tasks: async (query) =>
-      queryTaskIndex(redis, [(await currentViews(redis, keys)).prefix], query),
+      // Every partition's index, merged newest first.
+      queryTaskIndex(
+        redis,
+        await Promise.all(
+          partitions.list.map(async (p) => (await currentViews(redis, p.keys)).prefix),
+        ),
+        query,
+      ),
   });
 
   if (deps.metrics) {
     metricsRoute(app, {
       metrics: deps.metrics.registry,
       token: deps.metrics.token,
-      sources: { redis, keys, feed: deps.feed, uploads: deps.webhook.uploads.counters },
+      sources: {
+        redis,
+        keys: partitions.list.map((p) => p.keys),
+        feed: deps.feed,
+        uploads: deps.webhook.uploads.counters,
+      },
     });
   }
 

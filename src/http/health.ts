@@ -1,12 +1,16 @@
-import type { Redis } from "ioredis";
+import type { Partitions } from "../partitions.ts";
+import type { RedisClient } from "../redis/client.ts";
 import { groupProblems, type KindReport, readRegistry } from "../consumer_registry.ts";
 import type { Keys } from "../keys.ts";
 import { consumerGroups, type GroupStats } from "../queries.ts";
 import { aofEnabled } from "../redis/client.ts";
 
 export interface HealthDeps {
-  redis: Redis;
+  redis: RedisClient;
+  /** Partition 0's keys: the consumer registry. */
   keys: Keys;
+  /** Every partition's groups are checked. */
+  partitions: Partitions;
   providerMode: "live" | "offline";
   /** How POST /webhook authenticates (`authMode`). */
   webhookAuth: string;
@@ -38,7 +42,7 @@ export type HealthCheck = (detailed: boolean, options?: { groups?: boolean }) =>
  * adds the groups' names, backlogs and the scene sink's error, which strangers do not see.
  */
 export function healthCheck(deps: HealthDeps): HealthCheck {
-  const { redis, keys } = deps;
+  const { redis, keys, partitions } = deps;
   // The kinds the deployment runs, as the consumer registry said when last read here: kept, so a
   // Redis that lost its data (and the registry with it) cannot make /health forget them.
   const expected = new Map<string, KindReport>();
@@ -65,18 +69,24 @@ export function healthCheck(deps: HealthDeps): HealthCheck {
       const aof = await aofEnabled(redis).catch(() => null);
       const registry = await readRegistry(redis, keys);
       for (const [kind, report] of registry) expected.set(kind, report);
-      const problems = await groupProblems(redis, keys, expected, registry, {
-        ...deps.bounds,
-        // Real time, as the registry's reports are stamped.
-        nowMs: Date.now(),
-      });
+      // Every partition has the same groups; each is checked, and named when there are several.
+      const problems = (await Promise.all(partitions.list.map(async (p) => {
+        const found = await groupProblems(redis, p.keys, expected, registry, {
+          ...deps.bounds,
+          // Real time, as the registry's reports are stamped.
+          nowMs: Date.now(),
+        });
+        return partitions.count === 1 ? found : found.map((m) => `Partition ${p.index}: ${m}`);
+      }))).flat();
       return {
         status: problems.length ? "degraded" : "ok",
         // Which groups and how far behind: for whoever may read backlogs, not for strangers.
         problems: detailed ? problems : problems.map(() => "A consumer group is not healthy"),
         redis: { ok: true, latency_ms: latency, aof },
         ...common,
-        ...(groups ? { consumer_groups: await consumerGroups(redis, keys) } : {}),
+        ...(groups
+          ? { consumer_groups: await consumerGroups(redis, partitions.list.map((p) => p.keys)) }
+          : {}),
       };
     } catch {
       return {

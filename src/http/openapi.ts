@@ -135,13 +135,19 @@ export function describeRoutes(
         "Fields are missing or invalid, or unknown fields exceed UNKNOWN_FIELDS_MAX_BYTES; " +
           "`errors` names each",
       ),
+      409: problem(
+        "The idempotency_key was used by the same user for another request; `task_id` names " +
+          "the first task",
+        ProblemSchema.extend({ task_id: z.string() }),
+      ),
       429: problem(
         "A rate limit is reached; retry after the Retry-After seconds",
         ProblemSchema.extend({ retry_after_s: z.number().int() }),
       ),
       503: problem(
-        "Redis is unreachable, or too many bodies are being read at once; retry after the " +
-          "Retry-After seconds",
+        "Redis is unreachable, or too many bodies are being read at once, or (ACK_REPLICAS) the " +
+          "write did not reach enough replicas in time; retry after the Retry-After seconds " +
+          "(with the same idempotency_key)",
       ),
     },
   });
@@ -204,6 +210,12 @@ export function describeRoutes(
     attempts: z.number().int(),
     at: z.string(),
     payload: z.string(),
+    partition: z.number().int().optional().describe("With PARTITIONS > 1 (the id says it too)"),
+  });
+  const partitionQuery = z.object({
+    partition: z.string().optional().describe(
+      "Only this partition (PARTITIONS > 1); all by default. 400 for one that does not exist",
+    ),
   });
   r.registerPath({
     method: "post",
@@ -211,6 +223,7 @@ export function describeRoutes(
     summary: "Rebuild the views and/or reprocess selected tasks (mirrors `deno task replay`)",
     ...admin,
     request: {
+      query: partitionQuery,
       body: { required: true, content: { "application/json": { schema: ReplayRequestSchema } } },
     },
     responses: {
@@ -244,7 +257,7 @@ export function describeRoutes(
     path: "/admin/dead-letters",
     summary: "Dead letters, oldest first",
     ...admin,
-    request: { query: DeadLettersQuerySchema },
+    request: { query: DeadLettersQuerySchema.extend(partitionQuery.shape) },
     responses: {
       200: json(z.object({ dead_letters: z.array(DeadLetter) }), "Dead letters"),
       400: problem(
@@ -267,6 +280,7 @@ export function describeRoutes(
     summary: "Move dead letters back to the work stream, each exactly once",
     ...admin,
     request: {
+      query: partitionQuery,
       body: { required: true, content: { "application/json": { schema: RedriveRequestSchema } } },
     },
     responses: {

@@ -1,22 +1,30 @@
 /**
  * Server-Sent Events: GET /task/{task_id}/stream (one task, READ_TOKEN) and GET /events/stream
- * (all tasks, ADMIN_TOKEN), both fed by the process's one EventFeed.
+ * (all tasks, ADMIN_TOKEN), fed by the process's event feed of each partition.
  *
  * The resume seam: a stream subscribes to the feed first and waits until the feed's position is
  * known (`startId`); every event after it is then queued for the subscriber. Only then does it read
  * the log (the task's timeline, or XRANGE up to `startId`), write what follows the client's
  * position, and switch to the queue, skipping what it already wrote. An event is either in what
  * was read or queued (or both, and then written once), so none is missed or repeated.
+ *
+ * With several partitions, a task's stream is its partition's (ids are that partition's event
+ * ids); the all-tasks stream reads every partition, and its event ids are position vectors: the
+ * last event id sent of each partition, comma-separated in partition order. Resuming with one
+ * resumes every partition exactly where it was; a plain event id resumes every partition after
+ * that time (approximate: partitions' clocks are their nodes').
  */
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { Context } from "hono";
 import { type SSEStreamingApi, streamSSE } from "hono/streaming";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import { compareIds, decodeEvent, type StoredEvent } from "../events.ts";
-import type { EventFeed } from "../feed/event_feed.ts";
+import type { Refusal } from "../feed/event_feed.ts";
+import type { EventFeeds } from "../feed/event_feeds.ts";
+import type { Partitions } from "../partitions.ts";
 import { changesStatus, eventFrame, namedFrame, StreamEnd } from "../feed/rules.ts";
 import { type FeedItem, HEARTBEAT, type Subscription } from "../feed/subscription.ts";
 import type { Keys } from "../keys.ts";
@@ -29,11 +37,12 @@ import { ACCESS_TOKEN_PARAM, type ReadAuth } from "./read_auth.ts";
 import { ProblemSchema } from "./schemas.ts";
 
 export interface StreamDeps {
-  redis: Redis;
+  redis: RedisClient;
   store: EventStore;
   keys: Keys;
+  partitions: Partitions;
   log: Logger;
-  feed: EventFeed;
+  feed: EventFeeds;
   read: ReadAuth;
   /** ADMIN_TOKEN; without it GET /events/stream answers 404, as the admin API does. */
   adminToken?: string;
@@ -68,11 +77,14 @@ export function streamRoutes(app: OpenAPIHono, deps: StreamDeps): void {
  * serves it too, behind its session instead of a token (src/dashboard/).
  */
 export async function taskStream(c: Context, deps: StreamDeps): Promise<Response> {
-  const { redis, keys, store } = deps;
+  const { redis } = deps;
   const taskId = c.req.param("task_id")!;
   const follow = flag(c.req.query("follow"));
   const resume = lastEventId(c);
-  const sub = subscribe(deps.feed, taskId);
+  const partition = deps.partitions.ofTask(taskId);
+  if (!partition) throw new ProblemError(404, "Task not found", `No task "${taskId}"`);
+  const { keys, store } = partition;
+  const sub = subscribe(deps.feed.subscribe(partition, taskId));
   if (sub instanceof Full) return sub.response(c);
   let snapshot: unknown = null;
   let history: StoredEvent[];
@@ -122,7 +134,10 @@ export async function taskStream(c: Context, deps: StreamDeps): Promise<Response
 
 /** GET /events/stream (and the dashboard's live feed): every task's events, optionally filtered. */
 export async function allStream(c: Context, deps: StreamDeps): Promise<Response> {
-  const { feed, redis, keys } = deps;
+  if (deps.partitions.count > 1) return await allPartitionsStream(c, deps);
+  const { redis, partitions } = deps;
+  const { keys } = partitions.first;
+  const feed = deps.feed.of(partitions.first);
   const statusChanges = flag(c.req.query("status_changes"));
   const videoId = c.req.query("video_id") || null;
   const userId = c.req.query("user_id") || null;
@@ -142,7 +157,7 @@ export async function allStream(c: Context, deps: StreamDeps): Promise<Response>
     if (!byOwner) return true;
     return owned(await feed.directory.owner(event.task_id).catch(() => null));
   };
-  const sub = subscribe(feed, null, accepts);
+  const sub = subscribe(deps.feed.subscribe(partitions.first, null, accepts));
   if (sub instanceof Full) return sub.response(c);
   try {
     await fromRedis(() => within(sub.ready, 2_000));
@@ -183,6 +198,100 @@ export async function allStream(c: Context, deps: StreamDeps): Promise<Response>
   });
 }
 
+/**
+ * GET /events/stream with several partitions: every partition's events, each written with the
+ * position vector (see the module's comment) as its id.
+ */
+async function allPartitionsStream(c: Context, deps: StreamDeps): Promise<Response> {
+  const { redis, partitions } = deps;
+  const statusChanges = flag(c.req.query("status_changes"));
+  const videoId = c.req.query("video_id") || null;
+  const userId = c.req.query("user_id") || null;
+  const resume = positionVector(lastEventId(c, partitions.count), partitions.count);
+  const byOwner = videoId !== null || userId !== null;
+  const owned = (owner: { video_id: string; user_id: string } | null) =>
+    owner !== null && (!videoId || owner.video_id === videoId) &&
+    (!userId || owner.user_id === userId);
+  const directory = (index: number) => deps.feed.list[index].directory;
+  const accepts = (partition: { index: number }, item: FeedItem) => {
+    if (statusChanges && !changesStatus(item.event)) return false;
+    const owner = byOwner ? directory(partition.index).peek(item.event.task_id) : undefined;
+    return owner === undefined || owned(owner);
+  };
+  const matches = async (index: number, event: StoredEvent) => {
+    if (statusChanges && !changesStatus(event)) return false;
+    if (!byOwner) return true;
+    return owned(await directory(index).owner(event.task_id).catch(() => null));
+  };
+  const sub = subscribe(deps.feed.subscribeAll(accepts));
+  if (sub instanceof Full) return sub.response(c);
+  try {
+    await fromRedis(() => within(sub.ready, 2_000));
+  } catch (error) {
+    sub.close("ended");
+    throw error;
+  }
+  // Where the client is in each partition: where it resumes from, or (a new client) each
+  // partition's live position when it subscribed, so a vector always names real positions and a
+  // reconnect never replays history from partitions that had sent nothing.
+  const sent: (string | null)[] = resume ?? [...sub.startIds];
+  const vector = () => sent.map((id) => id ?? "0-0").join(",");
+  const write = async (stream: SSEStreamingApi, index: number, event: StoredEvent) => {
+    sent[index] = event.id;
+    if (await matches(index, event)) await stream.write(eventFrame(event, vector()));
+  };
+  return sse(c, deps, sub, async (stream) => {
+    // Catch up each partition from the log: after the client's position, up to its feed's.
+    for (const [index, partition] of partitions.list.entries()) {
+      const startId = sub.startIds[index];
+      let cursor = sent[index];
+      while (cursor !== null && compareIds(cursor, startId) < 0 && !sub.reason) {
+        const entries = await redis.xrange(
+          partition.keys.eventStream,
+          `(${cursor}`,
+          startId,
+          "COUNT",
+          500,
+        );
+        if (!entries.length) break;
+        for (const [id, fields] of entries) {
+          cursor = id;
+          let event: StoredEvent;
+          try {
+            event = decodeEvent(id, fields);
+          } catch {
+            sent[index] = id;
+            continue;
+          }
+          directory(index).observe(event);
+          await write(stream, index, event);
+        }
+      }
+    }
+    for (;;) {
+      const next = await sub.next();
+      if (next === null) return;
+      const { index, item } = next;
+      if (item === HEARTBEAT) await stream.write(HEARTBEAT_FRAME);
+      else {
+        const seen = sent[index];
+        if (seen !== null && compareIds(item.id, seen) <= 0) continue;
+        await write(stream, index, item.event);
+      }
+    }
+  });
+}
+
+/**
+ * A resume position for every partition: a vector of `count` ids, or one id for all (a time to
+ * resume from); null when the client sent none.
+ */
+function positionVector(id: string | null, count: number): (string | null)[] | null {
+  if (id === null) return null;
+  const ids = id.split(",");
+  return ids.length === count ? ids : Array.from({ length: count }, () => ids[0]);
+}
+
 /** Writes queued items through `handle` until the subscription closes or `handle` says done. */
 async function live(
   stream: SSEStreamingApi,
@@ -205,7 +314,7 @@ async function live(
 function sse(
   c: Context,
   deps: StreamDeps,
-  sub: Subscription,
+  sub: Pick<Subscription, "onClose" | "close">,
   body: (stream: SSEStreamingApi) => Promise<unknown>,
 ): Response {
   c.header("x-accel-buffering", "no");
@@ -235,24 +344,28 @@ class Full {
   }
 }
 
-function subscribe(
-  feed: EventFeed,
-  taskId: string | null,
-  accepts?: (item: FeedItem) => boolean,
-): Subscription | Full {
-  const sub = feed.subscribe(taskId, accepts);
+function subscribe<S>(sub: S | Refusal): S | Full {
   if (sub === "full") return new Full(5, "Too many event streams are open; retry later");
   if (sub === "closed") return new Full(1, "The server is shutting down; reconnect");
-  return sub;
+  return sub as S;
 }
 
-/** The client's position: the Last-Event-ID header, or `?last_event_id=` (EventSource-free). */
-function lastEventId(c: Context): string | null {
+/**
+ * The client's position: the Last-Event-ID header, or `?last_event_id=` (EventSource-free). With
+ * `vector` partitions, the all-tasks stream's position vector is also accepted.
+ */
+function lastEventId(c: Context, vector = 1): string | null {
   const id = c.req.header("last-event-id") || c.req.query("last_event_id") || null;
-  if (id !== null && !STREAM_ID.test(id)) {
-    throw new ProblemError(400, "Invalid request", "Last-Event-ID must be an event id (ms-seq)");
-  }
-  return id;
+  if (id === null || STREAM_ID.test(id)) return id;
+  const ids = id.split(",");
+  if (vector > 1 && ids.length === vector && ids.every((one) => STREAM_ID.test(one))) return id;
+  throw new ProblemError(
+    400,
+    "Invalid request",
+    vector > 1
+      ? `Last-Event-ID must be an event id (ms-seq) or ${vector} of them, comma-separated`
+      : "Last-Event-ID must be an event id (ms-seq)",
+  );
 }
 
 const flag = (value: string | undefined) => value === "true" || value === "1";

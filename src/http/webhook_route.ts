@@ -1,11 +1,12 @@
 import type { OpenAPIHono } from "@hono/zod-openapi";
 import type { Context } from "hono";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { ProblemError, UnavailableError } from "../errors.ts";
 import type { EventStore } from "../event_store.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Metrics } from "../metrics/registry.ts";
+import type { Partitions } from "../partitions.ts";
 import { checkUrlSyntax } from "../security/outbound.ts";
 import { rememberWebhookId, tokenMatcher } from "../security/signature.ts";
 import {
@@ -28,7 +29,9 @@ import { fromRedis } from "./problems.ts";
 
 export interface WebhookRouteDeps {
   store: EventStore;
-  redis: Redis;
+  /** Where a request's task goes: its video's partition (src/partitions.ts). */
+  partitions: Partitions;
+  redis: RedisClient;
   keys: Keys;
   log: Logger;
   now: () => Date;
@@ -51,6 +54,11 @@ export interface WebhookRouteDeps {
   allowPrivateUrls: boolean;
   /** Take the client address from X-Forwarded-For (behind a trusted proxy only). */
   trustProxy: boolean;
+  /**
+   * ACK_REPLICAS / ACK_TIMEOUT_MS: answer 202 only once WAIT says this many replicas hold the
+   * write; otherwise 503 (the task may exist: the retry with the same idempotency key finds it).
+   */
+  ack?: { replicas: number; timeoutMs: number };
   /** Counts webhooks by result in webhooks_received_total. */
   metrics?: Metrics;
 }
@@ -60,6 +68,7 @@ const REJECTED: Record<number, string> = {
   400: "bad_request",
   401: "unauthorized",
   408: "timeout",
+  409: "conflict",
   413: "too_large",
   415: "unsupported_media_type",
   422: "invalid",
@@ -110,7 +119,7 @@ function policyErrors(request: Record<string, unknown>, deps: WebhookRouteDeps) 
  * read for a sender that lacks credentials.
  */
 export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
-  const { store, redis, keys, log, limits, uploads } = deps;
+  const { partitions, redis, keys, log, limits, uploads } = deps;
   const tokenMatches = deps.auth.token ? tokenMatcher(deps.auth.token) : null;
   const received = deps.metrics?.webhooks;
   app.post("/webhook", async function counted(c) {
@@ -213,7 +222,7 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
       : undefined;
     let outcome;
     try {
-      outcome = await store.ingest(request, at, rateLimits);
+      outcome = await partitions.ingest(request, at, { limits: rateLimits, ack: deps.ack });
     } catch (error) {
       outcome = { error };
     }
@@ -227,7 +236,29 @@ export function webhookRoute(app: OpenAPIHono, deps: WebhookRouteDeps): void {
         retry_after_s: outcome.retryAfterS,
       });
     }
+    if (outcome.conflict) {
+      throw new ProblemError(
+        409,
+        "Idempotency key reused",
+        `Idempotency key "${request.idempotency_key}" was used for another request (task ` +
+          `"${outcome.task_id}"); send a new key for a new request`,
+        { task_id: outcome.task_id },
+      );
+    }
     const { task_id, duplicate } = outcome;
+    if (deps.ack && deps.ack.replicas > 0 && (outcome.replicas ?? 0) < deps.ack.replicas) {
+      // Stored on the primary, not yet on enough replicas: not acknowledged. The retry (same
+      // idempotency key, and webhook-id, which is forgotten here) gets the same task.
+      if (webhookId) redis.del(keys.webhookId(webhookId)).catch(() => {});
+      c.header("retry-after", "1");
+      throw new ProblemError(
+        503,
+        "Not replicated",
+        `The write reached ${outcome.replicas ?? 0} of ${deps.ack.replicas} replica(s) within ` +
+          `${deps.ack.timeoutMs} ms; retry with the same idempotency key`,
+        { task_id },
+      );
+    }
     received?.inc({ result: duplicate ? "duplicate" : "accepted" });
     // Debug, not info: a log line per request costs about a tenth of the ingest throughput.
     log.debug(duplicate ? "Duplicate webhook" : "Webhook accepted", {

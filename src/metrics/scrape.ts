@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { readRegistry } from "../consumer_registry.ts";
 import type { Keys } from "../keys.ts";
 import { oldestPendingAgeS } from "../queries.ts";
@@ -7,8 +7,9 @@ import { CONTENT_TYPE, type Metrics, refreshProcess } from "./registry.ts";
 
 /** What a scrape reads besides the process: Redis, and the SSE clients when the process has any. */
 export interface ScrapeSources {
-  redis: Redis;
-  keys: Keys;
+  redis: RedisClient;
+  /** One partition's keys, or every partition's (the series then cover them all). */
+  keys: Keys | readonly Keys[];
   feed?: { clients: number; dropped: number };
   /** The upload guard's counts (src/http/guard.ts). */
   uploads?: Record<"aborted" | "timedOut" | "busy" | "closed", { value: number }>;
@@ -59,18 +60,15 @@ export async function scrape(metrics: Metrics, sources: ScrapeSources): Promise<
 
 export { CONTENT_TYPE };
 
+/**
+ * With several partitions, each series sums (lengths, pending, lag, dead letters) or takes the
+ * worst (consumers: the fewest, the oldest pending entry) over the partitions; per-partition
+ * backlogs are in /stats and /health (`consumer_groups[].partition`).
+ */
 async function readStreams(metrics: Metrics, { redis, keys, nowMs }: ScrapeSources) {
   const now = nowMs?.() ?? Date.now();
-  const streams = [
-    { stream: "webhooks", key: keys.webhookStream },
-    { stream: "events", key: keys.eventStream },
-  ];
-  const [deadLetters, registry, ...rest] = await Promise.all([
-    redis.xlen(keys.deadLetterStream),
-    readRegistry(redis, keys),
-    ...streams.flatMap(({ key }) => [redis.xlen(key), groupInfo(redis, key)]),
-  ]);
-  metrics.deadLetters.set(deadLetters as number);
+  const all = Array.isArray(keys) ? keys as readonly Keys[] : [keys as Keys];
+  const registry = await readRegistry(redis, all[0]);
   // The last report naming each group, whichever kind made it.
   const reported = new Map<string, number>();
   for (const report of registry.values()) {
@@ -79,24 +77,51 @@ async function readStreams(metrics: Metrics, { redis, keys, nowMs }: ScrapeSourc
       reported.set(id, Math.max(reported.get(id) ?? 0, report.at));
     }
   }
-  const oldest: Promise<void>[] = [];
-  streams.forEach(({ stream, key }, i) => {
-    metrics.streamLength.set({ stream }, rest[2 * i] as number);
-    for (const g of rest[2 * i + 1] as Awaited<ReturnType<typeof groupInfo>>) {
-      const labels = { stream, group: g.name };
-      metrics.groupPending.set(labels, g.pending);
-      if (g.lag !== null) metrics.groupLag.set(labels, g.lag);
-      metrics.groupConsumers.set(labels, g.consumers);
-      const at = reported.get(`${stream}/${g.name}`);
-      if (at !== undefined) metrics.groupReportAge.set(labels, Math.max(0, now - at) / 1000);
-      if (g.pending === 0) {
-        metrics.groupOldestPending.set(labels, 0);
-        continue;
+  const lengths = new Map<string, number>();
+  const groups = new Map<
+    string,
+    { pending: number; lag: number | null; consumers: number; oldest: number }
+  >();
+  let deadLetters = 0;
+  await Promise.all(all.map(async (k) => {
+    const streams = [
+      { stream: "webhooks", key: k.webhookStream },
+      { stream: "events", key: k.eventStream },
+    ];
+    const [dead, ...rest] = await Promise.all([
+      redis.xlen(k.deadLetterStream),
+      ...streams.flatMap(({ key }) => [redis.xlen(key), groupInfo(redis, key)]),
+    ]);
+    deadLetters += dead as number;
+    const oldest: Promise<void>[] = [];
+    streams.forEach(({ stream, key }, i) => {
+      lengths.set(stream, (lengths.get(stream) ?? 0) + (rest[2 * i] as number));
+      for (const g of rest[2 * i + 1] as Awaited<ReturnType<typeof groupInfo>>) {
+        const id = `${stream}/${g.name}`;
+        const seen = groups.get(id);
+        const sum = seen ?? { pending: 0, lag: 0, consumers: g.consumers, oldest: 0 };
+        sum.pending += g.pending;
+        sum.lag = g.lag === null || sum.lag === null ? null : sum.lag + g.lag;
+        sum.consumers = Math.min(sum.consumers, g.consumers);
+        groups.set(id, sum);
+        if (g.pending === 0) continue;
+        oldest.push((async () => {
+          sum.oldest = Math.max(sum.oldest, await oldestPendingAgeS(redis, key, g.name, now));
+        })());
       }
-      oldest.push((async () => {
-        metrics.groupOldestPending.set(labels, await oldestPendingAgeS(redis, key, g.name, now));
-      })());
-    }
-  });
-  await Promise.all(oldest);
+    });
+    await Promise.all(oldest);
+  }));
+  metrics.deadLetters.set(deadLetters);
+  for (const [stream, length] of lengths) metrics.streamLength.set({ stream }, length);
+  for (const [id, g] of groups) {
+    const [stream, group] = [id.slice(0, id.indexOf("/")), id.slice(id.indexOf("/") + 1)];
+    const labels = { stream, group };
+    metrics.groupPending.set(labels, g.pending);
+    if (g.lag !== null) metrics.groupLag.set(labels, g.lag);
+    metrics.groupConsumers.set(labels, g.consumers);
+    const at = reported.get(id);
+    if (at !== undefined) metrics.groupReportAge.set(labels, Math.max(0, now - at) / 1000);
+    metrics.groupOldestPending.set(labels, g.oldest);
+  }
 }

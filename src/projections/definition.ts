@@ -1,8 +1,9 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import type { z } from "zod";
 import type { EventStore } from "../event_store.ts";
 import { type StoredEvent, TaskEventSchema, type TaskEventType } from "../events.ts";
 import type { Keys } from "../keys.ts";
+import type { Partitions } from "../partitions.ts";
 
 /** A Redis write command, applied by the projection script together with the checkpoint. */
 export type Op = (string | number)[];
@@ -15,7 +16,7 @@ const PIPELINE_ARGS = 20_000;
  * reads yet): pipelined in rounds of about PIPELINE_ARGS arguments, so that no command of a big
  * batch waits behind the rest of it past the connection's command timeout.
  */
-export async function applyWrites(redis: Redis, ops: Op[]): Promise<void> {
+export async function applyWrites(redis: RedisClient, ops: Op[]): Promise<void> {
   for (let i = 0; i < ops.length;) {
     const pipeline = redis.pipeline();
     let args = 0;
@@ -30,7 +31,7 @@ export async function applyWrites(redis: Redis, ops: Op[]): Promise<void> {
 
 /** Where a plan reads the views' current state and writes: one generation of views. */
 export interface PlanContext {
-  redis: Redis;
+  redis: RedisClient;
   /** The generation's view prefix: `{vp}:view`, or `{vp}:view@N` after rebuilds. */
   prefix: string;
   viewTtlS: number;
@@ -38,9 +39,11 @@ export interface PlanContext {
 
 /** What a projection's HTTP handler may read. */
 export interface RouteContext {
-  redis: Redis;
+  redis: RedisClient;
+  /** Partition 0's keys and store; a route finds its own partition in `partitions`. */
   keys: Keys;
   store: EventStore;
+  partitions: Partitions;
   now: () => Date;
   streamRetentionMs: number;
 }
@@ -142,7 +145,7 @@ export async function planJsonDocuments<View>(
 }
 
 /** Loads JSON views by key; missing keys give undefined. */
-async function loadJson<T>(redis: Redis, keys: string[]): Promise<Map<string, T>> {
+async function loadJson<T>(redis: RedisClient, keys: string[]): Promise<Map<string, T>> {
   const map = new Map<string, T>();
   if (keys.length === 0) return map;
   const values = await redis.mget(...keys);

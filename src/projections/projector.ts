@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import { callWithKey, type RedisClient, scanKeys, unlinkKeys } from "../redis/client.ts";
 import { isMissingGroup } from "../consumer_registry.ts";
 import { compareIds, decodeValid, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
@@ -7,17 +7,18 @@ import type { Samples } from "../metrics/samples.ts";
 import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
 import { projectScript } from "../redis/scripts.ts";
-import { ensureGroup, groupInfo, readGroup, type StreamEntry } from "../redis/streams.ts";
+import { ensureGroup, groupInfo, readGroup, type StreamEntry, xgroup } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
+import type { LeaseShare } from "./lease_share.ts";
 import type { Projection } from "./registry.ts";
 
 /** The one consumer name every process uses for a projection group: only the lease holder reads. */
 const CONSUMER = "projector";
 
 export interface ProjectorOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** A dedicated connection for XREADGROUP BLOCK. */
-  blocking: Redis;
+  blocking: RedisClient;
   keys: Keys;
   log: Logger;
   owner: string;
@@ -26,16 +27,18 @@ export interface ProjectorOptions {
   blockMs?: number;
   /** Receives, per applied event, ms from its append (its stream id) to its view write. */
   lag?: Samples;
+  /** With several partitions: the process's fair share of the leases (src/projections/lease_share.ts). */
+  share?: LeaseShare;
 }
 
 /**
  * Destroys a projection's consumer group with its checkpoint and lease (views stay). Here rather
  * than in rebuild.ts, which runs projectors: the projector drops its own group when superseded.
  */
-export async function dropProjectionGroup(redis: Redis, keys: Keys, group: string) {
+export async function dropProjectionGroup(redis: RedisClient, keys: Keys, group: string) {
   await redis.del(keys.checkpoint(group), keys.lease(group));
   try {
-    await redis.xgroup("DESTROY", keys.eventStream, group);
+    await xgroup(redis, "DESTROY", keys.eventStream, group);
   } catch {
     // No stream yet: nothing to destroy.
   }
@@ -46,7 +49,7 @@ export async function dropProjectionGroup(redis: Redis, keys: Keys, group: strin
  * groups, so the next projector start folds the task event stream again from its first entry.
  * Run it with the projectors stopped.
  */
-export async function resetProjections(redis: Redis, keys: Keys, projections: Projection[]) {
+export async function resetProjections(redis: RedisClient, keys: Keys, projections: Projection[]) {
   for (const projection of projections) {
     for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
     await dropProjectionGroup(redis, keys, projection.group);
@@ -54,22 +57,17 @@ export async function resetProjections(redis: Redis, keys: Keys, projections: Pr
 }
 
 /** Deletes the keys matching a SCAN pattern (a plain key name matches itself). */
-export async function deleteMatching(redis: Redis, pattern: string): Promise<number> {
-  let cursor = "0";
+export async function deleteMatching(redis: RedisClient, pattern: string): Promise<number> {
   let deleted = 0;
-  do {
-    const [next, found] = await redis.scan(cursor, "MATCH", pattern, "COUNT", 1_000);
-    cursor = next;
-    if (found.length) deleted += await redis.unlink(...found);
-  } while (cursor !== "0");
+  for await (const found of scanKeys(redis, pattern)) deleted += await unlinkKeys(redis, found);
   return deleted;
 }
 
 /** The last id ever added to a stream ("0-0" without a stream): trimming never lowers it. */
-async function lastGeneratedId(redis: Redis, stream: string): Promise<string> {
+async function lastGeneratedId(redis: RedisClient, stream: string): Promise<string> {
   // Only a missing stream means an empty log: any other failure must not look like a reset
   // (that would drop the views and refold a log that retention may have trimmed).
-  const info = await redis.xinfo("STREAM", stream).catch((error) => {
+  const info = await callWithKey(redis, stream, "XINFO", "STREAM", stream).catch((error) => {
     if (String((error as Error).message).includes("no such key")) return null;
     throw error;
   }) as unknown[] | null;
@@ -78,6 +76,8 @@ async function lastGeneratedId(redis: Redis, stream: string): Promise<string> {
 }
 
 class LeaseLost extends Error {}
+/** The process holds more than its share of the leases: this one is given to another process. */
+class GivenUp extends Error {}
 /** The views this projector writes were replaced by a rebuild: it stops for good. */
 class Superseded extends Error {}
 
@@ -119,15 +119,32 @@ export class Projector {
     const signal = this.#stop.signal;
     while (!signal.aborted) {
       try {
+        const { share } = this.options;
         // Still ours after a failed round (renew): no need to wait for it to run out.
-        if (!await lease.acquire() && !await lease.renew()) {
+        const held = await lease.renew() ||
+          (share?.mayTake() !== false && await lease.acquire());
+        if (!held) {
           await sleep(Math.min(1_000, this.leaseMs / 3), signal).catch(() => {});
           continue;
         }
         log.debug("Projection lease taken", { projection: this.projection.name });
-        await this.#lead(lease, signal);
+        share?.took();
+        try {
+          await this.#lead(lease, signal);
+        } catch (error) {
+          // A given-up lease was counted off when it was given up.
+          if (!(error instanceof GivenUp)) share?.left();
+          throw error;
+        }
+        share?.left();
       } catch (error) {
         if (signal.aborted) break;
+        if (error instanceof GivenUp) {
+          // Left to a process below its share; not taken back before the others had a chance.
+          await lease.release();
+          await sleep(this.leaseMs / 2, signal).catch(() => {});
+          continue;
+        }
         if (error instanceof Superseded) {
           log.info("Projection superseded by a rebuild", { projection: this.projection.group });
           // Its group may have been recreated after the rebuild dropped it (a process that
@@ -161,6 +178,7 @@ export class Projector {
       // directly would move the checkpoint past them, and they would be acked unapplied.
       let id = "0";
       while (leading && !signal.aborted) {
+        if (this.options.share?.giveUp()) throw new GivenUp();
         try {
           const entries = await readGroup(blocking, {
             stream: keys.eventStream,
@@ -223,7 +241,7 @@ export class Projector {
       });
       for (const pattern of this.projection.ownedKeys) await deleteMatching(redis, pattern);
       await redis.del(keys.checkpoint(group));
-      await redis.xgroup("DESTROY", stream, group).catch(() => {});
+      await xgroup(redis, "DESTROY", stream, group).catch(() => {});
     } else {
       log.warn("Projection group was missing (Redis lost its data?); recreated it", {
         projection: group,

@@ -1,12 +1,17 @@
-import type { Redis } from "ioredis";
+import {
+  callWithKey,
+  closeRedis,
+  connectRedis,
+  type RedisClient,
+  type RedisTarget,
+} from "../redis/client.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { decodeValid } from "../events.ts";
 import { applyWrites } from "./definition.ts";
 import { viewGeneration } from "../queries.ts";
-import { closeRedis, connectRedis } from "../redis/client.ts";
 import { Lease } from "../redis/lease.ts";
-import { ensureGroup, groupInfo } from "../redis/streams.ts";
+import { ensureGroup, groupInfo, xgroup } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import { deleteMatching, resetProjections } from "./projector.ts";
 import { createProjections, type Projection } from "./registry.ts";
@@ -16,8 +21,8 @@ import { ProjectionRunner } from "./runner.ts";
 export { deleteMatching, resetProjections };
 
 export interface RebuildOptions {
-  redis: Redis;
-  redisUrl: string;
+  redis: RedisClient;
+  redisTarget: RedisTarget;
   keys: Keys;
   log: Logger;
   viewTtlS: number;
@@ -35,8 +40,9 @@ export interface RebuildOptions {
 export class RebuildRefused extends Error {}
 
 /** How many entries were ever added to the stream and how many remain (0, 0 without a stream). */
-async function streamCounts(redis: Redis, stream: string) {
-  const info = await redis.call("XINFO", "STREAM", stream).catch(() => null) as unknown[] | null;
+async function streamCounts(redis: RedisClient, stream: string) {
+  const info = await callWithKey(redis, stream, "XINFO", "STREAM", stream)
+    .catch(() => null) as unknown[] | null;
   if (!info) return { added: 0, length: 0 };
   const field = (name: string) => Number(info[info.indexOf(name) + 1] ?? 0);
   return { added: field("entries-added"), length: field("length") };
@@ -59,7 +65,7 @@ export interface RebuildResult {
  * empty log).
  */
 async function foldLog(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   projections: Projection[],
   log: Logger,
@@ -93,7 +99,7 @@ async function foldLog(
 const LOCK_MS = 60_000;
 
 /** Events the group has not yet applied: its lag plus what is read but not acknowledged. */
-async function behind(redis: Redis, stream: string, groups: string[]) {
+async function behind(redis: RedisClient, stream: string, groups: string[]) {
   const info = await groupInfo(redis, stream);
   let worst = 0;
   for (const name of groups) {
@@ -128,7 +134,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     throw new RebuildRefused("Another projection rebuild is running");
   }
   const stopRenewing = lock.keepAlive();
-  const connections: Redis[] = [];
+  const connections: RedisClient[] = [];
   const t0 = performance.now();
   let next: Projection[] = [];
   let generation = -1;
@@ -150,7 +156,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
       generation,
       batchSize: 2_000,
       blocking: (name) => {
-        const connection = connectRedis(options.redisUrl, { name });
+        const connection = connectRedis(options.redisTarget, { name });
         connections.push(connection);
         return connection;
       },
@@ -161,7 +167,7 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     for (const group of groups) await ensureGroup(redis, keys.eventStream, group);
     const bulk = await foldLog(redis, keys, next, log, options);
     for (const group of groups) {
-      await redis.xgroup("SETID", keys.eventStream, group, bulk.last);
+      await xgroup(redis, "SETID", keys.eventStream, group, bulk.last);
       await redis.set(keys.checkpoint(group), bulk.last);
     }
     // The consumer groups take over from there: what arrived during the bulk fold, and what
@@ -216,4 +222,80 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     }
     await lock.release();
   }
+}
+
+/** A rebuild over several partitions: the totals, and each partition's own result. */
+export type PartitionedRebuildResult = RebuildResult & {
+  partitions?: (RebuildResult & { partition: number })[];
+};
+
+/**
+ * Rebuilds the views of each of `partitions` (one after the other, each as rebuildProjections
+ * does, under its own lock). With one partition the result is that partition's; with more, the
+ * events and seconds add up, the generations are the highest, and `partitions` lists each.
+ */
+export async function rebuildPartitions(
+  options: Omit<RebuildOptions, "keys">,
+  partitions: readonly Keys[],
+): Promise<PartitionedRebuildResult> {
+  const results: (RebuildResult & { partition: number })[] = [];
+  // Progress over all of them: what the partitions done so far folded, plus the current one's,
+  // of the events the ones still to come hold.
+  const lengths = partitions.length === 1
+    ? [0]
+    : await Promise.all(partitions.map((k) => options.redis.xlen(k.eventStream)));
+  let done = 0;
+  if (!options.force && partitions.length > 1) {
+    // Refused for all before any is rebuilt, rather than after some were swapped.
+    const trimmed = [];
+    for (const keys of partitions) {
+      const { added, length } = await streamCounts(options.redis, keys.eventStream);
+      if (added > length) trimmed.push(keys.partition);
+    }
+    if (trimmed.length) {
+      throw new RebuildRefused(
+        `Retention has trimmed the event log of partition(s) ${trimmed.join(", ")}: rebuilt ` +
+          "views would lose the tasks and videos whose events are gone. Rebuild anyway with " +
+          "--force (admin API: force: true), or one partition at a time (--partition N).",
+      );
+    }
+  }
+  for (const [i, keys] of partitions.entries()) {
+    const log = partitions.length === 1
+      ? options.log
+      : options.log.child({ partition: keys.partition });
+    const later = lengths.slice(i + 1).reduce((a, b) => a + b, 0);
+    const onProgress = options.onProgress && partitions.length > 1
+      ? (applied: number, total: number) =>
+        options.onProgress!(done + applied, done + total + later)
+      : options.onProgress;
+    const result = await rebuildProjections({ ...options, keys, log, onProgress }).catch(
+      (error) => {
+        if (!results.length) throw error;
+        // Say what was done before it stopped: those partitions' views are rebuilt and live.
+        const rebuilt = results.map((r) => r.partition).join(", ");
+        const message = `${(error as Error).message} (partition ${keys.partition}; partitions ` +
+          `${rebuilt} were rebuilt before it)`;
+        throw error instanceof RebuildRefused
+          ? new RebuildRefused(message, { cause: error })
+          : new Error(message, { cause: error });
+      },
+    );
+    done += result.events;
+    results.push({ partition: keys.partition, ...result });
+  }
+  if (results.length === 1) {
+    const { partition: _partition, ...only } = results[0];
+    return only;
+  }
+  const events = results.reduce((n, r) => n + r.events, 0);
+  const seconds = Math.round(results.reduce((n, r) => n + r.seconds, 0) * 1000) / 1000;
+  return {
+    from_generation: Math.max(...results.map((r) => r.from_generation)),
+    generation: Math.max(...results.map((r) => r.generation)),
+    events,
+    seconds,
+    events_per_second: Math.round(events / Math.max(seconds, 0.001)),
+    partitions: results,
+  };
 }

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import type { StoredEvent } from "../events.ts";
 import { type Keys, projectionGroup } from "../keys.ts";
 import { canHandle, type Op } from "./definition.ts";
@@ -30,7 +30,7 @@ export interface Projection {
 }
 
 export interface ProjectionContext {
-  redis: Redis;
+  redis: RedisClient;
   keys: Keys;
   viewTtlS: number;
   /** Which generation of views to write (0 unless a rebuild made newer ones). */

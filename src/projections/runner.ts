@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import type { Samples } from "../metrics/samples.ts";
@@ -6,12 +6,13 @@ import { viewGeneration } from "../queries.ts";
 import { closeRedis } from "../redis/client.ts";
 import { sleep } from "../sleep.ts";
 import { Projector, resetProjections } from "./projector.ts";
+import type { LeaseShare } from "./lease_share.ts";
 import { createProjections } from "./registry.ts";
 
 export interface ProjectionRunnerOptions {
-  redis: Redis;
+  redis: RedisClient;
   /** Opens a dedicated connection for a projector's blocking reads; the runner closes it. */
-  blocking: (name: string) => Redis;
+  blocking: (name: string) => RedisClient;
   keys: Keys;
   log: Logger;
   owner: string;
@@ -23,6 +24,8 @@ export interface ProjectionRunnerOptions {
   pollMs?: number;
   /** Events per read; a rebuild reads larger batches than live projection. */
   batchSize?: number;
+  /** With several partitions: the process's fair share of the projection leases. */
+  share?: LeaseShare;
 }
 
 /**
@@ -105,6 +108,7 @@ export class ProjectionRunner {
           owner: this.options.owner,
           lag: this.options.lag,
           batchSize: this.options.batchSize,
+          share: this.options.share,
         });
         this.#projectors.push(projector);
         await projector.start();

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./client.ts";
 import { releaseLeaseScript, renewLeaseScript } from "./scripts.ts";
 
 /**
@@ -8,9 +8,14 @@ import { releaseLeaseScript, renewLeaseScript } from "./scripts.ts";
  * check the lease in the same script (as project.lua does).
  */
 export class Lease {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
 
-  constructor(redis: Redis, readonly key: string, readonly owner: string, readonly ttlMs: number) {
+  constructor(
+    redis: RedisClient,
+    readonly key: string,
+    readonly owner: string,
+    readonly ttlMs: number,
+  ) {
     this.#redis = redis;
   }
 

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "./client.ts";
 
 /** A Lua script run by EVALSHA, loaded on first NOSCRIPT. */
 export class Script {
@@ -8,13 +8,44 @@ export class Script {
     this.sha = createHash("sha1").update(source).digest("hex");
   }
 
-  async run(redis: Redis, keys: string[], args: (string | number)[]): Promise<unknown> {
+  async run(redis: RedisClient, keys: string[], args: (string | number)[]): Promise<unknown> {
     try {
       return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
     } catch (error) {
       if (!String((error as Error).message).includes("NOSCRIPT")) throw error;
       return await redis.eval(this.source, keys.length, ...keys, ...args);
     }
+  }
+
+  /**
+   * Runs the script and then `WAIT replicas timeoutMs` in one pipeline, so WAIT goes to the same
+   * connection (and node) right after the script's writes. Returns the script's reply and how many
+   * replicas acknowledged them.
+   */
+  async runThenWait(
+    redis: RedisClient,
+    keys: string[],
+    args: (string | number)[],
+    wait: { replicas: number; timeoutMs: number },
+  ): Promise<[unknown, number]> {
+    const send = async (useSha: boolean) => {
+      const pipeline = redis.pipeline();
+      if (useSha) pipeline.evalsha(this.sha, keys.length, ...keys, ...args);
+      else pipeline.eval(this.source, keys.length, ...keys, ...args);
+      pipeline.call("WAIT", wait.replicas, wait.timeoutMs);
+      const [[error, reply], [waitError, acked]] = (await pipeline.exec()) as [
+        Error | null,
+        unknown,
+      ][];
+      return { error, reply, waitError, acked: Number(acked ?? 0) };
+    };
+    let result = await send(true);
+    if (result.error && String(result.error.message).includes("NOSCRIPT")) {
+      result = await send(false);
+    }
+    if (result.error) throw result.error;
+    if (result.waitError) throw result.waitError;
+    return [result.reply, result.acked];
   }
 }
 
@@ -65,7 +96,21 @@ export class NamedScript<K extends Names, A extends Names> {
   }
 
   /** Runs the script (EVALSHA, EVAL on NOSCRIPT) with its keys and args in declared order. */
-  async run(redis: Redis, call: ScriptCall<K, A>, extra: ScriptExtra = {}): Promise<unknown> {
+  async run(redis: RedisClient, call: ScriptCall<K, A>, extra: ScriptExtra = {}): Promise<unknown> {
+    return await this.script.run(redis, ...this.#positional(call, extra));
+  }
+
+  /** Runs the script, then WAIT on the same connection (see {@linkcode Script.runThenWait}). */
+  async runThenWait(
+    redis: RedisClient,
+    call: ScriptCall<K, A>,
+    extra: ScriptExtra,
+    wait: { replicas: number; timeoutMs: number },
+  ): Promise<[unknown, number]> {
+    return await this.script.runThenWait(redis, ...this.#positional(call, extra), wait);
+  }
+
+  #positional(call: ScriptCall<K, A>, extra: ScriptExtra): [string[], (string | number)[]] {
     const { name, keys, args, extra: declared = {} } = this.definition;
     const positional = <T>(kind: string, names: Names, values: Record<string, T | undefined>) =>
       names.map((n): T => {
@@ -79,11 +124,10 @@ export class NamedScript<K extends Names, A extends Names> {
     if (extra.args?.length && !declared.args) {
       throw new TypeError(`Script "${name}" takes no extra args`);
     }
-    return await this.script.run(
-      redis,
+    return [
       [...positional<string>("key", keys, call.keys), ...(extra.keys ?? [])],
       [...positional<string | number>("arg", args, call.args), ...(extra.args ?? [])],
-    );
+    ];
   }
 }
 

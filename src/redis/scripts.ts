@@ -25,8 +25,25 @@ export const ingestScript = defineScript({
     "bucket_rate",
     "now_ms",
     "bucket_ttl_ms",
+    "fingerprint",
   ],
   extra: { keys: true }, // rate-limit buckets
+  constants: { TOKEN: TOKEN_UNIT },
+});
+
+/** With PARTITIONS > 1: claims an idempotency key for a task before its ingest. */
+export const claimIdempotencyScript = defineScript({
+  name: "claim_idempotency",
+  keys: ["claim"],
+  args: ["task_id", "fingerprint", "ttl_s", "stale"],
+});
+
+/** Takes a token from each rate-limit bucket, or none (ingest's check on its own). */
+export const takeTokensScript = defineScript({
+  name: "take_tokens",
+  keys: [],
+  args: ["capacity", "rate", "now_ms", "ttl_ms"],
+  extra: { keys: true }, // the buckets
   constants: { TOKEN: TOKEN_UNIT },
 });
 

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import { callWithKey, type RedisClient } from "./client.ts";
 
 export interface StreamEntry {
   id: string;
@@ -7,10 +7,23 @@ export interface StreamEntry {
   reclaimed?: boolean;
 }
 
+/**
+ * XGROUP on a stream. Its key follows the subcommand, where ioredis does not look: on a cluster,
+ * `redis.xgroup` would go to a node chosen by the subcommand's name and fail with MOVED.
+ */
+export function xgroup(
+  redis: RedisClient,
+  subcommand: "CREATE" | "DESTROY" | "SETID" | "DELCONSUMER",
+  stream: string,
+  ...args: string[]
+): Promise<unknown> {
+  return callWithKey(redis, stream, "XGROUP", subcommand, stream, ...args);
+}
+
 /** Creates a consumer group (and the stream) unless it exists; new groups start at `start`. */
-export async function ensureGroup(redis: Redis, stream: string, group: string, start = "0") {
+export async function ensureGroup(redis: RedisClient, stream: string, group: string, start = "0") {
   try {
-    await redis.xgroup("CREATE", stream, group, start, "MKSTREAM");
+    await xgroup(redis, "CREATE", stream, group, start, "MKSTREAM");
   } catch (error) {
     if (!String((error as Error).message).includes("BUSYGROUP")) throw error;
   }
@@ -21,7 +34,7 @@ export async function ensureGroup(redis: Redis, stream: string, group: string, s
  * ones. Deleted entries (nil fields) are returned with empty fields.
  */
 export async function readGroup(
-  redis: Redis,
+  redis: RedisClient,
   options: {
     stream: string;
     group: string;
@@ -57,10 +70,10 @@ export interface GroupInfo {
 }
 
 /** XINFO GROUPS as objects; an absent stream has no groups. */
-export async function groupInfo(redis: Redis, stream: string): Promise<GroupInfo[]> {
+export async function groupInfo(redis: RedisClient, stream: string): Promise<GroupInfo[]> {
   let reply: unknown[][];
   try {
-    reply = await redis.xinfo("GROUPS", stream) as unknown[][];
+    reply = await callWithKey(redis, stream, "XINFO", "GROUPS", stream) as unknown[][];
   } catch (error) {
     if (String((error as Error).message).includes("no such key")) return [];
     throw error;

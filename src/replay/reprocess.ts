@@ -1,10 +1,23 @@
-import type { EventStore } from "../event_store.ts";
+import { EventStore } from "../event_store.ts";
+import {
+  markId,
+  type Partition,
+  type PartitionScope,
+  singleScope,
+  unmarkId,
+} from "../partitions.ts";
 import { requestEntryId, runNumber, type StoredEvent } from "../events.ts";
 import { foldTaskView, type TaskStatus } from "../projections/task_view/view.ts";
 import { deleteDeadLetterScript, reprocessScript } from "../redis/scripts.ts";
 import { fieldsToRecord } from "../events.ts";
 
 export type StatusFilter = "failed" | "dead_lettered" | "completed";
+
+/** Where the tasks are: one partition's store, or a scope of partitions (src/partitions.ts). */
+export type Stores = EventStore | PartitionScope;
+
+const scopeOf = (stores: Stores): PartitionScope =>
+  stores instanceof EventStore ? singleScope(stores) : stores;
 
 export interface Selection {
   taskIds?: string[];
@@ -54,7 +67,7 @@ function matches(history: StoredEvent[], status: StatusFilter | undefined): bool
  * queued or processing are skipped, as are tasks whose request is older than the stream retention.
  */
 export async function reprocessTasks(
-  store: EventStore,
+  stores: Stores,
   selection: Selection,
   requester: Requester & {
     dryRun: boolean;
@@ -62,12 +75,18 @@ export async function reprocessTasks(
     onProgress?: (done: number, total: number) => void;
   },
 ): Promise<Outcome[]> {
-  const ids = selection.taskIds?.length
-    ? selection.taskIds
-    : await queuedBetween(store, selection.since, selection.until);
+  const scope = scopeOf(stores);
+  const ids = selection.taskIds?.length ? selection.taskIds : (await Promise.all(
+    scope.partitions.map((p) => queuedBetween(p.store, selection.since, selection.until)),
+  )).flat();
   const outcomes: Outcome[] = [];
   for (const [i, taskId] of ids.entries()) {
-    outcomes.push(await reprocessOne(store, taskId, selection.status, requester));
+    const partition = scope.ofTask(taskId);
+    outcomes.push(
+      partition
+        ? await reprocessOne(partition.store, taskId, selection.status, requester)
+        : { task_id: taskId, status: "unknown", skipped: "unknown task" },
+    );
     requester.onProgress?.(i + 1, ids.length);
   }
   return outcomes.filter((o) => o.skipped !== "does not match the status filter");
@@ -136,6 +155,8 @@ export interface DeadLetter {
   attempts: number;
   at: string;
   payload: string;
+  /** With several partitions: the partition it is in (its id says so too). */
+  partition?: number;
 }
 
 function toDeadLetter(id: string, fields: string[]): DeadLetter {
@@ -152,15 +173,85 @@ function toDeadLetter(id: string, fields: string[]): DeadLetter {
   };
 }
 
-/** Dead letters, oldest first. */
-export async function listDeadLetters(store: EventStore, count = 100, after = "-") {
-  const entries = await store.redis.xrange(store.keys.deadLetterStream, after, "+", "COUNT", count);
-  return entries.map(([id, fields]) => toDeadLetter(id, fields));
+/** A dead letter with where it lives (its `id` is marked with the partition when ids are). */
+interface Located {
+  letter: DeadLetter;
+  partition: Partition;
+  /** Its id in its partition's dead-letter stream. */
+  streamId: string;
 }
 
-export async function getDeadLetter(store: EventStore, id: string): Promise<DeadLetter | null> {
-  const [entry] = await store.redis.xrange(store.keys.deadLetterStream, id, id);
-  return entry ? toDeadLetter(entry[0], entry[1]) : null;
+async function listLocated(stores: Stores, count: number, after: string): Promise<Located[]> {
+  const scope = scopeOf(stores);
+  // `after`: "-", or "(<id>" with the id as listed (`p<k>-<ms-seq>` when ids are marked). The
+  // order is (stream id, partition): two partitions may hold the same stream id, so after the
+  // k-th partition's id X, partitions up to k go on after X and the later ones from X itself.
+  const raw = after.replace(/^\(/, "");
+  const named = after === "-" ? null : unmarkId(scope, raw);
+  // A plain ms-seq with several partitions: after that time in every partition.
+  const cursor = named
+    ? { index: named.partition.index, id: named.id }
+    : /^\d+-\d+$/.test(raw)
+    ? { index: Infinity, id: raw }
+    : null;
+  if (after !== "-" && !cursor) return [];
+  const lists = await Promise.all(scope.partitions.map(async (partition) => {
+    const { redis, keys } = partition.store;
+    const start = cursor === null
+      ? "-"
+      : partition.index <= cursor.index
+      ? `(${cursor.id}`
+      : cursor.id;
+    const entries = await redis.xrange(keys.deadLetterStream, start, "+", "COUNT", count);
+    return entries.map(([id, fields]): Located => ({
+      letter: {
+        ...toDeadLetter(markId(scope, partition, id), fields),
+        ...(scope.marked ? { partition: partition.index } : {}),
+      },
+      partition,
+      streamId: id,
+    }));
+  }));
+  // Oldest first over all partitions (stream ids are times), ties in partition order.
+  return lists.flat().sort((a, b) =>
+    compareStreamIds(a.streamId, b.streamId) || a.partition.index - b.partition.index
+  ).slice(0, count);
+}
+
+function compareStreamIds(a: string, b: string): number {
+  const [am, as] = a.split("-").map(BigInt);
+  const [bm, bs] = b.split("-").map(BigInt);
+  return am === bm ? Number(as - bs) : am < bm ? -1 : 1;
+}
+
+/**
+ * Dead letters, oldest first, over the scope's partitions; `after` is "-" or "(" and a dead
+ * letter's id as listed (`p<k>-<ms-seq>` with several partitions).
+ */
+export async function listDeadLetters(stores: Stores, count = 100, after = "-") {
+  return (await listLocated(stores, count, after)).map((l) => l.letter);
+}
+
+async function locate(stores: Stores, id: string): Promise<Located | null> {
+  const scope = scopeOf(stores);
+  const named = unmarkId(scope, id);
+  if (!named || !/^\d+-\d+$/.test(named.id)) return null;
+  const { redis, keys } = named.partition.store;
+  const [entry] = await redis.xrange(keys.deadLetterStream, named.id, named.id);
+  if (!entry) return null;
+  return {
+    letter: {
+      ...toDeadLetter(id, entry[1]),
+      ...(scope.marked ? { partition: named.partition.index } : {}),
+    },
+    partition: named.partition,
+    streamId: named.id,
+  };
+}
+
+/** A dead letter by id (`p3-<ms-seq>` with several partitions), or null. */
+export async function getDeadLetter(stores: Stores, id: string): Promise<DeadLetter | null> {
+  return (await locate(stores, id))?.letter ?? null;
 }
 
 /**
@@ -168,7 +259,7 @@ export async function getDeadLetter(store: EventStore, id: string): Promise<Dead
  * deleted in the same script that re-adds the work, so concurrent redrives run it once.
  */
 export async function redrive(
-  store: EventStore,
+  stores: Stores,
   ids: string[] | "all",
   requester: Requester & {
     dryRun: boolean;
@@ -176,14 +267,14 @@ export async function redrive(
     onProgress?: (done: number, total: number) => void;
   },
 ): Promise<(Outcome & { dead_letter: string })[]> {
-  const letters = ids === "all"
-    ? await listDeadLetters(store, 1_000_000)
-    : (await Promise.all(ids.map((id) => getDeadLetter(store, id)))).map((l, i) =>
-      l ?? { id: ids[i], task_id: "" } as DeadLetter
-    );
+  const located = ids === "all"
+    ? await listLocated(stores, 1_000_000, "-")
+    : await Promise.all(ids.map((id) => locate(stores, id)));
+  const letters = located.map((l, i) => l ?? { letter: { id: ids[i], task_id: "" } as DeadLetter });
   const outcomes = [];
-  for (const [i, letter] of letters.entries()) {
-    if (!letter.task_id) {
+  for (const [i, found] of letters.entries()) {
+    const letter = found.letter;
+    if (!letter.task_id || !("partition" in found)) {
       outcomes.push({
         dead_letter: letter.id,
         task_id: "",
@@ -192,11 +283,11 @@ export async function redrive(
       });
     } else {
       const outcome = await reprocessOne(
-        store,
+        found.partition.store,
         letter.task_id,
         undefined,
         requester,
-        letter.id,
+        found.streamId,
         letter.payload,
       );
       outcomes.push({ dead_letter: letter.id, ...outcome });
@@ -219,21 +310,23 @@ export interface Deletion {
  * so it happens, and is recorded, once. A malformed entry without a task is deleted unrecorded.
  */
 export async function deleteDeadLetters(
-  store: EventStore,
+  stores: Stores,
   ids: string[],
   requester: Requester & { dryRun: boolean; now: Date },
 ): Promise<Deletion[]> {
   const out: Deletion[] = [];
   for (const id of ids) {
-    const letter = await getDeadLetter(store, id);
-    if (!letter) {
+    const found = await locate(stores, id);
+    if (!found) {
       out.push({ dead_letter: id, task_id: "", skipped: "no such dead letter" });
       continue;
     }
+    const { letter, partition, streamId } = found;
     if (requester.dryRun) {
       out.push({ dead_letter: id, task_id: letter.task_id });
       continue;
     }
+    const { store } = partition;
     const deleted = await deleteDeadLetterScript.run(store.redis, {
       keys: {
         dead_letters: store.keys.deadLetterStream,
@@ -241,7 +334,7 @@ export async function deleteDeadLetters(
         timeline: store.keys.taskTimeline(letter.task_id),
       },
       args: {
-        entry: id,
+        entry: streamId,
         task_id: letter.task_id,
         at: requester.now.toISOString(),
         data: JSON.stringify({ requested_by: requester.requestedBy, reason: requester.reason }),

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { readRegistry } from "../consumer_registry.ts";
 import { compareIds, idTime } from "../events.ts";
 import type { Keys } from "../keys.ts";
@@ -21,7 +21,11 @@ export interface AbandonRule {
 }
 
 /** The first entry a group still needs: its oldest pending one, or the first it has not read. */
-async function heldBack(redis: Redis, stream: string, group: GroupInfo): Promise<string | null> {
+async function heldBack(
+  redis: RedisClient,
+  stream: string,
+  group: GroupInfo,
+): Promise<string | null> {
   let oldest: string | null = null;
   const keep = (id: string) => {
     if (oldest === null || compareIds(id, oldest) < 0) oldest = id;
@@ -45,7 +49,7 @@ async function heldBack(redis: Redis, stream: string, group: GroupInfo): Promise
  * `abandon`, groups it calls abandoned are not waited for; their names go into `abandoned`.
  */
 export async function oldestNeeded(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   options: { abandon?: AbandonRule; abandoned?: string[] } = {},
 ): Promise<string | null> {
@@ -72,7 +76,7 @@ export async function oldestNeeded(
  * the number of entries removed.
  */
 export async function trimStream(
-  redis: Redis,
+  redis: RedisClient,
   stream: string,
   retentionMs: number,
   nowMs: number,
@@ -97,7 +101,7 @@ export interface OptionalGroup {
  * that old (AbandonRule); `abandoned` names those groups.
  */
 export async function applyRetention(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   retentionMs: number,
   nowMs: number,
@@ -123,7 +127,7 @@ export async function applyRetention(
 }
 
 /** The replay horizon: the oldest event still in the log, and the configured retention. */
-export async function replayHorizon(redis: Redis, keys: Keys, retentionMs: number) {
+export async function replayHorizon(redis: RedisClient, keys: Keys, retentionMs: number) {
   const [first] = await redis.xrange(keys.eventStream, "-", "+", "COUNT", 1);
   return {
     stream_retention_s: Math.round(retentionMs / 1000),
@@ -140,8 +144,9 @@ export async function replayHorizon(redis: Redis, keys: Keys, retentionMs: numbe
  * function.
  */
 export function startRetention(options: {
-  redis: Redis;
-  keys: Keys;
+  redis: RedisClient;
+  /** The partitions' keys: each partition is trimmed under its own lease. */
+  keys: Keys | readonly Keys[];
   retentionMs: number;
   intervalMs: number;
   owner: string;
@@ -155,41 +160,60 @@ export function startRetention(options: {
   /** Called after each round this process ran (tests). */
   onRound?: (result: Awaited<ReturnType<typeof applyRetention>>) => void;
 }): () => void {
-  const { redis, keys, intervalMs } = options;
+  const { redis, intervalMs } = options;
+  const all = Array.isArray(options.keys)
+    ? options.keys as readonly Keys[]
+    : [options.keys as Keys];
   const tickMs = Math.max(1, Math.min(5_000, Math.floor(intervalMs / 10)));
   // Held for the round and never released: it runs out half a look before the round is due, so
   // the look that finds the round due also finds the lease free.
-  const lease = new Lease(redis, keys.retentionLease, options.owner, intervalMs - tickMs / 2);
+  const partitions = all.map((keys) => ({
+    keys,
+    lease: new Lease(redis, keys.retentionLease, options.owner, intervalMs - tickMs / 2),
+    abandoned: new Set<string>(),
+  }));
+  const named = (keys: Keys) => all.length === 1 ? {} : { partition: keys.partition };
+  const round = async (partition: (typeof partitions)[number]) => {
+    const { keys, lease } = partition;
+    if (!await lease.acquire()) return;
+    const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
+      abandonAfterMs: options.abandonAfterMs,
+      optional: options.optional,
+    });
+    const now = new Set(result.abandoned);
+    for (const group of now) {
+      if (partition.abandoned.has(group)) continue;
+      options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
+        group,
+        ...named(keys),
+        detail: "no process of this deployment runs it (CONSUMERS); entries older than the " +
+          "retention go, read or not",
+      });
+    }
+    for (const group of partition.abandoned) {
+      if (!now.has(group)) {
+        options.log?.info("Retention waits for a consumer group again", {
+          group,
+          ...named(keys),
+        });
+      }
+    }
+    partition.abandoned = now;
+    options.onRound?.(result);
+  };
   let running = false;
-  let abandoned = new Set<string>();
   const timer = setInterval(async () => {
     if (running) return;
     running = true;
     try {
-      if (await lease.acquire()) {
-        const result = await applyRetention(redis, keys, options.retentionMs, Date.now(), {
-          abandonAfterMs: options.abandonAfterMs,
-          optional: options.optional,
-        });
-        const now = new Set(result.abandoned);
-        for (const group of now) {
-          if (abandoned.has(group)) continue;
-          options.log?.warn("Retention no longer waits for a consumer group nobody runs", {
-            group,
-            detail: "no process of this deployment runs it (CONSUMERS); entries older than the " +
-              "retention go, read or not",
-          });
+      // Each partition on its own: one whose master is unreachable does not hold the others back.
+      for (const partition of partitions) {
+        try {
+          await round(partition);
+        } catch (error) {
+          options.onError(error);
         }
-        for (const group of abandoned) {
-          if (!now.has(group)) {
-            options.log?.info("Retention waits for a consumer group again", { group });
-          }
-        }
-        abandoned = now;
-        options.onRound?.(result);
       }
-    } catch (error) {
-      options.onError(error);
     } finally {
       running = false;
     }

@@ -2,7 +2,7 @@
  * Token bucket rate limiting kept in Redis, so every process behind a load balancer shares one
  * budget per key. The caller passes the clock (`nowMs`), which keeps tests deterministic.
  */
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { defineScript } from "../redis/script.ts";
 
 /** Tokens are counted in 1/60000ths, so a refill of `perMinute` tokens a minute adds exactly
@@ -39,7 +39,7 @@ export interface TakeTokenOptions {
  * (for a Retry-After header); a request arriving after that many seconds gets a token.
  */
 export async function takeToken(
-  redis: Redis,
+  redis: RedisClient,
   key: string,
   options: TakeTokenOptions,
 ): Promise<{ allowed: true; remaining: number } | { allowed: false; retryAfterS: number }> {

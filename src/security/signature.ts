@@ -13,7 +13,7 @@
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { Buffer } from "node:buffer";
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../redis/client.ts";
 import { Webhook } from "standardwebhooks";
 
 const _SECRET_PREFIX = "whsec_";
@@ -176,6 +176,10 @@ export function tokensEqual(a: string, b: string): boolean {
  * Records a webhook id (SET NX EX) for replay detection; true when it was not seen before.
  * Use a TTL at least twice the timestamp tolerance: older replays already fail as stale.
  */
-export async function rememberWebhookId(redis: Redis, key: string, ttlS: number): Promise<boolean> {
+export async function rememberWebhookId(
+  redis: RedisClient,
+  key: string,
+  ttlS: number,
+): Promise<boolean> {
   return await redis.set(key, "1", "EX", ttlS, "NX") === "OK";
 }

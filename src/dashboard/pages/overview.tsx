@@ -1,6 +1,6 @@
 /** Page 1, the overview: what /stats and /health say, with the groups' oldest pending age. */
-import type { Redis } from "ioredis";
-import type { Keys } from "../../keys.ts";
+import type { RedisClient } from "../../redis/client.ts";
+import type { Partitions } from "../../partitions.ts";
 import type { HealthCheck, HealthReport } from "../../http/health.ts";
 import { readStats, type Stats } from "../../projections/stats/projection.ts";
 import { oldestPendingAgeS } from "../../queries.ts";
@@ -22,25 +22,30 @@ export interface OverviewData {
  * pending age as /metrics reports them.
  */
 export async function overviewData(
-  { redis, keys, nowMs, retentionMs, health }: {
-    redis: Redis;
-    keys: Keys;
+  { redis, partitions, nowMs, retentionMs, health }: {
+    redis: RedisClient;
+    partitions: Partitions;
     nowMs: number;
     retentionMs: number;
     health: HealthCheck;
   },
 ): Promise<OverviewData> {
+  const all = partitions.list.map((p) => p.keys);
   const [stats, report, deadLetters] = await Promise.all([
-    readStats(redis, keys, nowMs, retentionMs),
+    readStats(redis, all, nowMs, retentionMs),
     // Detailed (problems by name), without the groups: readStats has them.
     health(true, { groups: false }),
-    redis.xlen(keys.deadLetterStream),
+    Promise.all(all.map((k) => redis.xlen(k.deadLetterStream)))
+      .then((lengths) => lengths.reduce((a, b) => a + b, 0)),
   ]);
-  const streamKey = (stream: string) =>
-    stream === "webhooks" ? keys.webhookStream : keys.eventStream;
+  // A group's stream in its partition (consumer_groups name it when there are several).
+  const streamKey = (stream: string, partition = 0) =>
+    stream === "webhooks" ? all[partition].webhookStream : all[partition].eventStream;
   const oldestPendingS = await Promise.all(
     stats.consumer_groups.map((g) =>
-      g.pending ? oldestPendingAgeS(redis, streamKey(g.stream), g.group, Date.now()) : 0
+      g.pending
+        ? oldestPendingAgeS(redis, streamKey(g.stream, g.partition), g.group, Date.now())
+        : 0
     ),
   );
   return { stats, health: report, deadLetters, oldestPendingS };

@@ -1,5 +1,5 @@
 /** Page 3, a task: its waterfall, request (e-mail masked), result, error and callback attempts. */
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import type { EventStore } from "../../event_store.ts";
 import { requestEntryId, type StoredEvent } from "../../events.ts";
 import type { Keys } from "../../keys.ts";
@@ -37,7 +37,7 @@ function masked(value: unknown): unknown {
 
 /** A task's detail, or null when unknown: the view (or its fold), the timeline and the request. */
 export async function taskDetail(
-  { redis, keys, store }: { redis: Redis; keys: Keys; store: EventStore },
+  { redis, keys, store }: { redis: RedisClient; keys: Keys; store: EventStore },
   taskId: string,
   role: Role,
 ): Promise<TaskDetail | null> {

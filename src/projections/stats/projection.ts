@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { StepName, type StoredEvent } from "../../events.ts";
 import type { Keys } from "../../keys.ts";
@@ -51,21 +51,30 @@ export type LastHour = z.infer<typeof LastHourSchema>;
  * hashes; `viewPrefix` is the current generation's (currentViews).
  */
 export async function readLastHour(
-  redis: Redis,
-  viewPrefix: string,
+  redis: RedisClient,
+  viewPrefix: string | readonly string[],
   now: number,
 ): Promise<LastHour> {
-  const keys = statsKeys(viewPrefix);
+  const prefixes = typeof viewPrefix === "string" ? [viewPrefix] : viewPrefix;
   const last = finishMinute(now);
   const minutes = Array.from({ length: 60 }, (_, i) => last - 59 + i);
-  const pipeline = redis.pipeline();
-  for (const minute of minutes) pipeline.hgetall(keys.minute(minute));
-  const replies = (await pipeline.exec()) ?? [];
+  // Each partition's minutes (one pipeline per partition: one slot each), summed field by field.
+  const perPartition = await Promise.all(prefixes.map(async (prefix) => {
+    const keys = statsKeys(prefix);
+    const pipeline = redis.pipeline();
+    for (const minute of minutes) pipeline.hgetall(keys.minute(minute));
+    return (await pipeline.exec()) ?? [];
+  }));
   const hour: Record<string, number> = {};
   const series = minutes.map((minute, i): MinuteStats => {
-    const [error, raw] = replies[i];
-    if (error) throw error;
-    const fields = raw as Record<string, string>;
+    const fields: Record<string, number> = {};
+    for (const replies of perPartition) {
+      const [error, raw] = replies[i];
+      if (error) throw error;
+      for (const [field, n] of Object.entries(raw as Record<string, string>)) {
+        fields[field] = (fields[field] ?? 0) + Number(n);
+      }
+    }
     const histogram: Record<string, number> = {};
     for (const [field, n] of Object.entries(fields)) {
       if (!field.startsWith("ms:")) continue;
@@ -132,26 +141,53 @@ function lastMinute(nowMs: number): string[] {
   return Array.from({ length: 60 }, (_, i) => String(nowS - i));
 }
 
-/** The stats view plus live figures from the streams. `now` bounds the throughput window. */
+/**
+ * The stats view plus live figures from the streams, summed over the partitions: counters and
+ * throughput add up, percentiles come from the merged histogram buckets. `now` bounds the
+ * throughput window.
+ */
 export async function readStats(
-  redis: Redis,
-  keys: Keys,
+  redis: RedisClient,
+  keys: Keys | readonly Keys[],
   now: number,
   retentionMs: number,
 ): Promise<Stats> {
-  const { prefix } = await currentViews(redis, keys);
-  const stats = statsKeys(prefix);
-  const [hash, histogram, perSecond, lastHour, groups, horizon] = await Promise.all([
-    redis.hgetall(stats.counters),
-    redis.hgetall(stats.durations),
-    redis.hmget(stats.finished, ...lastMinute(now)),
-    readLastHour(redis, prefix, now),
-    consumerGroups(redis, keys),
-    replayHorizon(redis, keys, retentionMs),
+  const all = Array.isArray(keys) ? keys as readonly Keys[] : [keys as Keys];
+  const prefixes = await Promise.all(all.map(async (k) => (await currentViews(redis, k)).prefix));
+  const parts = await Promise.all(all.map(async (k, i) => {
+    const stats = statsKeys(prefixes[i]);
+    return await Promise.all([
+      redis.hgetall(stats.counters),
+      redis.hgetall(stats.durations),
+      redis.hmget(stats.finished, ...lastMinute(now)),
+      replayHorizon(redis, k, retentionMs),
+    ]);
+  }));
+  const [groups, lastHour] = await Promise.all([
+    consumerGroups(redis, all),
+    readLastHour(redis, prefixes, now),
   ]);
+  const hash: Record<string, number> = {};
+  const buckets: Record<string, number> = {};
+  const add = (into: Record<string, number>, from: Record<string, string>) => {
+    for (const [field, value] of Object.entries(from)) {
+      into[field] = (into[field] ?? 0) + Number(value);
+    }
+  };
+  let finished = 0;
+  const oldest: string[] = [];
+  for (const [counters, histogram, perSecond, partHorizon] of parts) {
+    add(hash, counters);
+    add(buckets, histogram);
+    finished += perSecond.reduce((sum, count) => sum + Number(count ?? 0), 0);
+    if (partHorizon.oldest_event_at) oldest.push(partHorizon.oldest_event_at);
+  }
+  const horizon = {
+    stream_retention_s: Math.round(retentionMs / 1000),
+    // ISO times of one format sort as text.
+    oldest_event_at: oldest.sort()[0] ?? null,
+  };
   const n = (field: string) => Number(hash[field] ?? 0);
-  const buckets = Object.fromEntries(Object.entries(histogram).map(([b, c]) => [b, Number(c)]));
-  const finished = perSecond.reduce((sum, count) => sum + Number(count ?? 0), 0);
   const average = n("processing_count") ? n("processing_ms") / n("processing_count") : 0;
   const stepAverage: Record<string, number> = {};
   for (const step of StepName.options) {
@@ -311,7 +347,7 @@ export const stats = defineProjection({
     summary: "Task counts, processing times, throughput and consumer-group backlog",
     response: { schema: StatsSchema, description: "Statistics" },
     problems: { 503: "Redis is unreachable" },
-    handle: ({ redis, keys, now, streamRetentionMs }) =>
-      readStats(redis, keys, now().getTime(), streamRetentionMs),
+    handle: ({ redis, partitions, now, streamRetentionMs }) =>
+      readStats(redis, partitions.list.map((p) => p.keys), now().getTime(), streamRetentionMs),
   },
 });

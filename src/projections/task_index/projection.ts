@@ -213,9 +213,12 @@ export const taskIndex = defineProjection({
     query: TaskListQuerySchema,
     response: { schema: TaskListSchema, description: "One page of tasks, newest first" },
     problems: { 400: "A query parameter is invalid (`errors` names each)" },
-    async handle({ redis, keys }, _params, query) {
-      const { prefix } = await currentViews(redis, keys);
-      return queryTaskIndex(redis, [prefix], query as TaskListQuery);
+    async handle({ redis, partitions }, _params, query) {
+      // Every partition's index (each in its own view generation), merged newest first.
+      const prefixes = await Promise.all(
+        partitions.list.map(async (p) => (await currentViews(redis, p.keys)).prefix),
+      );
+      return queryTaskIndex(redis, prefixes, query as TaskListQuery);
     },
   },
 });

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { taskIndexGramsScript, taskIndexPageScript } from "../../redis/scripts.ts";
 import { initialTaskView, type TaskView, taskViewKey, TaskViewSchema } from "../task_view/view.ts";
@@ -113,7 +113,7 @@ interface WalkResult {
  * below it, so tasks created meanwhile never shift a page and no task is shown twice.
  */
 export async function queryTaskIndex(
-  redis: Redis,
+  redis: RedisClient,
   viewPrefixes: string[],
   input: TaskListQuery,
 ): Promise<TaskList> {
@@ -156,7 +156,7 @@ function upperBound(query: ParsedQuery): string {
 }
 
 /** Which sets to walk in which partition, and what the search matched. */
-async function plan(redis: Redis, prefixes: string[], query: ParsedQuery) {
+async function plan(redis: RedisClient, prefixes: string[], query: ParsedQuery) {
   const walks: Walk[] = [];
   const direct: { prefix: string; doc: IndexDoc }[] = [];
   const statusOf = (prefix: string) =>
@@ -175,15 +175,16 @@ async function plan(redis: Redis, prefixes: string[], query: ParsedQuery) {
   const idFields = fields.filter((f): f is (typeof ID_FIELDS)[number] => f !== "prompt");
   const matched = new Set<Matched>();
   if (idFields.length) {
-    const pipeline = redis.pipeline();
-    for (const prefix of prefixes) {
+    // One pipeline per partition: on a Redis Cluster a pipeline's keys must share a node.
+    const replies = (await Promise.all(prefixes.map(async (prefix) => {
       const keys = taskIndexKeys(prefix);
+      const pipeline = redis.pipeline();
       for (const field of idFields) {
         if (field === "task_id") pipeline.hget(keys.docs, q);
         else pipeline.exists(idSet(prefix, field, q));
       }
-    }
-    const replies = (await pipeline.exec()) ?? [];
+      return (await pipeline.exec()) ?? [];
+    }))).flat();
     let i = 0;
     for (const prefix of prefixes) {
       for (const field of idFields) {
@@ -223,7 +224,7 @@ function idSet(prefix: string, field: "video_id" | "user_id" | "idempotency_key"
 }
 
 async function runWalk(
-  redis: Redis,
+  redis: RedisClient,
   walk: Walk,
   bounds: { max: string; min: string; limit: number; budget: number },
 ): Promise<WalkResult> {
@@ -252,7 +253,7 @@ async function runWalk(
  * the needle is shorter than a trigram or leaves more than GRAM_CANDIDATES candidates.
  */
 async function gramSearch(
-  redis: Redis,
+  redis: RedisClient,
   walk: Walk,
   { max, min, limit }: { max: string; min: string; limit: number },
 ): Promise<WalkResult | null> {
@@ -306,7 +307,7 @@ export function merge(
 
 /** The task views of a page: one MGET per partition; an unprojected one from its index entry. */
 async function loadViews(
-  redis: Redis,
+  redis: RedisClient,
   members: string[],
   owner: Map<string, string>,
 ): Promise<TaskView[]> {

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../../errors.ts";
 import type { EventStore } from "../../event_store.ts";
@@ -17,7 +17,7 @@ import {
 
 /** The task's view as projected, or null when not projected yet (or expired). */
 export async function readTaskView(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   taskId: string,
 ): Promise<TaskView | null> {
@@ -71,9 +71,12 @@ export const taskView = defineProjection({
     params: z.object({ task_id: z.string() }),
     response: { schema: TaskViewSchema, description: "The task" },
     problems: { 404: "Unknown task" },
-    async handle({ store }, { task_id }) {
+    async handle({ partitions }, { task_id }) {
+      // The id names its partition; an id no partition can hold is an unknown task.
+      const partition = partitions.ofTask(task_id);
+      if (!partition) throw new ProblemError(404, "Task not found", `No task "${task_id}"`);
       // The projected view, caught up with the task's events the projector has not reached.
-      const view = await readFreshTaskView(store, task_id);
+      const view = await readFreshTaskView(partition.store, task_id);
       if (view) return view;
       throw new ProblemError(404, "Task not found", `No task "${task_id}"`);
     },

@@ -1,4 +1,4 @@
-import type { Redis } from "ioredis";
+import type { RedisClient } from "../../redis/client.ts";
 import { z } from "zod";
 import { ProblemError } from "../../errors.ts";
 import type { Keys } from "../../keys.ts";
@@ -8,7 +8,7 @@ import { evolveVideoView, VideoScenesSchema, type VideoView, videoViewKey } from
 
 /** A video's latest scenes as projected, or null before any task of it completed. */
 export async function readVideoView(
-  redis: Redis,
+  redis: RedisClient,
   keys: Keys,
   videoId: string,
 ): Promise<VideoView | null> {
@@ -36,8 +36,8 @@ export const videoScenes = defineProjection({
     params: z.object({ video_id: z.string() }),
     response: { schema: VideoScenesSchema, description: "The latest revision's scenes" },
     problems: { 404: "No completed task for this video" },
-    async handle({ redis, keys }, { video_id }) {
-      const view = await readVideoView(redis, keys, video_id);
+    async handle({ redis, partitions }, { video_id }) {
+      const view = await readVideoView(redis, partitions.ofVideo(video_id).keys, video_id);
       if (view) return view;
       throw new ProblemError(404, "Video not found", `No scenes for video "${video_id}"`);
     },

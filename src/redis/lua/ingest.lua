@@ -3,7 +3,12 @@
   checking the sender's rate-limit buckets: one round trip for the whole hot path.
   The key, the work entry, the task.queued event and the timeline index are written together,
   so no crash can leave a key without its task or a task without its key. A duplicate neither
-  appends nor spends tokens; a limited request spends none and appends nothing.
+  appends nor spends tokens (with PARTITIONS > 1 the tokens were taken before, by
+  take_tokens.lua); a limited request spends none and appends nothing. The key keeps the
+  request's fingerprint: the same key with another request is a conflict (409), as at Stripe.
+  With PARTITIONS > 1 the task id comes from the key's claim (claim_idempotency.lua), so a retry
+  after a crash between the claim and this script appends the same task, once (found by its key,
+  or by its timeline).
 
   Input:
     KEYS.idempotency          the idempotency key (ignored unless ARGV.has_idempotency_key is "1")
@@ -27,16 +32,30 @@
     ARGV.bucket_rate          refill (units per ms)
     ARGV.now_ms               now (ms)
     ARGV.bucket_ttl_ms        ttl of a bucket (ms)
+    ARGV.fingerprint          the request's fingerprint, kept with the idempotency key
 
   Output:
-    {task id, 0} when appended, {task id, 1} for a duplicate,
-    {"", -1, ms until allowed} when rate-limited
+    {task id, 0} when appended, {task id, 1} for a duplicate, {task id, 2} when the key made
+    that task from another request (a conflict), {"", -1, ms until allowed} when rate-limited
 ]]
 --- @include "token_bucket"
 if ARG.has_idempotency_key == '1' then
   local existing = redis.call('GET', KEY.idempotency)
-  if existing then return {existing, 1} end
+  if existing then
+    -- "task fingerprint"; a key stored before fingerprints existed matches any request.
+    local task, fingerprint = string.match(existing, '^(%S+) (%S+)$')
+    if not task then return {existing, 1} end
+    if fingerprint ~= ARG.fingerprint then return {task, 2} end
+    -- A write that changes nothing (the same TTL), so a WAIT after this reply (ACK_REPLICAS)
+    -- waits for the replicas to have everything before it, the first request's writes included.
+    local ttl = redis.call('PTTL', KEY.idempotency)
+    if ttl > 0 then redis.call('PEXPIRE', KEY.idempotency, ttl) end
+    return {task, 1}
+  end
 end
+-- The task exists already (a retry after a crash between the claim and this script, whose key
+-- here is gone): found, not appended twice.
+if redis.call('EXISTS', KEY.timeline) == 1 then return {ARG.task_id, 1} end
 if #KEYS >= EXTRA_KEYS_FROM then
   local rate, now = tonumber(ARG.bucket_rate), tonumber(ARG.now_ms)
   local buckets, wait = {}, 0
@@ -59,6 +78,7 @@ local ev = redis.call('XADD', KEY.events, '*', 'type', 'task.queued', 'task_id',
 redis.call('RPUSH', KEY.timeline, ev)
 redis.call('EXPIRE', KEY.timeline, ARG.timeline_ttl_s)
 if ARG.has_idempotency_key == '1' then
-  redis.call('SET', KEY.idempotency, ARG.task_id, 'EX', ARG.idempotency_ttl_s)
+  redis.call('SET', KEY.idempotency, ARG.task_id .. ' ' .. ARG.fingerprint, 'EX',
+    ARG.idempotency_ttl_s)
 end
 return {ARG.task_id, 0}
