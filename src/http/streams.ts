@@ -168,26 +168,12 @@ export async function allStream(c: Context, deps: StreamDeps): Promise<Response>
   return sse(c, deps, sub, async (stream) => {
     let cursor = resume;
     // Catch up from the log: after the client's id, up to where the feed took over.
-    while (cursor !== null && compareIds(cursor, sub.startId!) < 0 && !sub.reason) {
-      const entries = await redis.xrange(
-        keys.eventStream,
-        `(${cursor}`,
-        sub.startId!,
-        "COUNT",
-        500,
-      );
-      if (!entries.length) break;
-      for (const [id, fields] of entries) {
-        cursor = id;
-        let event: StoredEvent;
-        try {
-          event = decodeEvent(id, fields);
-        } catch {
-          continue;
-        }
-        feed.directory.observe(event);
-        if (await matches(event)) await stream.write(eventFrame(event));
-      }
+    const log = logBetween(redis, keys.eventStream, resume, sub.startId!, () => !!sub.reason);
+    for await (const { id, event } of log) {
+      cursor = id;
+      if (!event) continue;
+      feed.directory.observe(event);
+      if (await matches(event)) await stream.write(eventFrame(event));
     }
     const sent = latest(resume, cursor);
     await live(stream, sub, async (item) => {
@@ -243,29 +229,15 @@ async function allPartitionsStream(c: Context, deps: StreamDeps): Promise<Respon
   return sse(c, deps, sub, async (stream) => {
     // Catch up each partition from the log: after the client's position, up to its feed's.
     for (const [index, partition] of partitions.list.entries()) {
-      const startId = sub.startIds[index];
-      let cursor = sent[index];
-      while (cursor !== null && compareIds(cursor, startId) < 0 && !sub.reason) {
-        const entries = await redis.xrange(
-          partition.keys.eventStream,
-          `(${cursor}`,
-          startId,
-          "COUNT",
-          500,
-        );
-        if (!entries.length) break;
-        for (const [id, fields] of entries) {
-          cursor = id;
-          let event: StoredEvent;
-          try {
-            event = decodeEvent(id, fields);
-          } catch {
-            sent[index] = id;
-            continue;
-          }
-          directory(index).observe(event);
-          await write(stream, index, event);
+      const from = sent[index], until = sub.startIds[index];
+      const log = logBetween(redis, partition.keys.eventStream, from, until, () => !!sub.reason);
+      for await (const { id, event } of log) {
+        if (!event) {
+          sent[index] = id;
+          continue;
         }
+        directory(index).observe(event);
+        await write(stream, index, event);
       }
     }
     for (;;) {
@@ -470,4 +442,31 @@ export function describeStreamRoutes(app: OpenAPIHono): void {
       503: unavailable,
     },
   });
+}
+
+/**
+ * The log's entries after `after` up to `until` (inclusive), in pages of 500, each decoded (null
+ * when it does not decode, so the caller can still move past it); stops early when `stopped()`.
+ * Nothing when `after` is null (nowhere to resume from).
+ */
+async function* logBetween(
+  redis: RedisClient,
+  stream: string,
+  after: string | null,
+  until: string,
+  stopped: () => boolean,
+): AsyncGenerator<{ id: string; event: StoredEvent | null }> {
+  let cursor = after;
+  while (cursor !== null && compareIds(cursor, until) < 0 && !stopped()) {
+    const entries = await redis.xrange(stream, `(${cursor}`, until, "COUNT", 500);
+    if (!entries.length) return;
+    for (const [id, fields] of entries) {
+      cursor = id;
+      let event: StoredEvent | null = null;
+      try {
+        event = decodeEvent(id, fields);
+      } catch { /* a malformed entry is skipped, as everywhere */ }
+      yield { id, event };
+    }
+  }
 }
