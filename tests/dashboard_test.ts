@@ -62,7 +62,7 @@ Deno.test("roles: the admin token, the read token, nothing else; CSRF needs the 
   assert.equal(roleFor(`${ADMIN} `, tokens), null);
   assert.equal(roleFor("", tokens), null);
   assert.equal(roleFor(READ, { admin: ADMIN }), null);
-  const session: Session = { role: "admin", csrf: "abc123", created_at: "" };
+  const session: Session = { role: "admin", csrf: "abc123", created_at: "", grant: "" };
   assert.equal(csrfMatches(session, "abc123"), true);
   assert.equal(csrfMatches(session, "abc124"), false);
   assert.equal(csrfMatches(session, ""), false);
@@ -402,4 +402,47 @@ Deno.test("the task list filters by status and creation time, and says what is w
   } finally {
     await consumers.stop(1_000);
   }
+});
+
+Deno.test("a session ends when the token that granted it changes or is removed", async () => {
+  await using env = await testEnv("dash-grant", { ADMIN_TOKEN: ADMIN, READ_TOKEN: READ });
+  const admin = cookieOf(await signIn(env, ADMIN));
+  const read = cookieOf(await signIn(env, READ));
+  for (const cookie of [admin, read]) {
+    const res = await env.services.app.request("/dashboard", { headers: { cookie } });
+    await res.body?.cancel();
+    assert.equal(res.status, 200);
+  }
+  // The same Redis and prefix, restarted with a new ADMIN_TOKEN and no READ_TOKEN.
+  const config = loadConfig({ KEY_PREFIX: env.prefix, ADMIN_TOKEN: "rotated-admin-token-0123" });
+  const services = createServices(config, createLogger("error"));
+  try {
+    await waitReady(services.redis);
+    for (const cookie of [admin, read]) {
+      const res = await services.app.request("/dashboard", { headers: { cookie } });
+      await res.body?.cancel();
+      assert.equal(res.status, 303, "the old session no longer opens anything");
+      assert.equal(res.headers.get("location"), "/dashboard/sign-in");
+    }
+    // The old app, with its tokens unchanged, still honours its sessions.
+    const res = await env.services.app.request("/dashboard", { headers: { cookie: admin } });
+    await res.body?.cancel();
+    assert.equal(res.status, 200);
+  } finally {
+    await services.close();
+  }
+});
+
+Deno.test("a sign-in posted from another site is refused and spends no attempt", async () => {
+  await using env = await testEnv("dash-cross-site", { ADMIN_TOKEN: ADMIN });
+  for (let i = 0; i < SIGN_IN_PER_MINUTE + 2; i++) {
+    const res = await signIn(env, "wrong-token-0123456789", {
+      headers: { "sec-fetch-site": "cross-site", origin: "https://evil.example" },
+    });
+    await res.body?.cancel();
+    assert.equal(res.status, 403);
+  }
+  const ok = await signIn(env, ADMIN, { headers: { "sec-fetch-site": "same-origin" } });
+  await ok.body?.cancel();
+  assert.equal(ok.status, 303, "the operator can still sign in");
 });

@@ -78,7 +78,10 @@ const CSP = [
 export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   if (!deps.adminToken) return;
   const { redis, keys, partitions, log, now } = deps;
-  const sessions = new SessionStore(redis, keys, deps.sessionTtlS);
+  const sessions = new SessionStore(redis, keys, deps.sessionTtlS, {
+    admin: deps.adminToken,
+    read: deps.readToken,
+  });
   const dash = new Hono<DashboardEnv>();
   const signIn = `${BASE}/sign-in`;
 
@@ -107,6 +110,12 @@ export function dashboardRoutes(app: OpenAPIHono, deps: DashboardDeps): void {
   });
 
   dash.post("/sign-in", async (c) => {
+    // A sign-in posted by another site's page (a browser says so) is refused before it can spend
+    // the address's attempts: otherwise any page an operator opens could lock them out.
+    if (c.req.header("sec-fetch-site") === "cross-site") {
+      log.warn("Dashboard sign-in refused", { reason: "cross-site" });
+      return c.html(<SignInPage error="Sign in from the dashboard's own page" />, 403);
+    }
     // Every attempt takes a token from the address's bucket, so guessing is slow; the token is
     // compared in constant time and never logged or echoed.
     const bucket = await takeToken(redis, keys.dashboardSignIn(clientAddress(c, deps.trustProxy)), {

@@ -3,7 +3,9 @@
  * a random session id in an HttpOnly, SameSite=Strict cookie. The session lives in Redis under the
  * SHA-256 of its id (a copy of Redis holds no usable cookie) with a TTL, and sign-out deletes it,
  * so a session ends server-side whatever the browser keeps. Each session has its own CSRF token,
- * which every mutation must send back (form field or header), compared in constant time.
+ * which every mutation must send back (form field or header), compared in constant time. A session
+ * also records a digest of the token that granted it and is only valid while that token is still
+ * the configured one: changing (or removing) a leaked ADMIN_TOKEN or READ_TOKEN ends its sessions.
  */
 import { Buffer } from "node:buffer";
 import type { RedisClient } from "../redis/client.ts";
@@ -19,6 +21,8 @@ const SessionSchema = z.object({
   role: RoleSchema,
   csrf: z.string().min(1),
   created_at: z.string(),
+  /** A digest of the token that granted the role: the session ends when that token changes. */
+  grant: z.string(),
 });
 export type Session = z.infer<typeof SessionSchema>;
 
@@ -61,18 +65,26 @@ export function csrfMatches(session: Session, sent: string | null | undefined): 
   return typeof sent === "string" && sent.length > 0 && tokensEqual(sent, session.csrf);
 }
 
+/** The digest of a granting token kept in a session (never the token itself). */
+const grantOf = (token: string | undefined) =>
+  token === undefined ? Promise.resolve(null) : sha256Hex(`dashboard-session-grant:${token}`);
+
 /** Sessions in Redis, each with a TTL of `ttlS` from its sign-in. */
 export class SessionStore {
   constructor(
     private readonly redis: RedisClient,
     private readonly keys: Keys,
     readonly ttlS: number,
+    /** The tokens configured now: a session whose granting token is no longer one is dead. */
+    private readonly tokens: { admin?: string; read?: string },
   ) {}
 
   /** A new session for `role`: its id (for the cookie only) and what is stored. */
   async create(role: Role, now: Date): Promise<{ id: string; session: Session }> {
     const id = randomToken();
-    const session: Session = { role, csrf: randomToken(), created_at: now.toISOString() };
+    const grant = await grantOf(this.tokens[role]);
+    if (grant === null) throw new Error(`No token grants the role "${role}"`);
+    const session: Session = { role, csrf: randomToken(), created_at: now.toISOString(), grant };
     const key = this.keys.dashboardSession(await sha256Hex(id));
     await this.redis.set(key, JSON.stringify(session), "EX", this.ttlS);
     return { id, session };
@@ -85,7 +97,9 @@ export class SessionStore {
     if (!raw) return null;
     try {
       const parsed = SessionSchema.safeParse(JSON.parse(raw));
-      return parsed.success ? parsed.data : null;
+      if (!parsed.success) return null;
+      const grant = await grantOf(this.tokens[parsed.data.role]);
+      return grant !== null && tokensEqual(parsed.data.grant, grant) ? parsed.data : null;
     } catch {
       return null;
     }
