@@ -4,7 +4,7 @@
  * 127.0.0.1 with its own temporary folder; `stop()` (or `await using`) kills them all and removes
  * the folders, also when the caller failed half-way.
  */
-import { findBinary, requireBinaries } from "../../src/dev/local_services.ts";
+import { findBinary, MissingBinary, requireBinaries } from "../../src/dev/local_services.ts";
 import { freePort } from "../_helpers.ts";
 
 /** A server process of ours: its port and how to kill it. */
@@ -32,6 +32,14 @@ function clusterPort(): number {
     }
   }
   throw new Error("No free port pair for a cluster node");
+}
+
+/** redis-server and redis-cli (which creates the cluster and asks the servers), or a clear error. */
+function requireRedisTools() {
+  requireBinaries(["redis"]);
+  if (!findBinary("redis-cli")) {
+    throw new MissingBinary("Missing: redis-cli (Debian/Ubuntu: apt-get install redis-tools)");
+  }
 }
 
 /** Runs redis-cli against `port` with `args`; its output as text (throws on a failed exit). */
@@ -143,7 +151,7 @@ export class LocalCluster {
   }
 
   static async start(options: ClusterOptions = {}): Promise<LocalCluster> {
-    requireBinaries(["redis"]);
+    requireRedisTools();
     const masters = options.masters ?? 3;
     const cluster = new LocalCluster();
     try {
@@ -358,7 +366,7 @@ export class LocalSentinel {
   }
 
   static async start(options: { sentinels?: 1 | 3; downAfterMs?: number } = {}) {
-    requireBinaries(["redis"]);
+    requireRedisTools();
     const topology = new LocalSentinel();
     const count = options.sentinels ?? 1;
     try {
