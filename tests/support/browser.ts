@@ -49,8 +49,8 @@ export interface PageProblems {
 
 /**
  * Records every console error, page error, failed request and unexpected HTTP error of `page`.
- * An event stream, a live region's refresh or the icon cut by leaving the page (net::ERR_ABORTED)
- * is not a failure.
+ * An event stream, a live region's refresh, the icon or a navigation cut by leaving the page
+ * (net::ERR_ABORTED) is not a failure.
  */
 export function watchPage(page: Page): PageProblems {
   const problems: string[] = [];
@@ -67,9 +67,11 @@ export function watchPage(page: Page): PageProblems {
     const failure = request.failure()?.errorText ?? "failed";
     const url = new URL(request.url());
     // Leaving a page cuts its event streams, any refresh still on its way, and the icon, which
-    // Chromium asks for after the page has loaded.
+    // Chromium asks for after the page has loaded; a navigation overtaken by another (a form's
+    // redirect and the client script both going to the sign-in page) is cut the same way. The
+    // page finally shown is checked by the test (and any HTTP error by the handler below).
     const cut = url.pathname.includes("/live/") || request.headers()["x-dashboard-fragment"] ||
-      url.pathname.endsWith("/icon.svg");
+      url.pathname.endsWith("/icon.svg") || request.isNavigationRequest();
     if (failure === "net::ERR_ABORTED" && cut) return;
     problems.push(`request failed: ${request.method()} ${url.pathname} ${failure}`);
   });
