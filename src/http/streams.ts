@@ -27,6 +27,7 @@ import type { EventFeeds } from "../feed/event_feeds.ts";
 import type { Partitions } from "../partitions.ts";
 import { changesStatus, eventFrame, namedFrame, StreamEnd } from "../feed/rules.ts";
 import { type FeedItem, HEARTBEAT, type Subscription } from "../feed/subscription.ts";
+import type { TaskDirectory } from "../feed/task_directory.ts";
 import type { Keys } from "../keys.ts";
 import type { Logger } from "../log.ts";
 import { readTaskView } from "../projections/task_view/projection.ts";
@@ -138,33 +139,13 @@ export async function allStream(c: Context, deps: StreamDeps): Promise<Response>
   const { redis, partitions } = deps;
   const { keys } = partitions.first;
   const feed = deps.feed.of(partitions.first);
-  const statusChanges = flag(c.req.query("status_changes"));
-  const videoId = c.req.query("video_id") || null;
-  const userId = c.req.query("user_id") || null;
   const resume = lastEventId(c);
-  const byOwner = videoId !== null || userId !== null;
-  const owned = (owner: { video_id: string; user_id: string } | null) =>
-    owner !== null && (!videoId || owner.video_id === videoId) &&
-    (!userId || owner.user_id === userId);
-  // At dispatch: what can be decided without waiting (an unknown task's owner is looked up later).
-  const accepts = (item: FeedItem) => {
-    if (statusChanges && !changesStatus(item.event)) return false;
-    const owner = byOwner ? feed.directory.peek(item.event.task_id) : undefined;
-    return owner === undefined || owned(owner);
-  };
-  const matches = async (event: StoredEvent) => {
-    if (statusChanges && !changesStatus(event)) return false;
-    if (!byOwner) return true;
-    return owned(await feed.directory.owner(event.task_id).catch(() => null));
-  };
+  const filter = eventFilter(c);
+  const accepts = (item: FeedItem) => filter.accepts(feed.directory, item.event);
+  const matches = (event: StoredEvent) => filter.matches(feed.directory, event);
   const sub = subscribe(deps.feed.subscribe(partitions.first, null, accepts));
   if (sub instanceof Full) return sub.response(c);
-  try {
-    await fromRedis(() => within(sub.ready, 2_000));
-  } catch (error) {
-    sub.close("ended");
-    throw error;
-  }
+  await whenReady(sub);
   return sse(c, deps, sub, async (stream) => {
     let cursor = resume;
     // Catch up from the log: after the client's id, up to where the feed took over.
@@ -190,33 +171,15 @@ export async function allStream(c: Context, deps: StreamDeps): Promise<Response>
  */
 async function allPartitionsStream(c: Context, deps: StreamDeps): Promise<Response> {
   const { redis, partitions } = deps;
-  const statusChanges = flag(c.req.query("status_changes"));
-  const videoId = c.req.query("video_id") || null;
-  const userId = c.req.query("user_id") || null;
   const resume = positionVector(lastEventId(c, partitions.count), partitions.count);
-  const byOwner = videoId !== null || userId !== null;
-  const owned = (owner: { video_id: string; user_id: string } | null) =>
-    owner !== null && (!videoId || owner.video_id === videoId) &&
-    (!userId || owner.user_id === userId);
+  const filter = eventFilter(c);
   const directory = (index: number) => deps.feed.list[index].directory;
-  const accepts = (partition: { index: number }, item: FeedItem) => {
-    if (statusChanges && !changesStatus(item.event)) return false;
-    const owner = byOwner ? directory(partition.index).peek(item.event.task_id) : undefined;
-    return owner === undefined || owned(owner);
-  };
-  const matches = async (index: number, event: StoredEvent) => {
-    if (statusChanges && !changesStatus(event)) return false;
-    if (!byOwner) return true;
-    return owned(await directory(index).owner(event.task_id).catch(() => null));
-  };
+  const accepts = (partition: { index: number }, item: FeedItem) =>
+    filter.accepts(directory(partition.index), item.event);
+  const matches = (index: number, event: StoredEvent) => filter.matches(directory(index), event);
   const sub = subscribe(deps.feed.subscribeAll(accepts));
   if (sub instanceof Full) return sub.response(c);
-  try {
-    await fromRedis(() => within(sub.ready, 2_000));
-  } catch (error) {
-    sub.close("ended");
-    throw error;
-  }
+  await whenReady(sub);
   // Where the client is in each partition: where it resumes from, or (a new client) each
   // partition's live position when it subscribed, so a vector always names real positions and a
   // reconnect never replays history from partitions that had sent nothing.
@@ -468,5 +431,43 @@ async function* logBetween(
       } catch { /* a malformed entry is skipped, as everywhere */ }
       yield { id, event };
     }
+  }
+}
+
+/**
+ * What a GET /events/stream client asked for (`status_changes`, `video_id`, `user_id`), checked
+ * against the task directory of the event's partition.
+ */
+function eventFilter(c: Context) {
+  const statusChanges = flag(c.req.query("status_changes"));
+  const videoId = c.req.query("video_id") || null;
+  const userId = c.req.query("user_id") || null;
+  const byOwner = videoId !== null || userId !== null;
+  const owned = (owner: { video_id: string; user_id: string } | null) =>
+    owner !== null && (!videoId || owner.video_id === videoId) &&
+    (!userId || owner.user_id === userId);
+  return {
+    /** At dispatch: what can be decided without waiting (an unknown owner is looked up later). */
+    accepts(directory: TaskDirectory, event: StoredEvent): boolean {
+      if (statusChanges && !changesStatus(event)) return false;
+      const owner = byOwner ? directory.peek(event.task_id) : undefined;
+      return owner === undefined || owned(owner);
+    },
+    /** Whether the client gets `event`, looking its task's owner up when it is not known yet. */
+    async matches(directory: TaskDirectory, event: StoredEvent): Promise<boolean> {
+      if (statusChanges && !changesStatus(event)) return false;
+      if (!byOwner) return true;
+      return owned(await directory.owner(event.task_id).catch(() => null));
+    },
+  };
+}
+
+/** Waits (up to 2 s) until the feed serves `sub`; a failure closes it and answers 503. */
+async function whenReady(sub: { ready: Promise<unknown>; close(reason: "ended"): void }) {
+  try {
+    await fromRedis(() => within(sub.ready, 2_000));
+  } catch (error) {
+    sub.close("ended");
+    throw error;
   }
 }
