@@ -57,17 +57,9 @@ end
 -- here is gone): found, not appended twice.
 if redis.call('EXISTS', KEY.timeline) == 1 then return {ARG.task_id, 1} end
 if #KEYS >= EXTRA_KEYS_FROM then
-  local rate, now = tonumber(ARG.bucket_rate), tonumber(ARG.now_ms)
-  local buckets, wait = {}, 0
-  for i = EXTRA_KEYS_FROM, #KEYS do
-    local tokens, at = bucket_refill(KEYS[i], tonumber(ARG.bucket_capacity), rate, now)
-    if tokens < TOKEN then wait = math.max(wait, math.ceil((TOKEN - tokens) / rate)) end
-    buckets[i] = {tokens, at}
-  end
+  local wait = buckets_take_all(EXTRA_KEYS_FROM, tonumber(ARG.bucket_capacity),
+    tonumber(ARG.bucket_rate), tonumber(ARG.now_ms), ARG.bucket_ttl_ms)
   if wait > 0 then return {'', -1, wait} end
-  for i = EXTRA_KEYS_FROM, #KEYS do
-    bucket_store(KEYS[i], buckets[i][1] - TOKEN, buckets[i][2], ARG.bucket_ttl_ms)
-  end
 end
 local entry = redis.call('XADD', KEY.webhooks, '*', 'task_id', ARG.task_id, 'payload', ARG.payload)
 local data = {video_id = ARG.video_id, user_id = ARG.user_id, is_revision = (ARG.is_revision == '1'),

@@ -15,15 +15,5 @@
     0 when taken, else the ms until a token is available in every bucket
 ]]
 --- @include "token_bucket"
-local rate, now = tonumber(ARG.rate), tonumber(ARG.now_ms)
-local buckets, wait = {}, 0
-for i = 1, #KEYS do
-  local tokens, at = bucket_refill(KEYS[i], tonumber(ARG.capacity), rate, now)
-  if tokens < TOKEN then wait = math.max(wait, math.ceil((TOKEN - tokens) / rate)) end
-  buckets[i] = {tokens, at}
-end
-if wait > 0 then return wait end
-for i = 1, #KEYS do
-  bucket_store(KEYS[i], buckets[i][1] - TOKEN, buckets[i][2], ARG.ttl_ms)
-end
-return 0
+return buckets_take_all(1, tonumber(ARG.capacity), tonumber(ARG.rate), tonumber(ARG.now_ms),
+  ARG.ttl_ms)

@@ -1,5 +1,5 @@
 --[[
-  Token bucket helpers, shared by take_token and ingest. A bucket is a hash: `tokens` in units
+  Token bucket helpers, shared by take_token, take_tokens and ingest. A bucket is a hash: `tokens` in units
   of 1/TOKEN token, `at` in ms. A missing bucket is full.
   TOKEN, the units of one token, is a constant the including script declares
   (TOKEN_UNIT in src/security/rate_limit.ts).
@@ -17,4 +17,19 @@ end
 local function bucket_store(key, tokens, at, ttl)
   redis.call('HSET', key, 'tokens', string.format('%d', tokens), 'at', string.format('%d', at))
   redis.call('PEXPIRE', key, ttl)
+end
+-- Takes one token from each of KEYS[first..], or none: 0 when taken, else the ms until every
+-- bucket has one.
+local function buckets_take_all(first, capacity, rate, now, ttl)
+  local buckets, wait = {}, 0
+  for i = first, #KEYS do
+    local tokens, at = bucket_refill(KEYS[i], capacity, rate, now)
+    if tokens < TOKEN then wait = math.max(wait, math.ceil((TOKEN - tokens) / rate)) end
+    buckets[i] = {tokens, at}
+  end
+  if wait > 0 then return wait end
+  for i = first, #KEYS do
+    bucket_store(KEYS[i], buckets[i][1] - TOKEN, buckets[i][2], ttl)
+  end
+  return 0
 end
