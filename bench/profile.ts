@@ -133,7 +133,7 @@ export function summariseProfile(profile: { nodes: ProfileNode[] }, top = 25) {
 }
 
 /** Connects to a child's V8 inspector; `profile(work)` samples its CPU while `work` runs. */
-async function inspector(port: number) {
+export async function inspector(port: number) {
   const targets = await (await fetch(`http://127.0.0.1:${port}/json/list`)).json();
   const ws = new WebSocket(targets[0].webSocketDebuggerUrl);
   await new Promise((resolve, reject) => {
@@ -167,7 +167,7 @@ async function inspector(port: number) {
   };
 }
 
-const inspectArgs = (port: number, role: "serve" | "worker") => [
+export const inspectArgs = (port: number, role: "serve" | "worker") => [
   Deno.execPath(),
   "run",
   "-A",
