@@ -8,7 +8,6 @@ import { timedCall } from "../src/metrics/providers.ts";
 import type { Pipeline } from "../src/pipeline/steps.ts";
 import type { Partition } from "../src/partitions.ts";
 import { LeaseShare } from "../src/projections/lease_share.ts";
-import { PROJECTIONS } from "../src/projections/registry.ts";
 import { ProjectionRunner } from "../src/projections/runner.ts";
 import { ensureGroup, xgroup } from "../src/redis/streams.ts";
 import { startRetention } from "../src/replay/retention.ts";
@@ -110,17 +109,12 @@ export const CONSUMER_KINDS: Record<ConsumerName, ConsumerKind> = {
       }),
   ),
   projections: {
-    // A runner per partition: each projector holds the lease of its (projection, partition), so
-    // processes running projections share the partitions' work between them.
+    // A runner per partition: its projector holds the lease of that partition's projections, so
+    // processes running projections share the partitions between them.
     async start({ config, services, log, consumer, blocking, projectionLag }) {
       const { partitions } = services;
       const share = partitions.count > 1
-        ? new LeaseShare(
-          services.redis,
-          services.keys,
-          consumer,
-          PROJECTIONS.length * partitions.count,
-        )
+        ? new LeaseShare(services.redis, services.keys, consumer, partitions.count)
         : undefined;
       await share?.start();
       const runners = partitions.list.map((partition) =>

@@ -123,7 +123,8 @@ Deno.test("every script file matches its declaration (loaded at start-up)", () =
   assert.match(ingestScript.source, /local TOKEN = 60000/);
   assert.match(ingestScript.source, /local function bucket_refill/);
   assert.match(settleScript.source, /local EXTRA_ARGS_FROM = 11/);
-  assert.match(projectScript.source, /local EXTRA_ARGS_FROM = 7/);
+  assert.match(projectScript.source, /local EXTRA_KEYS_FROM = 4/);
+  assert.match(projectScript.source, /local EXTRA_ARGS_FROM = 4/);
 });
 
 Deno.test("a lease has one holder; only it renews or releases", async () => {

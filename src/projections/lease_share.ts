@@ -7,7 +7,7 @@ const ALIVE_MS = 5_000;
 
 /**
  * With several partitions: this process's fair share of the projection leases, so processes
- * running projections split the (projection, partition) leases between them instead of the first
+ * running projections split the partitions' projection leases between them instead of the first
  * one taking all. Each process beats into `{vp}:projection-processes` (owner → ms); the share is
  * ceil(leases / live processes). A projector takes a free lease only below the share, and gives
  * its lease up when the process holds more than the share (another process joined).
@@ -21,7 +21,7 @@ export class LeaseShare {
     readonly redis: RedisClient,
     readonly keys: Keys,
     readonly owner: string,
-    /** Leases in all: projections × partitions. */
+    /** Leases in all: one per partition. */
     readonly total: number,
   ) {}
 

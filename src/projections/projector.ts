@@ -7,17 +7,15 @@ import type { Samples } from "../metrics/samples.ts";
 import { viewGeneration } from "../queries.ts";
 import { Lease } from "../redis/lease.ts";
 import { projectScript } from "../redis/scripts.ts";
-import { ensureGroup, groupInfo, readGroup, type StreamEntry, xgroup } from "../redis/streams.ts";
+import { ensureGroup, groupInfo, type StreamEntry, xgroup } from "../redis/streams.ts";
 import { sleep } from "../sleep.ts";
 import type { LeaseShare } from "./lease_share.ts";
-import type { Projection } from "./registry.ts";
-
-/** The one consumer name every process uses for a projection group: only the lease holder reads. */
-const CONSUMER = "projector";
+import type { Op } from "./definition.ts";
+import { type Projection, projectionLease } from "./registry.ts";
 
 export interface ProjectorOptions {
   redis: RedisClient;
-  /** A dedicated connection for XREADGROUP BLOCK. */
+  /** A dedicated connection for XREAD BLOCK. */
   blocking: RedisClient;
   keys: Keys;
   log: Logger;
@@ -75,6 +73,22 @@ async function lastGeneratedId(redis: RedisClient, stream: string): Promise<stri
   return String(info[info.indexOf("last-generated-id") + 1] ?? "0-0");
 }
 
+/**
+ * project.lua's trailing arguments: every projection's block (its head), then every projection's
+ * writes, each as its argument count followed by its arguments.
+ */
+function writeArgs(blocks: { head: (string | number)[]; writes: Op[] }[]): (string | number)[] {
+  const args: (string | number)[] = [];
+  for (const { head } of blocks) for (const value of head) args.push(value);
+  for (const { writes } of blocks) {
+    for (const op of writes) {
+      args.push(op.length);
+      for (const value of op) args.push(value);
+    }
+  }
+  return args;
+}
+
 class LeaseLost extends Error {}
 /** The process holds more than its share of the leases: this one is given to another process. */
 class GivenUp extends Error {}
@@ -82,28 +96,43 @@ class GivenUp extends Error {}
 class Superseded extends Error {}
 
 /**
- * Folds the task event stream into one projection, as the consumer group named after it.
+ * Folds the task event stream into every projection of one view generation (and partition).
  *
- * Events must be applied in log order, so one process at a time holds the projection's lease and
- * reads; the others wait to take over. Each batch's view writes, checkpoint and XACK are one
- * script that also checks the lease and the checkpoint, so a redelivered event is never applied
- * twice and a process that lost its lease cannot write.
+ * Events must be applied in log order, so one process at a time holds the generation's projection
+ * lease and reads. It reads the log once for all projections (XREAD from the lowest checkpoint)
+ * and decodes each event once; each batch's view writes, checkpoints and consumer-group positions
+ * are one script that also checks the lease and every checkpoint, so a batch is never applied
+ * twice and a process that lost its lease cannot write. Reads change nothing in Redis, so a
+ * former holder's read that lands late is harmless. Each projection keeps its own consumer group
+ * (moved by the script to its checkpoint: XINFO lag, retention and /health read it) and its own
+ * checkpoint, so projections that stand at different places (after an upgrade) each go on from
+ * theirs.
  */
 export class Projector {
   readonly #stop = new AbortController();
   #loop: Promise<void> | null = null;
   readonly leaseMs: number;
+  readonly generation: number;
 
-  constructor(readonly projection: Projection, readonly options: ProjectorOptions) {
+  constructor(readonly projections: Projection[], readonly options: ProjectorOptions) {
+    if (projections.length === 0) throw new Error("A projector needs at least one projection");
     this.leaseMs = options.leaseMs ?? 10_000;
+    this.generation = projections[0].generation;
+  }
+
+  /** The projections' consumer groups. */
+  get groups(): string[] {
+    return this.projections.map((p) => p.group);
   }
 
   async start(): Promise<void> {
     const { redis, keys } = this.options;
     // With a checkpoint but no group the log was lost underneath the views: the lease holder
     // finds out and folds it again (#reconcile); creating the group here would hide that.
-    if (await redis.get(keys.checkpoint(this.projection.group)) === null) {
-      await ensureGroup(redis, keys.eventStream, this.projection.group);
+    for (const group of this.groups) {
+      if (await redis.get(keys.checkpoint(group)) === null) {
+        await ensureGroup(redis, keys.eventStream, group);
+      }
     }
     this.#loop = this.#run();
   }
@@ -115,7 +144,7 @@ export class Projector {
 
   async #run(): Promise<void> {
     const { redis, keys, owner, log } = this.options;
-    const lease = new Lease(redis, keys.lease(this.projection.group), owner, this.leaseMs);
+    const lease = new Lease(redis, projectionLease(keys, this.generation), owner, this.leaseMs);
     const signal = this.#stop.signal;
     while (!signal.aborted) {
       try {
@@ -127,7 +156,7 @@ export class Projector {
           await sleep(Math.min(1_000, this.leaseMs / 3), signal).catch(() => {});
           continue;
         }
-        log.debug("Projection lease taken", { projection: this.projection.name });
+        log.debug("Projection lease taken", { generation: this.generation });
         share?.took();
         try {
           await this.#lead(lease, signal);
@@ -146,17 +175,16 @@ export class Projector {
           continue;
         }
         if (error instanceof Superseded) {
-          log.info("Projection superseded by a rebuild", { projection: this.projection.group });
-          // Its group may have been recreated after the rebuild dropped it (a process that
-          // started during the swap): drop it again, so it holds no entries back from retention.
-          await dropProjectionGroup(redis, keys, this.projection.group).catch(() => {});
+          log.info("Projections superseded by a rebuild", { generation: this.generation });
+          // Their groups may have been recreated after the rebuild dropped them (a process that
+          // started during the swap): drop them again, so they hold no entries back from retention.
+          for (const group of this.groups) {
+            await dropProjectionGroup(redis, keys, group).catch(() => {});
+          }
           break;
         }
         if (!(error instanceof LeaseLost)) {
-          log.error("Projection failed", {
-            projection: this.projection.name,
-            error: String(error),
-          });
+          log.error("Projection failed", { generation: this.generation, error: String(error) });
           await sleep(500, signal).catch(() => {});
         }
       }
@@ -171,36 +199,29 @@ export class Projector {
       leading = false;
     });
     try {
-      let checkpoint = await this.#reconcile();
-      // Only what the pending list returns is applied, oldest first: a read with ">" just moves
-      // new entries into it. A former holder's read that lands late (resent after a reconnect)
-      // makes entries pending that are older than the ones read here; applying a ">" batch
-      // directly would move the checkpoint past them, and they would be acked unapplied.
-      let id = "0";
+      let checkpoints = await this.#reconcile();
       while (leading && !signal.aborted) {
         if (this.options.share?.giveUp()) throw new GivenUp();
         try {
-          const entries = await readGroup(blocking, {
-            stream: keys.eventStream,
-            group: this.projection.group,
-            consumer: CONSUMER,
-            count: this.options.batchSize ?? 500,
-            blockMs: id === ">" ? (this.options.blockMs ?? 250) : undefined,
+          const from = checkpoints.reduce((low, c) => compareIds(c, low) < 0 ? c : low);
+          const reply = await blocking.xread(
+            "COUNT",
+            this.options.batchSize ?? 500,
+            "BLOCK",
+            this.options.blockMs ?? 250,
+            "STREAMS",
+            keys.eventStream,
+            from,
+          ) as [string, [string, string[] | null][]][] | null;
+          const entries = (reply?.[0]?.[1] ?? []).map(([id, fields]) => ({
             id,
-          });
-          if (id === ">") {
-            id = "0";
-            continue;
-          }
-          if (entries.length === 0) {
-            id = ">";
-            continue;
-          }
-          checkpoint = await this.#apply(entries, checkpoint);
+            fields: fields ?? [],
+          }));
+          if (entries.length === 0) continue;
+          checkpoints = await this.#apply(entries, checkpoints);
         } catch (error) {
           if (!isMissingGroup(error) || signal.aborted) throw error;
-          checkpoint = await this.#reconcile();
-          id = "0";
+          checkpoints = await this.#reconcile();
         }
       }
       if (!leading) throw new LeaseLost();
@@ -210,28 +231,54 @@ export class Projector {
   }
 
   /**
+   * Reconciles every projection (see #reconcileOne) and sets each group to its checkpoint (a group
+   * moved by hand, or read by an older version, may stand elsewhere); returns the checkpoints.
+   */
+  async #reconcile(): Promise<string[]> {
+    const checkpoints: string[] = [];
+    for (const projection of this.projections) {
+      checkpoints.push(await this.#reconcileOne(projection));
+    }
+    const reply = await this.#commit(
+      checkpoints,
+      checkpoints,
+      checkpoints.map(() => 0),
+      checkpoints.map(() => []),
+    );
+    if (reply === -1) throw new LeaseLost();
+    if (reply === -3) throw new Superseded(`Views of generation ${this.generation} were replaced`);
+    if (reply === -2) return await this.#reconcile();
+    return checkpoints;
+  }
+
+  /**
    * Checks, as the lease holder, that the group and checkpoint still match the log, and returns
    * the checkpoint to go on from. Redis may have lost the log (restarted empty, FLUSHALL, a fresh
    * replica) or just the stream: then the group is missing, or the checkpoint is past the last
    * id the stream ever had. Without a checkpoint (it went with the data) the group is recreated
    * at the log's start; with one, the views fold events the log no longer has, so they are
    * dropped first, as a rebuild would: the projection is folded again from the current log.
+   * Entries left pending in the group (by a version that read it with XREADGROUP) are
+   * acknowledged: the checkpoint, not the pending list, says what is applied.
    */
-  async #reconcile(): Promise<string> {
+  async #reconcileOne(projection: Projection): Promise<string> {
     const { redis, keys, log } = this.options;
-    const { group } = this.projection;
+    const { group } = projection;
     const stream = keys.eventStream;
     const [checkpoint, groups, last] = await Promise.all([
       redis.get(keys.checkpoint(group)),
       groupInfo(redis, stream),
       lastGeneratedId(redis, stream),
     ]);
-    const exists = groups.some((g) => g.name === group);
-    const reset = checkpoint !== null && (!exists || compareIds(checkpoint, last) > 0);
-    if (exists && !reset) return checkpoint ?? "0-0";
+    const found = groups.find((g) => g.name === group);
+    const reset = checkpoint !== null && (!found || compareIds(checkpoint, last) > 0);
+    if (found && !reset) {
+      if (found.pending > 0) await this.#acknowledgeLeftovers(group);
+      return checkpoint ?? "0-0";
+    }
     // A rebuild's swap dropped this generation's group: not a reset.
-    if (await viewGeneration(redis, keys) > this.projection.generation) {
-      throw new Superseded(`Views of generation ${this.projection.generation} were replaced`);
+    if (await viewGeneration(redis, keys) > projection.generation) {
+      throw new Superseded(`Views of generation ${projection.generation} were replaced`);
     }
     if (reset) {
       log.warn("The event log was reset under the views: folding it again from its start", {
@@ -239,7 +286,7 @@ export class Projector {
         checkpoint,
         log_last_id: last,
       });
-      for (const pattern of this.projection.ownedKeys) await deleteMatching(redis, pattern);
+      for (const pattern of projection.ownedKeys) await deleteMatching(redis, pattern);
       await redis.del(keys.checkpoint(group));
       await xgroup(redis, "DESTROY", stream, group).catch(() => {});
     } else {
@@ -251,43 +298,79 @@ export class Projector {
     return "0-0";
   }
 
-  /** Applies a batch once; returns the new checkpoint. */
-  async #apply(entries: StreamEntry[], checkpoint: string): Promise<string> {
-    const { redis, keys, owner, log } = this.options;
+  async #acknowledgeLeftovers(group: string): Promise<void> {
+    const { redis, keys } = this.options;
     while (true) {
-      const events = decodeValid(
-        entries.filter((e) => compareIds(e.id, checkpoint) > 0 && e.fields.length > 0),
-        log,
+      const pending = await redis.xpending(keys.eventStream, group, "-", "+", 1_000) as [
+        string,
+        ...unknown[],
+      ][];
+      if (pending.length === 0) return;
+      await redis.xack(keys.eventStream, group, ...pending.map(([id]) => id));
+    }
+  }
+
+  /**
+   * One projection script call: from `checkpoints` to `next` (`entries` log entries apart) with
+   * each projection's writes. Returns the script's reply (1 applied, -1, -2, -3).
+   */
+  #commit(checkpoints: string[], next: string[], entries: number[], plans: Op[][]) {
+    const { redis, keys, owner } = this.options;
+    return projectScript.run(redis, {
+      keys: {
+        lease: projectionLease(keys, this.generation),
+        events: keys.eventStream,
+        view_generation: keys.viewGeneration,
+      },
+      args: { owner, generation: this.generation, projections: this.projections.length },
+    }, {
+      keys: this.projections.map((p) => keys.checkpoint(p.group)),
+      args: writeArgs(this.projections.map((p, i) => ({
+        head: [p.group, checkpoints[i], next[i], entries[i], plans[i].length],
+        writes: plans[i],
+      }))),
+    });
+  }
+
+  /** Applies a batch once to every projection; returns the new checkpoints. */
+  async #apply(entries: StreamEntry[], checkpoints: string[]): Promise<string[]> {
+    const { redis, keys, log } = this.options;
+    const last = entries[entries.length - 1].id;
+    const all = decodeValid(entries, log);
+    while (true) {
+      // Each projection folds what lies past its own checkpoint (all of it, unless it is ahead).
+      const after = checkpoints.map((checkpoint) => {
+        const first = entries.findIndex((e) => compareIds(e.id, checkpoint) > 0);
+        return first < 0 ? entries.length : first;
+      });
+      const plans = await Promise.all(this.projections.map((projection, i) => {
+        if (after[i] === entries.length) return [];
+        const events = after[i] === 0
+          ? all
+          : all.filter((e) => compareIds(e.id, checkpoints[i]) > 0);
+        return events.length ? projection.plan(events) : [];
+      }));
+      const next = checkpoints.map((c, i) => after[i] === entries.length ? c : last);
+      const reply = await this.#commit(
+        checkpoints,
+        next,
+        after.map((a) => entries.length - a),
+        plans,
       );
-      const last = entries[entries.length - 1].id;
-      const next = compareIds(last, checkpoint) > 0 ? last : checkpoint;
-      const ops = events.length ? await this.projection.plan(events) : [];
-      const reply = await projectScript.run(redis, {
-        keys: {
-          lease: keys.lease(this.projection.group),
-          checkpoint: keys.checkpoint(this.projection.group),
-          events: keys.eventStream,
-          view_generation: keys.viewGeneration,
-        },
-        args: {
-          owner,
-          expected_checkpoint: checkpoint,
-          checkpoint: next,
-          group: this.projection.group,
-          writes: JSON.stringify(ops),
-          generation: this.projection.generation,
-        },
-      }, { args: entries.map((e) => e.id) });
       if (reply === 1) {
         const now = Date.now();
-        for (const e of events) this.options.lag?.add(now - idTime(e.id));
+        for (const e of all) this.options.lag?.add(now - idTime(e.id));
         return next;
       }
       if (reply === -1) throw new LeaseLost();
       if (reply === -3) {
-        throw new Superseded(`Views of generation ${this.projection.generation} were replaced`);
+        throw new Superseded(`Views of generation ${this.generation} were replaced`);
       }
-      checkpoint = (await redis.get(keys.checkpoint(this.projection.group))) ?? "0-0";
+      // A checkpoint moved (another holder applied this batch before losing the lease to us):
+      // plan again from where each projection stands now.
+      checkpoints = await Promise.all(
+        this.projections.map(async (p) => (await redis.get(keys.checkpoint(p.group))) ?? "0-0"),
+      );
     }
   }
 }

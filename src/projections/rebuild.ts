@@ -165,9 +165,13 @@ export async function rebuildProjections(options: RebuildOptions): Promise<Rebui
     // what is still to be folded; then they move to where the bulk fold stopped.
     const groups = next.map((p) => p.group);
     for (const group of groups) await ensureGroup(redis, keys.eventStream, group);
+    // Entries the log had before its first one (trimmed): with those the bulk fold read, the
+    // groups' entries read, so their XINFO lag counts what is left from the start.
+    const { added, length } = await streamCounts(redis, keys.eventStream);
     const bulk = await foldLog(redis, keys, next, log, options);
+    const read = String(added - length + bulk.events);
     for (const group of groups) {
-      await xgroup(redis, "SETID", keys.eventStream, group, bulk.last);
+      await xgroup(redis, "SETID", keys.eventStream, group, bulk.last, "ENTRIESREAD", read);
       await redis.set(keys.checkpoint(group), bulk.last);
     }
     // The consumer groups take over from there: what arrived during the bulk fold, and what

@@ -14,13 +14,13 @@ import { videoScenes } from "./video_scenes/projection.ts";
 export const PROJECTIONS = [taskView, videoScenes, stats, taskIndex] as const;
 
 export type ProjectionName = (typeof PROJECTIONS)[number]["name"];
-/** The projections' names: their consumer groups (and checkpoint and lease names) in generation 0. */
+/** The projections' names: their consumer groups (and checkpoint names) in generation 0. */
 export const PROJECTION_NAMES: readonly ProjectionName[] = PROJECTIONS.map((p) => p.name);
 
 /** A projection bound to Redis and one generation of views, as a projector or rebuild runs it. */
 export interface Projection {
   name: ProjectionName;
-  /** Its consumer group, checkpoint and lease name in its view generation. */
+  /** Its consumer group and checkpoint name in its view generation. */
   group: string;
   generation: number;
   /** The writes that fold `events` into the view, reading the view's current state first. */
@@ -35,6 +35,14 @@ export interface ProjectionContext {
   viewTtlS: number;
   /** Which generation of views to write (0 unless a rebuild made newer ones). */
   generation?: number;
+}
+
+/**
+ * The lease of a generation's projections (in a partition): one process at a time folds them all,
+ * `{vp}:lease:projections` (`…:projections@N` after rebuilds).
+ */
+export function projectionLease(keys: Keys, generation: number): string {
+  return keys.lease(projectionGroup("projections", generation));
 }
 
 /** The projections the worker runs, one consumer group each, for one generation of views. */

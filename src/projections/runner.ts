@@ -29,8 +29,8 @@ export interface ProjectionRunnerOptions {
 }
 
 /**
- * Runs a projector per registered projection for the current generation of views, and moves to
- * the next generation when a rebuild swaps it in.
+ * Runs the projector of the current generation of views (one for every registered projection),
+ * and moves to the next generation when a rebuild swaps it in.
  */
 export class ProjectionRunner {
   #projectors: Projector[] = [];
@@ -46,7 +46,7 @@ export class ProjectionRunner {
 
   /** The consumer groups this runner's projectors read (none while it switches generations). */
   get groups(): string[] {
-    return this.#projectors.map((p) => p.projection.group);
+    return this.#projectors.flatMap((p) => p.groups);
   }
 
   async start(): Promise<void> {
@@ -92,27 +92,21 @@ export class ProjectionRunner {
     // check instead of leaving a projection stopped for good.
     this.#generation = -1;
     try {
-      for (
-        const projection of createProjections({
+      const projector = new Projector(
+        createProjections({ redis, keys, viewTtlS: this.options.viewTtlS, generation: target }),
+        {
           redis,
-          keys,
-          viewTtlS: this.options.viewTtlS,
-          generation: target,
-        })
-      ) {
-        const projector = new Projector(projection, {
-          redis,
-          blocking: this.options.blocking(`projector-${projection.group}`),
+          blocking: this.options.blocking(`projector${target === 0 ? "" : `@${target}`}`),
           keys,
           log,
           owner: this.options.owner,
           lag: this.options.lag,
           batchSize: this.options.batchSize,
           share: this.options.share,
-        });
-        this.#projectors.push(projector);
-        await projector.start();
-      }
+        },
+      );
+      this.#projectors.push(projector);
+      await projector.start();
     } catch (error) {
       await this.#stopProjectors();
       throw error;

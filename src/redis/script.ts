@@ -9,11 +9,13 @@ export class Script {
   }
 
   async run(redis: RedisClient, keys: string[], args: (string | number)[]): Promise<unknown> {
+    // One array, not spread into a call: a projection batch has tens of thousands of arguments.
+    const rest = [keys.length, ...keys, ...args];
     try {
-      return await redis.evalsha(this.sha, keys.length, ...keys, ...args);
+      return await redis.call("EVALSHA", [this.sha, ...rest]);
     } catch (error) {
       if (!String((error as Error).message).includes("NOSCRIPT")) throw error;
-      return await redis.eval(this.source, keys.length, ...keys, ...args);
+      return await redis.call("EVAL", [this.source, ...rest]);
     }
   }
 

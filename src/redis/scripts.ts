@@ -73,12 +73,15 @@ export const heartbeatScript = defineScript({
   args: ["group", "consumer", "entry_id"],
 });
 
-/** Applies a projection batch, its checkpoint and its XACKs, fenced by lease and checkpoint. */
+/**
+ * Applies a batch to every projection of a generation: their writes, checkpoints and group
+ * positions, fenced by the lease and each checkpoint.
+ */
 export const projectScript = defineScript({
   name: "project",
-  keys: ["lease", "checkpoint", "events", "view_generation"],
-  args: ["owner", "expected_checkpoint", "checkpoint", "group", "writes", "generation"],
-  extra: { args: true }, // entry ids to XACK
+  keys: ["lease", "events", "view_generation"],
+  args: ["owner", "generation", "projections"],
+  extra: { keys: true, args: true }, // checkpoints; per projection its block, then the writes
 });
 
 /** Hands out a video's next revision number. */
