@@ -5,7 +5,8 @@
  * CONSUMERS=projections folds the whole log). Each stage reports the CPU per task of the process
  * doing it and of Redis, and Redis's own time per command.
  *
- *   deno run -A bench/cost.ts [--tasks 10000] [--concurrency 1000]
+ *   deno run -A bench/cost.ts [--tasks 10000] [--concurrency 1000] [--log-level info]
+ *     [--profile pipeline|projections]
  */
 import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
@@ -21,6 +22,8 @@ const { values } = parseArgs({
     tasks: { type: "string", default: "10000" },
     concurrency: { type: "string", default: "1000" },
     top: { type: "string", default: "12" },
+    /** LOG_LEVEL of the service processes (the end-to-end bench runs them at info). */
+    "log-level": { type: "string", default: "warn" },
     /** Writes a V8 CPU profile of that stage's process (pipeline or projections) and its summary. */
     profile: { type: "string" },
   },
@@ -62,7 +65,7 @@ const env = (extra: Record<string, string>) => ({
   OFFLINE_LATENCY_MS: "0",
   WEBHOOK_TOKEN: "cost-token-0123456789",
   RATE_LIMIT_PER_MINUTE: "100000000",
-  LOG_LEVEL: "warn",
+  LOG_LEVEL: values["log-level"]!,
   WORKER_CONCURRENCY: values.concurrency!,
   ...extra,
 });
