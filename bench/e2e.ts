@@ -7,10 +7,10 @@ import { createKeys } from "../src/keys.ts";
 import { statsKeys } from "../src/projections/stats/view.ts";
 import { parseGroupInfo } from "../src/redis/streams.ts";
 import { type BenchContext, logPath, newPrefix, serviceEnv } from "./context.ts";
-import { startFreshnessProbe } from "./freshness.ts";
+import { startFreshnessProbeProcess } from "./freshness.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
 import { type Child, freePort, round, sampleProcesses, until, waitHttp, waitLog } from "./procs.ts";
-import { deletePrefix } from "./redis_tools.ts";
+import { deletePrefix, REDIS_URL } from "./redis_tools.ts";
 
 const WORKER_GROUP = CONSUMER_KINDS.tasks.group!.name;
 const SINK_GROUP = CONSUMER_KINDS.scenes.group!.name;
@@ -171,10 +171,11 @@ async function oneRun(
     if (ctx.redisPid) pids.redis = ctx.redisPid;
     const memory = sampleProcesses(pids, 500);
     const freshness = freshnessEvery > 0
-      ? startFreshnessProbe({
+      ? startFreshnessProbeProcess({
         eventStream: keys.eventStream,
         base: `http://127.0.0.1:${port}`,
         every: freshnessEvery,
+        redisUrl: REDIS_URL,
       })
       : null;
 

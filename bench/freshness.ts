@@ -4,6 +4,10 @@
  * takes every `every`-th `task.completed`, and polls that task's GET every `pollMs` until it says
  * completed. Latency = the answer's arrival − the event's append time (its stream id's ms), so
  * the probe's own detection delay counts against the server, never for it.
+ *
+ * The bench runs the probe in a process of its own (`startFreshnessProbeProcess`): in the bench's
+ * process its reads and GETs would wait behind the burst's own POST loop, which is the load
+ * generator's delay, not the service's.
  */
 import { idTime } from "../src/events.ts";
 import { connect } from "./redis_tools.ts";
@@ -121,4 +125,46 @@ export function startFreshnessProbe(options: {
       };
     },
   };
+}
+
+/**
+ * Runs the probe in a child process (this module as its main): same options and summary. The
+ * child stops when its stdin closes and prints the summary as JSON on stdout.
+ */
+export function startFreshnessProbeProcess(options: {
+  eventStream: string;
+  base: string;
+  every?: number;
+  redisUrl: string;
+}) {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL(import.meta.url).pathname,
+      options.eventStream,
+      options.base,
+      String(options.every ?? 100),
+    ],
+    env: { REDIS_URL: options.redisUrl },
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "inherit",
+  }).spawn();
+  return {
+    async stop(): Promise<FreshnessSummary> {
+      await child.stdin.close();
+      const { stdout, code } = await child.output();
+      if (code !== 0) throw new Error(`the freshness probe exited with ${code}`);
+      return JSON.parse(new TextDecoder().decode(stdout)) as FreshnessSummary;
+    },
+  };
+}
+
+if (import.meta.main) {
+  const [eventStream, base, every] = Deno.args;
+  const probe = startFreshnessProbe({ eventStream, base, every: Number(every) });
+  // Runs until the parent closes stdin.
+  for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
+  console.log(JSON.stringify(await probe.stop()));
 }

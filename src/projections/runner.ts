@@ -11,7 +11,7 @@ import { createProjections } from "./registry.ts";
 
 export interface ProjectionRunnerOptions {
   redis: RedisClient;
-  /** Opens a dedicated connection for a projector's blocking reads; the runner closes it. */
+  /** Opens a dedicated connection for a projector (all its commands); the runner closes it. */
   blocking: (name: string) => RedisClient;
   keys: Keys;
   log: Logger;
@@ -92,11 +92,19 @@ export class ProjectionRunner {
     // check instead of leaving a projection stopped for good.
     this.#generation = -1;
     try {
+      // The projector's reads, plans and writes are one after the other: one connection of its
+      // own serves them all, so they never queue behind other consumers' commands.
+      const connection = this.options.blocking(`projector${target === 0 ? "" : `@${target}`}`);
       const projector = new Projector(
-        createProjections({ redis, keys, viewTtlS: this.options.viewTtlS, generation: target }),
+        createProjections({
+          redis: connection,
+          keys,
+          viewTtlS: this.options.viewTtlS,
+          generation: target,
+        }),
         {
-          redis,
-          blocking: this.options.blocking(`projector${target === 0 ? "" : `@${target}`}`),
+          redis: connection,
+          blocking: connection,
           keys,
           log,
           owner: this.options.owner,
