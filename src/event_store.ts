@@ -1,6 +1,7 @@
 import type { RedisClient } from "./redis/client.ts";
 import { decodeEvent, type StoredEvent, type TaskEvent } from "./events.ts";
 import type { Keys } from "./keys.ts";
+import { Batcher } from "./redis/batcher.ts";
 import { ingestScript, settleScript } from "./redis/scripts.ts";
 import { bucketParams } from "./security/rate_limit.ts";
 import type { VideoRequest } from "./webhook.ts";
@@ -75,8 +76,24 @@ export interface SettleInput {
 /** Thrown when a worker writes for an entry another worker has reclaimed. */
 export class ClaimLostError extends Error {}
 
+/** The most settles one script call takes (a script holds up Redis while it runs). */
+export const SETTLE_BATCH_MAX = 64;
+
+/** One settle as settle.lua takes it: its keys, and its fields followed by its events. */
+interface EncodedSettle {
+  entryId: string;
+  keys: [timeline: string, held: string];
+  args: (string | number)[];
+}
+
 /** The event log: work entries, task events, timelines and dead letters in Redis Streams. */
 export class EventStore {
+  /** Settles of this turn waiting to go to Redis together (see `settle`). */
+  readonly #settles = new Batcher<EncodedSettle, string>(
+    (batch) => this.#settleMany(batch),
+    { max: SETTLE_BATCH_MAX },
+  );
+
   constructor(
     readonly redis: RedisClient,
     readonly keys: Keys,
@@ -140,32 +157,53 @@ export class EventStore {
     return { task_id: reply[0], duplicate: reply[1] === 1, replicas };
   }
 
-  /** Appends a worker's events, and acks or dead-letters its entry, in one fenced script. */
+  /**
+   * Appends a worker's events, and acks or dead-letters its entry, in one fenced script; throws
+   * ClaimLostError, having written nothing, once another consumer owns the entry.
+   *
+   * Settles issued in the same turn of the event loop go to Redis as one script call (at most
+   * SETTLE_BATCH_MAX; the store is one partition's, so they share its Cluster slot), each still
+   * fenced, written, acknowledged and answered on its own: one settle's fencing or error is no
+   * other's. A call that fails as a whole (Redis unreachable, a timeout) fails every settle in it.
+   */
   async settle(input: SettleInput): Promise<string> {
-    // settle.lua appends each event from a (type, at, data JSON) triple.
-    const events = (input.events ?? []).flatMap((e) => [e.type, e.at, JSON.stringify(e.data)]);
-    const reply = await settleScript.run(this.redis, {
-      keys: {
-        events: this.keys.eventStream,
-        timeline: this.keys.taskTimeline(input.taskId),
-        held_stream: input.stream ?? this.keys.webhookStream,
-        dead_letters: this.keys.deadLetterStream,
-      },
-      args: {
-        group: input.group,
-        consumer: input.consumer,
-        entry_id: input.entryId,
-        timeline_ttl_s: this.options.timelineTtlS,
-        mode: input.mode,
-        task_id: input.taskId,
-        at: input.at,
-        error: input.deadLetter?.error ?? "",
-        attempts: input.deadLetter?.attempts ?? 0,
-        payload: input.deadLetter?.payload ?? "",
-      },
-    }, { args: events });
-    if (reply === -1) throw new ClaimLostError(`Entry "${input.entryId}" is no longer ours`);
-    return String(reply);
+    // Encoded here, so a settle that cannot be encoded fails on its own, outside any batch.
+    const events = input.events ?? [];
+    return await this.#settles.add({
+      entryId: input.entryId,
+      keys: [this.keys.taskTimeline(input.taskId), input.stream ?? this.keys.webhookStream],
+      args: [
+        input.group,
+        input.consumer,
+        input.entryId,
+        input.mode,
+        input.taskId,
+        input.at,
+        input.deadLetter?.error ?? "",
+        input.deadLetter?.attempts ?? 0,
+        input.deadLetter?.payload ?? "",
+        events.length,
+        // Each event as a (type, at, data JSON) triple.
+        ...events.flatMap((e) => [e.type, e.at, JSON.stringify(e.data)]),
+      ],
+    });
+  }
+
+  async #settleMany(batch: EncodedSettle[]): Promise<(string | Error)[]> {
+    const replies = await settleScript.run(this.redis, {
+      keys: { events: this.keys.eventStream, dead_letters: this.keys.deadLetterStream },
+      args: { timeline_ttl_s: this.options.timelineTtlS },
+    }, {
+      keys: batch.flatMap((s) => s.keys),
+      args: batch.flatMap((s) => s.args),
+    }) as unknown[];
+    return replies.map((reply, i) =>
+      reply instanceof Error
+        ? reply
+        : reply === -1
+        ? new ClaimLostError(`Entry "${batch[i].entryId}" is no longer ours`)
+        : String(reply)
+    );
   }
 
   /** The request JSON a task was created from, read from its work entry ("" once trimmed). */

@@ -122,7 +122,7 @@ Deno.test("every script file matches its declaration (loaded at start-up)", () =
   assert.match(ingestScript.source, /local KEY = \{idempotency = KEYS\[1\], webhooks = KEYS\[2\]/);
   assert.match(ingestScript.source, /local TOKEN = 60000/);
   assert.match(ingestScript.source, /local function bucket_refill/);
-  assert.match(settleScript.source, /local EXTRA_ARGS_FROM = 11/);
+  assert.match(settleScript.source, /local EXTRA_KEYS_FROM = 3\nlocal EXTRA_ARGS_FROM = 2\n/);
   assert.match(projectScript.source, /local EXTRA_KEYS_FROM = 4/);
   assert.match(projectScript.source, /local EXTRA_ARGS_FROM = 4/);
 });

@@ -47,23 +47,15 @@ export const takeTokensScript = defineScript({
   constants: { TOKEN: TOKEN_UNIT },
 });
 
-/** Appends a task's events while the caller owns its entry; acks or dead-letters it. */
+/**
+ * Settles held entries of one partition in one call, each fenced on its own entry: appends its
+ * events while its caller owns the entry, and acks or dead-letters it (see `EventStore.settle`).
+ */
 export const settleScript = defineScript({
   name: "settle",
-  keys: ["events", "timeline", "held_stream", "dead_letters"],
-  args: [
-    "group",
-    "consumer",
-    "entry_id",
-    "timeline_ttl_s",
-    "mode",
-    "task_id",
-    "at",
-    "error",
-    "attempts",
-    "payload",
-  ],
-  extra: { args: true }, // events as (type, at, data) triples
+  keys: ["events", "dead_letters"],
+  args: ["timeline_ttl_s"],
+  extra: { keys: true, args: true }, // per settle: its keys, and its fields and events
 });
 
 /** Resets a held entry's idle time, only for its owner. */
