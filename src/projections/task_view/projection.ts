@@ -27,7 +27,7 @@ export async function readTaskView(
 
 /**
  * The task's true state, even while the projector is behind: the projected view and the task's
- * last timeline entry in one round trip; when the timeline has events the view has not folded
+ * timeline in one round trip; when the timeline has events the view has not folded
  * (or there is no view), those events are read from the log and folded on the view with the
  * projection's own evolve. Null for an unknown (or expired) task.
  */
@@ -37,20 +37,39 @@ export async function readFreshTaskView(
 ): Promise<TaskView | null> {
   const { redis, keys } = store;
   const timeline = keys.taskTimeline(taskId);
-  const views = await currentViews(redis, keys);
-  const [[viewError, raw], [lastError, last]] = await redis.pipeline()
-    .get(taskViewKey(views.prefix, taskId))
-    .lindex(timeline, -1)
-    .exec() as [Error | null, string | null][];
-  if (viewError || lastError) throw viewError ?? lastError;
+  // One round trip: the view generation, the view in the generation this process last saw (it
+  // changes only with a rebuild's swap), and the timeline, read after the view so that it holds
+  // every event the view has folded.
+  const guess = seenGeneration.get(keys.viewGeneration) ?? 0;
+  const replies = await redis.pipeline()
+    .get(keys.viewGeneration)
+    .get(taskViewKey(keys.views(guess).prefix, taskId))
+    .lrange(timeline, 0, -1)
+    .exec() as [Error | null, unknown][];
+  for (const [error] of replies) if (error) throw error;
+  const generation = Number(replies[0][1] ?? 0);
+  let raw = replies[1][1] as string | null;
+  let ids = replies[2][1] as string[];
+  if (generation !== guess) {
+    seenGeneration.set(keys.viewGeneration, generation);
+    const [[viewError, view], [idsError, latest]] = await redis.pipeline()
+      .get(taskViewKey(keys.views(generation).prefix, taskId))
+      .lrange(timeline, 0, -1)
+      .exec() as [Error | null, unknown][];
+    if (viewError || idsError) throw viewError ?? idsError;
+    [raw, ids] = [view as string | null, latest as string[]];
+  }
   const view = raw ? JSON.parse(raw) as TaskView : null;
-  if (last === null) return view;
+  const last = ids.at(-1);
+  if (last === undefined) return view;
   const folded = view?.last_event_id ?? null;
   if (folded !== null && compareIds(last, folded) <= 0) return view;
-  const ids = await redis.lrange(timeline, 0, -1);
   const missing = folded === null ? ids : ids.filter((id) => compareIds(id, folded) > 0);
   return catchUpTaskView(taskId, view, await store.events(missing));
 }
+
+/** The view generation each partition's readers last found (the generation key → its value). */
+const seenGeneration = new Map<string, number>();
 
 /** A task's status view, one JSON document per task; every event counts (`event_count`). */
 export const taskView = defineProjection({
