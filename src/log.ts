@@ -81,8 +81,12 @@ export function flushLog(): void {
   if (buffered.length === 0) return;
   const bytes = encoder.encode(buffered.join("\n") + "\n");
   buffered = [];
-  for (let written = 0; written < bytes.length;) {
-    written += Deno.stderr.writeSync(bytes.subarray(written));
+  try {
+    for (let written = 0; written < bytes.length;) {
+      written += Deno.stderr.writeSync(bytes.subarray(written));
+    }
+  } catch {
+    // stderr is gone (a closed pipe): logging never takes the process down.
   }
 }
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { RedisClient } from "../src/redis/client.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent, type StoredEvent } from "../src/events.ts";
-import { fold } from "../src/projections/definition.ts";
+import { fold, type Op } from "../src/projections/definition.ts";
 import { Projector } from "../src/projections/projector.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
 import {
@@ -582,4 +582,118 @@ Deno.test("the last hour per minute is bounded, batch-independent and read as 60
   assert.deepEqual(stats.last_hour.processing_time_ms, { p50: rank(0.5), p95: rank(0.95) });
   const m60 = minutes.find((m) => m.minute === new Date(t0 + 60 * 60_000).toISOString())!;
   assert.deepEqual([m60.completed, m60.failed], [1, 1]); // tasks 120 (fails) and 121
+});
+
+/** project.lua called directly under a lease of "a": blocks of [group, expected, next, entries, writes]. */
+async function project(env: TestEnv, blocks: [string, string, string, number, Op[]][]) {
+  const { redis, keys } = env.services;
+  await redis.set(projectionLease(keys, 0), "a", "PX", 60_000);
+  const args: (string | number)[] = [];
+  for (const [group, expected, next, entries, writes] of blocks) {
+    args.push(group, expected, next, entries, writes.length);
+  }
+  for (const [, , , , writes] of blocks) for (const op of writes) args.push(op.length, ...op);
+  return await projectScript.run(redis, {
+    keys: {
+      lease: projectionLease(keys, 0),
+      events: keys.eventStream,
+      view_generation: keys.viewGeneration,
+    },
+    args: { owner: "a", generation: 0, projections: blocks.length },
+  }, { keys: blocks.map(([group]) => keys.checkpoint(group)), args });
+}
+
+Deno.test("a checkpoint set back under a running projector (a failover) is folded again from there", async () => {
+  await using env = await testEnv("rewind");
+  const { redis, keys } = env.services;
+  const view = keys.views(0).prefix;
+  const base = JSON.parse(await fixture("minimal.json"));
+  const post = async (video: string) =>
+    (await (await env.post({ ...base, video_id: video })).json()).task_id as string;
+  const ids = [await post("a"), await post("b"), await post("c"), await post("d")];
+  const projections = createProjections({ redis, keys, viewTtlS: 60 });
+  const blocking = connectRedis(env.config.REDIS_URL);
+  const projector = new Projector(projections, { redis, blocking, keys, log: env.log, owner: "p" });
+  await projector.start();
+  try {
+    await waitFor(() => caughtUp(redis, [keys.eventStream], [...PROJECTION_NAMES]), {
+      what: "the projections to catch up",
+    });
+    // A replica that had only the first two events' writes is promoted: the checkpoints and the
+    // views of the last two tasks go back; the projector still holds the later checkpoints.
+    const [, second] = await redis.xrange(keys.eventStream, "-", "+", "COUNT", 2);
+    for (const p of projections) await redis.set(keys.checkpoint(p.group), second[0]);
+    await redis.del(taskViewKey(view, ids[2]), taskViewKey(view, ids[3]));
+    const fifth = await post("e");
+    await waitFor(async () => await redis.exists(taskViewKey(view, fifth)), {
+      what: "the new task's view",
+    });
+    await waitFor(
+      async () =>
+        await redis.exists(taskViewKey(view, ids[2])) &&
+        await redis.exists(taskViewKey(view, ids[3])),
+      { what: "the views the failover lost, folded again" },
+    );
+  } finally {
+    await projector.stop();
+    await closeRedis(blocking);
+  }
+});
+
+Deno.test("project.lua: entries another version left pending are acked only up to the checkpoint; lag stays a count", async () => {
+  await using env = await testEnv("leftovers");
+  const { redis, keys } = env.services;
+  const base = JSON.parse(await fixture("minimal.json"));
+  for (const video of ["a", "b", "c", "d", "e"]) {
+    await (await env.post({ ...base, video_id: video })).body?.cancel();
+  }
+  await ensureGroup(redis, keys.eventStream, "stats");
+  // An older version read four entries with XREADGROUP and applied the first two.
+  const read = await redis.xreadgroup(
+    "GROUP",
+    "stats",
+    "projector",
+    "COUNT",
+    4,
+    "STREAMS",
+    keys.eventStream,
+    ">",
+  ) as [string, [string, string[]][]][];
+  const ids = read[0][1].map(([id]) => id);
+  await redis.set(keys.checkpoint("stats"), ids[1]);
+  assert.equal(await project(env, [["stats", ids[1], ids[1], 0, []]]), 1);
+  const pending = await redis.xpending(keys.eventStream, "stats", "-", "+", 10) as [string][];
+  assert.deepEqual(pending.map(([id]) => id), ids.slice(2), "the unapplied ones stay pending");
+  const stats = (await groupInfo(redis, keys.eventStream)).find((g) => g.name === "stats")!;
+  assert.equal(stats.last_delivered_id, ids[1]);
+  assert.equal(stats.lag, 3, "a count, though the group stood ahead of its checkpoint");
+});
+
+Deno.test("project.lua: a write that fails leaves the projections before it applied and moved on", async () => {
+  await using env = await testEnv("partial");
+  const { redis, keys } = env.services;
+  await (await env.post(await fixture("minimal.json"))).body?.cancel();
+  const [[first]] = await redis.xrange(keys.eventStream, "-", "+", "COUNT", 1);
+  for (const group of ["task-view", "stats"]) await ensureGroup(redis, keys.eventStream, group);
+  const probe = `${env.prefix}:probe`;
+  await redis.set(`${probe}:string`, "x");
+  await assert.rejects(
+    project(env, [
+      ["task-view", "0-0", first, 1, [["SET", `${probe}:view`, "1"]]],
+      ["stats", "0-0", first, 1, [["HINCRBY", `${probe}:string`, "n", 1]]],
+    ]),
+    /WRONGTYPE/,
+  );
+  assert.equal(await redis.get(`${probe}:view`), "1");
+  assert.equal(await redis.get(keys.checkpoint("task-view")), first);
+  assert.equal(await redis.get(keys.checkpoint("stats")), null, "stats is planned again");
+  // The retry of the same batch is refused: the task view's checkpoint moved.
+  assert.equal(
+    await project(env, [
+      ["task-view", "0-0", first, 1, [["SET", `${probe}:view`, "2"]]],
+      ["stats", "0-0", first, 1, []],
+    ]),
+    -2,
+  );
+  assert.equal(await redis.get(`${probe}:view`), "1");
 });

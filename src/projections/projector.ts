@@ -21,6 +21,12 @@ export interface ProjectorOptions {
   log: Logger;
   owner: string;
   leaseMs?: number;
+  /**
+   * Events per read (default 500). While reads come back full (the projector is behind) the next
+   * one asks for twice as many, up to 2,000: fewer, larger batches catch up faster (a task's view
+   * is written once per batch, and each batch waits its turn in a busy process) at the cost of a
+   * longer script; a read that is not full goes back to this.
+   */
   batchSize?: number;
   blockMs?: number;
   /** Receives, per applied event, ms from its append (its stream id) to its view write. */
@@ -200,13 +206,15 @@ export class Projector {
     });
     try {
       let checkpoints = await this.#reconcile();
+      const base = this.options.batchSize ?? 500;
+      let count = base;
       while (leading && !signal.aborted) {
         if (this.options.share?.giveUp()) throw new GivenUp();
         try {
           const from = checkpoints.reduce((low, c) => compareIds(c, low) < 0 ? c : low);
           const reply = await blocking.xread(
             "COUNT",
-            this.options.batchSize ?? 500,
+            count,
             "BLOCK",
             this.options.blockMs ?? 250,
             "STREAMS",
@@ -219,6 +227,7 @@ export class Projector {
           }));
           if (entries.length === 0) continue;
           checkpoints = await this.#apply(entries, checkpoints);
+          count = entries.length === count ? Math.min(count * 2, Math.max(base, 2_000)) : base;
         } catch (error) {
           if (!isMissingGroup(error) || signal.aborted) throw error;
           checkpoints = await this.#reconcile();
@@ -258,8 +267,6 @@ export class Projector {
    * id the stream ever had. Without a checkpoint (it went with the data) the group is recreated
    * at the log's start; with one, the views fold events the log no longer has, so they are
    * dropped first, as a rebuild would: the projection is folded again from the current log.
-   * Entries left pending in the group (by a version that read it with XREADGROUP) are
-   * acknowledged: the checkpoint, not the pending list, says what is applied.
    */
   async #reconcileOne(projection: Projection): Promise<string> {
     const { redis, keys, log } = this.options;
@@ -272,10 +279,7 @@ export class Projector {
     ]);
     const found = groups.find((g) => g.name === group);
     const reset = checkpoint !== null && (!found || compareIds(checkpoint, last) > 0);
-    if (found && !reset) {
-      if (found.pending > 0) await this.#acknowledgeLeftovers(group);
-      return checkpoint ?? "0-0";
-    }
+    if (found && !reset) return checkpoint ?? "0-0";
     // A rebuild's swap dropped this generation's group: not a reset.
     if (await viewGeneration(redis, keys) > projection.generation) {
       throw new Superseded(`Views of generation ${projection.generation} were replaced`);
@@ -296,18 +300,6 @@ export class Projector {
     }
     await ensureGroup(redis, stream, group, "0");
     return "0-0";
-  }
-
-  async #acknowledgeLeftovers(group: string): Promise<void> {
-    const { redis, keys } = this.options;
-    while (true) {
-      const pending = await redis.xpending(keys.eventStream, group, "-", "+", 1_000) as [
-        string,
-        ...unknown[],
-      ][];
-      if (pending.length === 0) return;
-      await redis.xack(keys.eventStream, group, ...pending.map(([id]) => id));
-    }
   }
 
   /**
@@ -332,45 +324,44 @@ export class Projector {
     });
   }
 
-  /** Applies a batch once to every projection; returns the new checkpoints. */
+  /**
+   * Applies a batch once to every projection; returns the checkpoints to read on from (the new
+   * ones, or when a checkpoint moved under it, the stored ones, the batch unapplied).
+   */
   async #apply(entries: StreamEntry[], checkpoints: string[]): Promise<string[]> {
     const { redis, keys, log } = this.options;
     const last = entries[entries.length - 1].id;
     const all = decodeValid(entries, log);
-    while (true) {
-      // Each projection folds what lies past its own checkpoint (all of it, unless it is ahead).
-      const after = checkpoints.map((checkpoint) => {
-        const first = entries.findIndex((e) => compareIds(e.id, checkpoint) > 0);
-        return first < 0 ? entries.length : first;
-      });
-      const plans = await Promise.all(this.projections.map((projection, i) => {
-        if (after[i] === entries.length) return [];
-        const events = after[i] === 0
-          ? all
-          : all.filter((e) => compareIds(e.id, checkpoints[i]) > 0);
-        return events.length ? projection.plan(events) : [];
-      }));
-      const next = checkpoints.map((c, i) => after[i] === entries.length ? c : last);
-      const reply = await this.#commit(
-        checkpoints,
-        next,
-        after.map((a) => entries.length - a),
-        plans,
-      );
-      if (reply === 1) {
-        const now = Date.now();
-        for (const e of all) this.options.lag?.add(now - idTime(e.id));
-        return next;
-      }
-      if (reply === -1) throw new LeaseLost();
-      if (reply === -3) {
-        throw new Superseded(`Views of generation ${this.generation} were replaced`);
-      }
-      // A checkpoint moved (another holder applied this batch before losing the lease to us):
-      // plan again from where each projection stands now.
-      checkpoints = await Promise.all(
-        this.projections.map(async (p) => (await redis.get(keys.checkpoint(p.group))) ?? "0-0"),
-      );
+    // Each projection folds what lies past its own checkpoint (all of it, unless it is ahead).
+    const after = checkpoints.map((checkpoint) => {
+      const first = entries.findIndex((e) => compareIds(e.id, checkpoint) > 0);
+      return first < 0 ? entries.length : first;
+    });
+    const plans = await Promise.all(this.projections.map((projection, i) => {
+      if (after[i] === entries.length) return [];
+      const events = after[i] === 0 ? all : all.filter((e) => compareIds(e.id, checkpoints[i]) > 0);
+      return events.length ? projection.plan(events) : [];
+    }));
+    const next = checkpoints.map((c, i) => after[i] === entries.length ? c : last);
+    const reply = await this.#commit(
+      checkpoints,
+      next,
+      after.map((a) => entries.length - a),
+      plans,
+    );
+    if (reply === 1) {
+      const now = Date.now();
+      for (const e of all) this.options.lag?.add(now - idTime(e.id));
+      return next;
     }
+    if (reply === -1) throw new LeaseLost();
+    if (reply === -3) throw new Superseded(`Views of generation ${this.generation} were replaced`);
+    // A checkpoint moved: another holder applied part of the log before losing the lease to us,
+    // a write of this script failed after the projections before it were applied, or Redis lost
+    // recent writes (a failover to a replica behind it). Nothing of this batch is applied here:
+    // the next read starts from where each projection stands now, which may be before the batch.
+    return await Promise.all(
+      this.projections.map(async (p) => (await redis.get(keys.checkpoint(p.group))) ?? "0-0"),
+    );
   }
 }
