@@ -171,7 +171,7 @@ async function oneRun(
     if (ctx.redisPid) pids.redis = ctx.redisPid;
     const memory = sampleProcesses(pids, 500);
     const freshness = freshnessEvery > 0
-      ? startFreshnessProbeProcess({
+      ? await startFreshnessProbeProcess({
         eventStream: keys.eventStream,
         base: `http://127.0.0.1:${port}`,
         every: freshnessEvery,

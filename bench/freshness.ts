@@ -74,8 +74,14 @@ export function startFreshnessProbe(options: {
     timedOut++;
   };
 
+  // Tails from the stream's last entry when the probe starts (`ready` resolves then): an event
+  // appended after `ready` is seen however late the first read goes out.
+  const ready = Promise.withResolvers<void>();
   const tail = (async () => {
-    let cursor = "$";
+    const [newest] = await redis.xrevrange(options.eventStream, "+", "-", "COUNT", 1)
+      .catch(() => []);
+    let cursor = newest?.[0] ?? "0-0";
+    ready.resolve();
     while (running) {
       const reply = await redis.xread(
         "COUNT",
@@ -99,6 +105,7 @@ export function startFreshnessProbe(options: {
   })();
 
   return {
+    ready: ready.promise,
     async stop(): Promise<FreshnessSummary> {
       running = false;
       await tail;
@@ -128,10 +135,11 @@ export function startFreshnessProbe(options: {
 }
 
 /**
- * Runs the probe in a child process (this module as its main): same options and summary. The
- * child stops when its stdin closes and prints the summary as JSON on stdout.
+ * Runs the probe in a child process (this module as its main): same options and summary. Resolves
+ * once the child tails the stream (it says "ready"); the child stops when its stdin closes and
+ * prints the summary as JSON on stdout.
  */
-export function startFreshnessProbeProcess(options: {
+export async function startFreshnessProbeProcess(options: {
   eventStream: string;
   base: string;
   every?: number;
@@ -151,12 +159,24 @@ export function startFreshnessProbeProcess(options: {
     stdout: "piped",
     stderr: "inherit",
   }).spawn();
+  const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await lines.read();
+    if (done) throw new Error("the freshness probe exited before it was ready");
+    text += value;
+  }
   return {
     async stop(): Promise<FreshnessSummary> {
       await child.stdin.close();
-      const { stdout, code } = await child.output();
+      while (true) {
+        const { value, done } = await lines.read();
+        if (done) break;
+        text += value;
+      }
+      const { code } = await child.status;
       if (code !== 0) throw new Error(`the freshness probe exited with ${code}`);
-      return JSON.parse(new TextDecoder().decode(stdout)) as FreshnessSummary;
+      return JSON.parse(text.slice(text.indexOf("\n") + 1)) as FreshnessSummary;
     },
   };
 }
@@ -164,6 +184,8 @@ export function startFreshnessProbeProcess(options: {
 if (import.meta.main) {
   const [eventStream, base, every] = Deno.args;
   const probe = startFreshnessProbe({ eventStream, base, every: Number(every) });
+  await probe.ready;
+  console.log("ready");
   // Runs until the parent closes stdin.
   for await (const _ of Deno.stdin.readable) { /* nothing is sent */ }
   console.log(JSON.stringify(await probe.stop()));
