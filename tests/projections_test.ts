@@ -2,11 +2,12 @@ import assert from "node:assert/strict";
 import type { RedisClient } from "../src/redis/client.ts";
 import { RetryableError, UnrecoverableError } from "../src/errors.ts";
 import { decodeEvent, type StoredEvent } from "../src/events.ts";
-import { fold, type Op } from "../src/projections/definition.ts";
+import { applyWrites, fold, type Op } from "../src/projections/definition.ts";
 import { Projector } from "../src/projections/projector.ts";
 import { resetProjections } from "../src/projections/rebuild.ts";
 import {
   createProjections,
+  type Projection,
   PROJECTION_NAMES,
   projectionLease,
   type ProjectionName,
@@ -107,6 +108,34 @@ async function mixedRun(env: TestEnv) {
   }, { what: "the revision to settle" });
   return sets;
 }
+
+/** Runs `work` while one Projector folds `projections` on a connection of its own. */
+async function withProjector<T>(
+  env: TestEnv,
+  projections: Projection[],
+  owner: string,
+  work: () => Promise<T>,
+): Promise<T> {
+  const { redis, keys } = env.services;
+  const blocking = connectRedis(env.config.REDIS_URL);
+  const projector = new Projector(projections, { redis, blocking, keys, log: env.log, owner });
+  await projector.start();
+  try {
+    return await work();
+  } finally {
+    await projector.stop();
+    await closeRedis(blocking);
+  }
+}
+
+/** Waits until every projection group has applied the whole log. */
+const projectionsCaughtUp = (env: TestEnv) =>
+  waitFor(
+    () => caughtUp(env.services.redis, [env.services.keys.eventStream], [...PROJECTION_NAMES]),
+    {
+      what: "the projections to catch up",
+    },
+  );
 
 Deno.test("stats equal a recount of the log; rebuilt views equal the live ones", async () => {
   await using env = await testEnv("rebuild", { MAX_ATTEMPTS: "2", RETRY_BASE_MS: "5" });
@@ -308,21 +337,11 @@ Deno.test("each projection goes on from its own checkpoint; a batch planned from
   assert.equal(await redis.exists(`${view}:probe`), 0);
   await redis.del(projectionLease(keys, 0));
 
-  const blocking = connectRedis(env.config.REDIS_URL);
-  const projector = new Projector(projections, { redis, blocking, keys, log: env.log, owner: "b" });
-  await projector.start();
-  try {
-    await waitFor(() => caughtUp(redis, [keys.eventStream], [...PROJECTION_NAMES]), {
-      what: "the projections to catch up",
-    });
-    // The task view skipped the event before its checkpoint; stats folded both from "0-0".
-    assert.equal(await redis.exists(taskViewKey(view, ids[0])), 0);
-    assert.equal(await redis.exists(taskViewKey(view, ids[1])), 1);
-    assert.equal((await readStats(redis, keys, Date.now(), 60_000)).total_requests, 2);
-  } finally {
-    await projector.stop();
-    await closeRedis(blocking);
-  }
+  await withProjector(env, projections, "b", () => projectionsCaughtUp(env));
+  // The task view skipped the event before its checkpoint; stats folded both from "0-0".
+  assert.equal(await redis.exists(taskViewKey(view, ids[0])), 0);
+  assert.equal(await redis.exists(taskViewKey(view, ids[1])), 1);
+  assert.equal((await readStats(redis, keys, Date.now(), 60_000)).total_requests, 2);
 });
 
 Deno.test("projection groups stand at their checkpoints: lag counts what is left, nothing stays pending", async () => {
@@ -348,32 +367,11 @@ Deno.test("projection groups stand at their checkpoints: lag counts what is left
     keys.eventStream,
     ">",
   );
-  const run = async (work: () => Promise<unknown>) => {
-    const blocking = connectRedis(env.config.REDIS_URL);
-    const projector = new Projector(projections, {
-      redis,
-      blocking,
-      keys,
-      log: env.log,
-      owner: "p",
-    });
-    await projector.start();
-    try {
-      await work();
-    } finally {
-      await projector.stop();
-      await closeRedis(blocking);
-    }
-  };
   const groups = async () =>
     (await groupInfo(redis, keys.eventStream)).filter((g) =>
       PROJECTION_NAMES.includes(g.name as ProjectionName)
     );
-  await run(() =>
-    waitFor(() => caughtUp(redis, [keys.eventStream], [...PROJECTION_NAMES]), {
-      what: "the projections to catch up",
-    })
-  );
+  await withProjector(env, projections, "p", () => projectionsCaughtUp(env));
   const [last] = await redis.xrevrange(keys.eventStream, "+", "-", "COUNT", 1);
   for (const g of await groups()) {
     assert.equal(g.last_delivered_id, last[0], g.name);
@@ -383,11 +381,7 @@ Deno.test("projection groups stand at their checkpoints: lag counts what is left
   // Projectors stopped: the lag is a count (not unknown) of the events since.
   await post(2);
   for (const g of await groups()) assert.equal(g.lag, 2, g.name);
-  await run(() =>
-    waitFor(() => caughtUp(redis, [keys.eventStream], [...PROJECTION_NAMES]), {
-      what: "the projections to catch up again",
-    })
-  );
+  await withProjector(env, projections, "p", () => projectionsCaughtUp(env));
   await post(1);
   for (const g of await groups()) assert.equal(g.lag, 1, g.name);
   assert.equal((await readStats(redis, keys, Date.now(), 60_000)).total_requests, 5);
@@ -481,9 +475,7 @@ Deno.test("stats keys stay bounded and do not depend on batch boundaries", async
         { redis, prefix, viewTtlS: 60 },
         events.slice(i, i + size),
       );
-      const pipeline = redis.pipeline();
-      for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
-      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+      await applyWrites(redis, ops);
     }
     const view = statsKeys(prefix);
     assert.deepEqual(numbers(await redis.hgetall(view.counters)), recount.counters, `${size}`);
@@ -555,9 +547,7 @@ Deno.test("the last hour per minute is bounded, batch-independent and read as 60
         { redis, prefix, viewTtlS: 60 },
         events.slice(i, i + size),
       );
-      const pipeline = redis.pipeline();
-      for (const [command, ...args] of ops) pipeline.call(String(command), ...args);
-      for (const [error] of (await pipeline.exec()) ?? []) if (error) throw error;
+      await applyWrites(redis, ops);
     }
     const view = statsKeys(prefix);
     assert.deepEqual(await storedMinutes(redis, view), recount.minutes, `batches of ${size}`);
@@ -612,13 +602,8 @@ Deno.test("a checkpoint set back under a running projector (a failover) is folde
     (await (await env.post({ ...base, video_id: video })).json()).task_id as string;
   const ids = [await post("a"), await post("b"), await post("c"), await post("d")];
   const projections = createProjections({ redis, keys, viewTtlS: 60 });
-  const blocking = connectRedis(env.config.REDIS_URL);
-  const projector = new Projector(projections, { redis, blocking, keys, log: env.log, owner: "p" });
-  await projector.start();
-  try {
-    await waitFor(() => caughtUp(redis, [keys.eventStream], [...PROJECTION_NAMES]), {
-      what: "the projections to catch up",
-    });
+  await withProjector(env, projections, "p", async () => {
+    await projectionsCaughtUp(env);
     // A replica that had only the first two events' writes is promoted: the checkpoints and the
     // views of the last two tasks go back; the projector still holds the later checkpoints.
     const [, second] = await redis.xrange(keys.eventStream, "-", "+", "COUNT", 2);
@@ -634,10 +619,7 @@ Deno.test("a checkpoint set back under a running projector (a failover) is folde
         await redis.exists(taskViewKey(view, ids[3])),
       { what: "the views the failover lost, folded again" },
     );
-  } finally {
-    await projector.stop();
-    await closeRedis(blocking);
-  }
+  });
 });
 
 Deno.test("project.lua: entries another version left pending are acked only up to the checkpoint; lag stays a count", async () => {
