@@ -12,6 +12,7 @@ import { parseArgs } from "node:util";
 import { Redis } from "ioredis";
 import { statsKeys } from "../src/projections/stats/view.ts";
 import { createKeys } from "../src/keys.ts";
+import { groupInfo } from "../src/redis/streams.ts";
 import { bodyTemplate, postTasks } from "./load.ts";
 import { cpuSecondsOf, freePort, Processes, round, until, waitHttp, waitLog } from "./procs.ts";
 import { inspectArgs, inspector, summariseProfile } from "./profile.ts";
@@ -163,12 +164,12 @@ try {
     await worker("pipeline", "tasks,scenes,callbacks", () =>
       until(
         async () => {
-          const info = await redis.xinfo("GROUPS", keys.eventStream) as unknown[][];
-          const sink = info.map((g) => Object.fromEntries(chunk(g))).find((g) =>
-            g.name === "scene-sink"
-          );
-          const done = await redis.xlen(keys.eventStream);
-          return sink && Number(sink.pending) === 0 && Number(sink.lag) === 0 && done >= tasks * 10;
+          // Every work entry taken and every scenes.generated stored: both groups hold nothing.
+          const groups = [
+            ...(await groupInfo(redis, keys.webhookStream)).filter((g) => g.name === "workers"),
+            ...(await groupInfo(redis, keys.eventStream)).filter((g) => g.name === "scene-sink"),
+          ];
+          return groups.length === 2 && groups.every((g) => g.pending === 0 && g.lag === 0);
         },
         "the pipeline to drain",
         { timeoutMs: 300_000, intervalMs: 100 },
@@ -194,10 +195,4 @@ try {
   redisServer.kill("SIGKILL");
   await redisServer.status;
   await Deno.remove(tmp, { recursive: true });
-}
-
-function chunk(list: unknown[]): [string, unknown][] {
-  const out: [string, unknown][] = [];
-  for (let i = 0; i < list.length; i += 2) out.push([String(list[i]), list[i + 1]]);
-  return out;
 }
